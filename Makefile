@@ -1,0 +1,29 @@
+# The two commands of the README: `make demo` and `make test`. Both create the
+# virtual environment on first use and reinstall when pyproject.toml changes.
+VENV    := .venv
+PYTHON  := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+# Nothing here may reach a model hub or phone home.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 DBT_SEND_ANONYMOUS_USAGE_STATS=false TOKENIZERS_PARALLELISM=false
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(OFFLINE) $(VENV)/bin/polypythias demo
+
+test: $(STAMP)
+	$(OFFLINE) $(PYTHON) -m pytest
+
+bench: $(STAMP)
+	$(OFFLINE) $(PYTHON) bench/extract_overhead.py
+
+clean:
+	rm -rf lake micro reports warehouse/*.duckdb warehouse/*.duckdb.wal warehouse/.dbt bench/out

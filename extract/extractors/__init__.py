@@ -1,0 +1,102 @@
+"""Extractors: registered plugins that turn one loaded checkpoint into lake rows.
+
+An extractor is built once per job from its options (so shared inputs such as
+the evaluation documents are read once) and then run on each checkpoint with the
+already-loaded model and tokenizer. It returns one table per dataset it writes,
+without the ``extraction_id`` column, which the runner adds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from polypythias.extract.suite import CheckpointId, Suite
+    from polypythias.warehouse.schemas import Dataset
+
+
+class ExtractorError(ValueError):
+    """An extractor that is unknown or misconfigured."""
+
+
+class ExtractorOptions(BaseModel):
+    """Options every extractor takes; each extractor extends this."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: str = Field("all", description="Which of the suite's step sets to extract.")
+
+
+class Extractor:
+    """Base class of the plugins. Subclasses set the class attributes and ``run``."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[ExtractorOptions]] = ExtractorOptions
+    #: The datasets ``run`` returns tables for.
+    outputs: ClassVar[tuple[Dataset, ...]]
+    #: Bump when the meaning of the output changes: it changes the config hash,
+    #: so previously extracted checkpoints are redone.
+    version: ClassVar[int] = 1
+
+    def __init__(self, options: ExtractorOptions, suite: Suite) -> None:
+        self.options = options
+        self.suite = suite
+
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        """Inputs beyond the options that the output depends on (e.g. file hashes)."""
+        return {}
+
+    def config_hash(self) -> str:
+        payload = {
+            "extractor": self.name,
+            "version": self.version,
+            "options": self.options.model_dump(exclude={"steps"}, mode="json"),
+            "inputs": self.fingerprint_inputs(),
+        }
+        encoded = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(encoded).hexdigest()[:16]
+
+    def run(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        checkpoint: CheckpointId,
+        device: torch.device,
+    ) -> dict[str, pa.Table]:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Extractor]] = {}
+
+
+def register(cls: type[Extractor]) -> type[Extractor]:
+    """Class decorator adding an extractor to the registry under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise ExtractorError(f"two extractors are named {cls.name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_extractor(name: str) -> type[Extractor]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ExtractorError(
+            f"unknown extractor {name!r}; known: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def extractor_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+# Importing the plugin modules registers them.
+from polypythias.extract.extractors import token_stats, weight_stats  # noqa: E402,F401

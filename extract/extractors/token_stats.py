@@ -1,0 +1,169 @@
+"""Token-level statistics of the model's predictions on fixed evaluation documents.
+
+For every token of every document, the model predicts it from the tokens before
+it (with the tokenizer's BOS token prepended when it has one, so the first token
+is predicted too). ``position`` is the 0-based index of the predicted token in
+the document's own tokens. Documents longer than ``max_length`` tokens are
+truncated. Documents are batched by length with right padding; the attention
+mask keeps padding from changing any real token's prediction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from polypythias.extract.extractors import (
+    Extractor,
+    ExtractorError,
+    ExtractorOptions,
+    register,
+)
+from polypythias.warehouse.schemas import TOKEN_STATS
+
+if TYPE_CHECKING:
+    import torch
+
+
+class TokenStatsOptions(ExtractorOptions):
+    documents: str = Field(
+        description=(
+            "Evaluation documents: .jsonl (one object per line with a text field), "
+            ".parquet (a text column) or .txt (one document per non-empty line). "
+            "doc_id is the document's 0-based index in the file."
+        )
+    )
+    text_field: str = Field("text", description="Field / column holding the text.")
+    top_k: int = Field(10, ge=1, le=1000, description="How many top predictions to keep.")
+    batch_size: int = Field(16, ge=1, description="Documents per forward pass.")
+    max_length: int | None = Field(
+        None, ge=2, description="Truncate documents to this many tokens (default: the model's context)."
+    )
+
+
+def read_documents(path: Path, text_field: str) -> list[str]:
+    """The evaluation documents of a file, in file order."""
+    if not path.is_file():
+        raise ExtractorError(f"{path}: evaluation documents not found")
+    if path.suffix == ".jsonl":
+        texts = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ExtractorError(f"{path}:{number}: not JSON: {error}") from None
+            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                raise ExtractorError(f"{path}:{number}: no string field {text_field!r}")
+            texts.append(record[text_field])
+    elif path.suffix == ".parquet":
+        table = pq.read_table(path)
+        if text_field not in table.column_names:
+            raise ExtractorError(f"{path}: no column {text_field!r}")
+        texts = table.column(text_field).to_pylist()
+    elif path.suffix == ".txt":
+        texts = [line for line in path.read_text().splitlines() if line.strip()]
+    else:
+        raise ExtractorError(f"{path}: documents must be .jsonl, .parquet or .txt")
+    if not texts:
+        raise ExtractorError(f"{path}: no documents")
+    return texts
+
+
+@register
+class TokenStats(Extractor):
+    name = "token_stats"
+    Options = TokenStatsOptions
+    outputs = (TOKEN_STATS,)
+
+    def __init__(self, options: TokenStatsOptions, suite) -> None:
+        super().__init__(options, suite)
+        self.path = suite.resolve_path(options.documents)
+        self.texts = read_documents(self.path, options.text_field)
+        self._encoded: tuple[int, list[list[int]]] | None = None
+
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        return {"documents_sha256": hashlib.sha256(self.path.read_bytes()).hexdigest()}
+
+    def _encode(self, tokenizer, max_length: int) -> list[list[int]]:
+        # Checkpoints of a suite normally share a tokenizer: encode once per tokenizer.
+        key = hash((tokenizer.name_or_path, len(tokenizer), max_length))
+        if self._encoded is None or self._encoded[0] != key:
+            bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+            ids = tokenizer(self.texts, add_special_tokens=False)["input_ids"]
+            self._encoded = (key, [(bos + doc)[:max_length] for doc in ids])
+        return self._encoded[1]
+
+    def run(self, model, tokenizer, checkpoint, device) -> dict[str, pa.Table]:
+        import torch
+
+        max_length = self.options.max_length or model.config.max_position_embeddings
+        sequences = self._encode(tokenizer, max_length)
+        has_bos = tokenizer.bos_token_id is not None
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        batches = []
+        with torch.inference_mode():
+            for start in range(0, len(order), self.options.batch_size):
+                doc_ids = order[start : start + self.options.batch_size]
+                batches.append(
+                    _batch_stats(model, [sequences[i] for i in doc_ids], doc_ids, has_bos,
+                                 pad_id, self.options.top_k, device)
+                )
+        return {TOKEN_STATS.name: pa.concat_tables(batches)}
+
+
+def _batch_stats(model, sequences, doc_ids, has_bos, pad_id, top_k, device) -> pa.Table:
+    import torch
+
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, : len(sequence)] = torch.tensor(sequence)
+        attention[row, : len(sequence)] = 1
+    logits = model(
+        input_ids=input_ids.to(device), attention_mask=attention.to(device)
+    ).logits[:, :-1].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    targets = input_ids[:, 1:].to(device)
+    valid = attention[:, 1:].bool()
+
+    target_logprob = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logprobs.exp() * logprobs).sum(-1)
+    target_rank = (logprobs > target_logprob.unsqueeze(-1)).sum(-1) + 1
+    topk = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1)
+
+    rows, cols = valid.nonzero(as_tuple=True)
+    k = topk.indices.shape[-1]
+    doc_index = torch.tensor(doc_ids)[rows]
+    # The target of logit column c is token c + 1; without a prepended BOS that
+    # is also its position in the document.
+    position = cols + (0 if has_bos else 1)
+
+    def pick(t: torch.Tensor):
+        return t[rows.to(t.device), cols.to(t.device)].cpu().numpy()
+
+    topk_ids = pick(topk.indices).astype("int32").reshape(-1)
+    topk_lp = pick(topk.values).astype("float32").reshape(-1)
+    n = len(rows)
+    offsets = pa.array(range(0, n * k + 1, k), type=pa.int32())
+    return pa.table(
+        {
+            "doc_id": pa.array(doc_index.numpy(), type=pa.int64()),
+            "position": pa.array(position.numpy(), type=pa.int32()),
+            "target_id": pa.array(pick(targets), type=pa.int32()),
+            "target_logprob": pa.array(pick(target_logprob), type=pa.float32()),
+            "entropy": pa.array(pick(entropy), type=pa.float32()),
+            "target_rank": pa.array(pick(target_rank), type=pa.int32()),
+            "topk_ids": pa.ListArray.from_arrays(offsets, pa.array(topk_ids, type=pa.int32())),
+            "topk_logprobs": pa.ListArray.from_arrays(offsets, pa.array(topk_lp, type=pa.float32())),
+        }
+    )

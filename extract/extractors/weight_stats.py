@@ -1,0 +1,159 @@
+"""Weight statistics per matrix: the training-map features of Hu et al. (2023).
+
+Definitions (W one weight matrix, σ its singular values):
+
+- ``l1`` = Σ|w| (entrywise), ``l2`` = √Σw² (Frobenius), ``spectral`` = max σ;
+- ``trace`` = Σ diag(W), square matrices only;
+- ``code_sparsity`` = l1 / l2, ``computational_sparsity`` = trace / spectral;
+- ``sv_mean``, ``sv_var`` = mean and population variance of σ;
+- ``mean``, ``median``, ``var`` (population) of the matrix's values.
+
+GPT-NeoX fuses the query, key and value projections into one
+``query_key_value`` matrix laid out per head as [q | k | v]; it is split into
+three hidden × hidden matrices. Two extra rows per checkpoint, kinds
+``all_weights`` and ``all_biases``, give mean, median and variance over every
+parameter whose name ends in ``weight`` / ``bias`` (layer norms included).
+``weight_hash`` is a BLAKE2b digest of the tensor's dtype, shape and bytes, so
+identical weights at different steps or runs can be found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from polypythias.extract.extractors import Extractor, register
+from polypythias.warehouse.schemas import WEIGHT_STATS
+
+if TYPE_CHECKING:
+    import torch
+
+# Parameter name (after any "gpt_neox." prefix) → kind.
+_KINDS = (
+    (re.compile(r"embed_in\.weight$"), "embed"),
+    (re.compile(r"embed_out\.weight$"), "unembed"),
+    (re.compile(r"layers\.(\d+)\.attention\.query_key_value\.weight$"), "qkv"),
+    (re.compile(r"layers\.(\d+)\.attention\.dense\.weight$"), "attn_out"),
+    (re.compile(r"layers\.(\d+)\.mlp\.dense_h_to_4h\.weight$"), "ffn_in"),
+    (re.compile(r"layers\.(\d+)\.mlp\.dense_4h_to_h\.weight$"), "ffn_out"),
+)
+
+
+def classify(name: str) -> tuple[str, int | None] | None:
+    """(kind, layer) of a weight matrix, or None for parameters that are not one."""
+    for pattern, kind in _KINDS:
+        match = pattern.search(name)
+        if match:
+            return kind, int(match.group(1)) if match.groups() else None
+    return None
+
+
+def split_qkv(weight: torch.Tensor, num_heads: int) -> dict[str, torch.Tensor]:
+    """Split GPT-NeoX's fused [3·hidden, hidden] projection into q, k and v."""
+    hidden = weight.shape[1]
+    per_head = weight.reshape(num_heads, 3, hidden // num_heads, hidden)
+    return {part: per_head[:, i].reshape(hidden, hidden) for i, part in enumerate("qkv")}
+
+
+def tensor_hash(tensor: torch.Tensor) -> str:
+    import torch
+
+    data = tensor.detach().contiguous().cpu()
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{data.dtype}{tuple(data.shape)}".encode())
+    digest.update(data.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def median(values: torch.Tensor) -> float:
+    """The median as numpy defines it (mean of the two middle values when even)."""
+    flat = values.reshape(-1)
+    n = flat.numel()
+    upper = flat.kthvalue(n // 2 + 1).values
+    if n % 2:
+        return float(upper)
+    return float((flat.kthvalue(n // 2).values.double() + upper.double()) / 2)
+
+
+def distribution(values: torch.Tensor) -> dict[str, float]:
+    flat = values.reshape(-1).double()
+    return {
+        "mean": float(flat.mean()),
+        "median": median(values.reshape(-1).float()),
+        "var": float(flat.var(correction=0)),
+    }
+
+
+def matrix_stats(weight: torch.Tensor) -> dict[str, float | None]:
+    import torch
+
+    w = weight.detach().float()
+    sv = torch.linalg.svdvals(w).double()
+    l1 = float(w.double().abs().sum())
+    l2 = float(torch.linalg.vector_norm(w.double()))
+    spectral = float(sv[0])
+    trace = float(torch.trace(w.double())) if w.shape[0] == w.shape[1] else None
+    return {
+        "l1": l1,
+        "l2": l2,
+        "trace": trace,
+        "spectral": spectral,
+        "code_sparsity": l1 / l2 if l2 else None,
+        "computational_sparsity": trace / spectral if trace is not None and spectral else None,
+        "sv_mean": float(sv.mean()),
+        "sv_var": float(sv.var(correction=0)),
+        **distribution(w),
+    }
+
+
+@register
+class WeightStats(Extractor):
+    name = "weight_stats"
+    outputs = (WEIGHT_STATS,)
+
+    def run(self, model, tokenizer, checkpoint, device) -> dict[str, pa.Table]:
+        import torch
+
+        rows = []
+        weights, biases = [], []
+        num_heads = model.config.num_attention_heads
+        with torch.inference_mode():
+            for name, parameter in model.named_parameters():
+                if name.endswith("bias"):
+                    biases.append(parameter.reshape(-1))
+                elif name.endswith("weight"):
+                    weights.append(parameter.reshape(-1))
+                found = classify(name)
+                if found is None:
+                    continue
+                kind, layer = found
+                parts = split_qkv(parameter, num_heads) if kind == "qkv" else {kind: parameter}
+                for part, matrix in parts.items():
+                    rows.append(
+                        {
+                            "tensor_name": name if kind != "qkv" else f"{name}[{part}]",
+                            "kind": part,
+                            "layer": layer,
+                            "n_rows": matrix.shape[0],
+                            "n_cols": matrix.shape[1],
+                            **matrix_stats(matrix),
+                            "weight_hash": tensor_hash(matrix),
+                        }
+                    )
+            for kind, values in (("all_weights", weights), ("all_biases", biases)):
+                if values:
+                    flat = torch.cat([v.float() for v in values])
+                    rows.append(
+                        {
+                            "tensor_name": kind,
+                            "kind": kind,
+                            "n_rows": flat.numel(),
+                            "n_cols": 1,
+                            **distribution(flat),
+                        }
+                    )
+        schema = WEIGHT_STATS.schema.remove(0)  # without extraction_id
+        return {WEIGHT_STATS.name: pa.Table.from_pylist(rows, schema=schema)}

@@ -1,0 +1,339 @@
+"""The extraction job: the suite's missing work, one model load per checkpoint.
+
+Work = expected (checkpoint, extractor) pairs minus those with a successful
+manifest row under the extractor's current config hash. Each checkpoint is
+loaded once and every pending extractor runs on it. Data partitions are written
+first and the checkpoint's manifest rows last, so an attempt that dies half-way
+leaves files no reader ever sees (staging keeps only extractions with a success
+row). A failure is recorded against its checkpoint and the job moves on.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from polypythias.extract.checkpoints import CheckpointError, load_model, load_tokenizer
+from polypythias.extract.extractors import Extractor, ExtractorError, get_extractor
+from polypythias.extract.suite import CheckpointId, Suite
+from polypythias.warehouse.lake import Lake, new_extraction_id
+from polypythias.warehouse.schemas import MANIFEST, SUITE_GRID
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+_VERSIONED_PACKAGES = ("polypythias", "torch", "transformers", "accelerate", "lm_eval", "pyarrow")
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One checkpoint and the extractors still to run on it."""
+
+    checkpoint: CheckpointId
+    extractors: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    checkpoint: CheckpointId
+    extractor: str
+    error: str
+
+
+@dataclass(slots=True)
+class Summary:
+    checkpoints: int = 0
+    succeeded: int = 0
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' → (i, n) with 0 ≤ i < n."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard {text}: need 0 <= i < n")
+    return index, count
+
+
+def build_extractors(suite: Suite, names: list[str] | None) -> dict[str, Extractor]:
+    """Instantiate the requested extractors (default: all the suite configures)."""
+    names = names or list(suite.extractors)
+    for name in names:
+        get_extractor(name)
+        if name not in suite.extractors:
+            raise ExtractorError(
+                f"extractor {name!r} is not configured in suite {suite.name!r} "
+                f"(configured: {', '.join(suite.extractors)})"
+            )
+    return {
+        name: get_extractor(name)(suite.extractor_options(name), suite) for name in names
+    }
+
+
+def _successes(lake: Lake, suite: Suite) -> set[tuple]:
+    manifest = lake.read(MANIFEST)
+    manifest = manifest.filter(
+        pc.and_(pc.equal(manifest["suite"], suite.name), pc.equal(manifest["status"], "success"))
+    )
+    columns = ["model_size", "seed", "step", "extractor", "config_hash"]
+    return set(zip(*(manifest[c].to_pylist() for c in columns), strict=True))
+
+
+def plan(
+    suite: Suite,
+    lake: Lake,
+    extractors: dict[str, Extractor],
+    shard: tuple[int, int] = (0, 1),
+) -> list[Task]:
+    """The pending work of this shard, one task per checkpoint, in a stable order."""
+    done = _successes(lake, suite)
+    pending: dict[CheckpointId, list[str]] = defaultdict(list)
+    for name, extractor in extractors.items():
+        config_hash = extractor.config_hash()
+        for checkpoint in suite.checkpoints_for(name):
+            key = (checkpoint.model_size, checkpoint.seed, checkpoint.step, name, config_hash)
+            if key not in done:
+                pending[checkpoint].append(name)
+    tasks = [Task(c, tuple(pending[c])) for c in sorted(pending)]
+    index, count = shard
+    return tasks[index::count]
+
+
+def write_suite_grid(suite: Suite, lake: Lake) -> None:
+    """Record the suite's expected checkpoints, when they changed since last time."""
+    rows = [
+        (c.model_size, c.seed, c.step, name, suite.source_of(c))
+        for name in suite.extractors
+        for c in suite.checkpoints_for(name)
+    ]
+    columns = ["model_size", "seed", "step", "extractor", "source"]
+    current = lake.read(SUITE_GRID)
+    current = current.filter(pc.equal(current["suite"], suite.name))
+    if current.num_rows:
+        latest = pc.max(current["extraction_id"]).as_py()
+        latest_rows = current.filter(pc.equal(current["extraction_id"], latest))
+        if set(zip(*(latest_rows[c].to_pylist() for c in columns), strict=True)) == set(rows):
+            return
+    extraction_id = new_extraction_id()
+    table = pa.table(
+        {
+            "extraction_id": [extraction_id] * len(rows),
+            **{c: [r[i] for r in rows] for i, c in enumerate(columns)},
+        }
+    )
+    lake.write(SUITE_GRID, {"suite": suite.name}, extraction_id, table)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for package in _VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class Runner:
+    """Runs planned tasks on one device and records every attempt in the manifest."""
+
+    def __init__(
+        self,
+        suite: Suite,
+        lake: Lake,
+        extractors: dict[str, Extractor],
+        device: torch.device,
+        allow_pickle: bool = False,
+    ) -> None:
+        self.suite = suite
+        self.lake = lake
+        self.extractors = extractors
+        self.device = device
+        self.allow_pickle = allow_pickle
+        self.versions = package_versions()
+        self.host = socket.gethostname()
+        self._tokenizers: dict[str, object] = {}
+
+    def run_task(self, task: Task) -> list[Failure]:
+        """Extract one checkpoint; returns the failures (recorded in the manifest)."""
+        import torch
+
+        checkpoint = task.checkpoint
+        extraction_id = new_extraction_id()
+        source = self.suite.source_of(checkpoint)
+        records: list[dict] = []
+        started = datetime.now(UTC)
+        try:
+            model = load_model(self.suite, checkpoint, self.device, self.allow_pickle)
+            tokenizer = self._tokenizer(checkpoint)
+        except CheckpointError as error:
+            finished = datetime.now(UTC)
+            for name in task.extractors:
+                records.append(self._record(extraction_id, source, name, started, finished, {}, str(error)))
+        else:
+            for name in task.extractors:
+                extractor_started = datetime.now(UTC)
+                rows: dict[str, int] = {}
+                error = None
+                try:
+                    tables = self.extractors[name].run(model, tokenizer, checkpoint, self.device)
+                    rows = self._write_outputs(name, checkpoint, extraction_id, tables)
+                except Exception as exc:  # one extractor's failure must not stop the rest
+                    log.debug("extractor %s failed on %s:\n%s", name, checkpoint, traceback.format_exc())
+                    error = f"{type(exc).__name__}: {exc}"
+                records.append(
+                    self._record(
+                        extraction_id, source, name, extractor_started, datetime.now(UTC), rows, error
+                    )
+                )
+            del model
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        self.lake.write(MANIFEST, checkpoint.partition(), extraction_id, self._manifest_table(records))
+        return [
+            Failure(checkpoint, r["extractor"], r["error"]) for r in records if r["status"] != "success"
+        ]
+
+    def _tokenizer(self, checkpoint: CheckpointId):
+        key = self.suite.checkpoints.tokenizer or self.suite.source_of(checkpoint)
+        if key not in self._tokenizers:
+            # Only the shared tokenizer is worth keeping; per-checkpoint ones are not reused.
+            if not self.suite.checkpoints.tokenizer:
+                self._tokenizers.clear()
+            self._tokenizers[key] = load_tokenizer(self.suite, checkpoint)
+        return self._tokenizers[key]
+
+    def _write_outputs(
+        self, name: str, checkpoint: CheckpointId, extraction_id: str, tables: dict[str, pa.Table]
+    ) -> dict[str, int]:
+        extractor = self.extractors[name]
+        expected = {d.name for d in extractor.outputs}
+        if set(tables) != expected:
+            raise ExtractorError(f"{name} returned {sorted(tables)}, expected {sorted(expected)}")
+        rows = {}
+        for dataset in extractor.outputs:
+            table = tables[dataset.name]
+            table = table.add_column(
+                0, "extraction_id", pa.array([extraction_id] * table.num_rows, pa.string())
+            )
+            self.lake.write(dataset, checkpoint.partition(), extraction_id, table)
+            rows[dataset.name] = table.num_rows
+        return rows
+
+    def _record(self, extraction_id, source, name, started, finished, rows, error) -> dict:
+        return {
+            "extraction_id": extraction_id,
+            "extractor": name,
+            "status": "failed" if error else "success",
+            "started_at": started,
+            "finished_at": finished,
+            "duration_s": (finished - started).total_seconds(),
+            "rows": list(rows.items()),
+            "config_hash": self.extractors[name].config_hash(),
+            "source": source,
+            "device": str(self.device),
+            "host": self.host,
+            "package_versions": list(self.versions.items()),
+            "error": error,
+        }
+
+    def _manifest_table(self, records: list[dict]) -> pa.Table:
+        return pa.Table.from_pylist(records, schema=MANIFEST.schema)
+
+
+def run_extraction(
+    suite: Suite,
+    lake: Lake,
+    extractor_names: list[str] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    allow_pickle: bool = False,
+    progress: bool = True,
+) -> Summary:
+    """Plan and run this process's share of the suite's missing work."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    extractors = build_extractors(suite, extractor_names)
+    if state.is_main_process:
+        write_suite_grid(suite, lake)
+    tasks = plan(suite, lake, extractors, shard)
+    # Under `accelerate launch`, each process takes every num_processes-th task.
+    tasks = tasks[state.process_index :: state.num_processes]
+    runner = Runner(suite, lake, extractors, state.device, allow_pickle)
+    summary = Summary()
+    with _progress(progress, len(tasks), state) as advance:
+        for task in tasks:
+            failures = runner.run_task(task)
+            summary.checkpoints += 1
+            summary.succeeded += len(task.extractors) - len(failures)
+            summary.failures.extend(failures)
+            advance(task, failures)
+    return summary
+
+
+class _progress:
+    """A rich progress bar over checkpoints (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, state) -> None:
+        self.enabled, self.total, self.state = enabled, total, state
+        self.started = time.monotonic()
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda task, failures: None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[current]}"),
+        )
+        label = "extract" if self.state.num_processes == 1 else f"extract [{self.state.process_index}]"
+        self.bar_task = self.bar.add_task(label, total=self.total, rate="", current="")
+        self.bar.start()
+        done = [0]
+
+        def advance(task: Task, failures: list[Failure]) -> None:
+            done[0] += 1
+            rate = done[0] / max(time.monotonic() - self.started, 1e-9)
+            mark = " [red]failed[/red]" if failures else ""
+            self.bar.update(
+                self.bar_task, advance=1, rate=f"{rate:.2f} ckpt/s", current=f"{task.checkpoint}{mark}"
+            )
+
+        return advance
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.stop()

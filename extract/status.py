@@ -1,0 +1,67 @@
+"""What a suite expects against what the lake holds, per run.
+
+Each expected (checkpoint, extractor) pair is exactly one of:
+
+- ``done``: a successful extraction under the extractor's current configuration;
+- ``stale``: successful only under another configuration (it will be redone);
+- ``failed``: the latest attempt failed and there is no current success;
+- ``missing``: never attempted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import pyarrow.compute as pc
+
+from polypythias.extract.extractors import Extractor
+from polypythias.extract.suite import Suite
+from polypythias.warehouse.lake import Lake
+from polypythias.warehouse.schemas import MANIFEST
+
+STATES = ("done", "stale", "failed", "missing")
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatus:
+    model_size: str
+    seed: int
+    counts: dict[str, int]
+    #: The latest error of each failed pair, "step N extractor: error".
+    errors: tuple[str, ...]
+
+
+def suite_status(suite: Suite, lake: Lake, extractors: dict[str, Extractor]) -> list[RunStatus]:
+    manifest = lake.read(MANIFEST)
+    manifest = manifest.filter(pc.equal(manifest["suite"], suite.name))
+    latest: dict[tuple, dict] = {}
+    current: set[tuple] = set()
+    hashes = {name: e.config_hash() for name, e in extractors.items()}
+    for row in manifest.sort_by("extraction_id").to_pylist():
+        key = (row["model_size"], row["seed"], row["step"], row["extractor"])
+        latest[key] = row
+        if row["status"] == "success" and row["config_hash"] == hashes.get(row["extractor"]):
+            current.add(key)
+
+    counts: dict[tuple, Counter] = {(s, k): Counter() for s in suite.sizes for k in suite.seeds}
+    errors: dict[tuple, list[str]] = {run: [] for run in counts}
+    for name in extractors:
+        for checkpoint in suite.checkpoints_for(name):
+            key = (checkpoint.model_size, checkpoint.seed, checkpoint.step, name)
+            run = key[:2]
+            last = latest.get(key)
+            if key in current:
+                state = "done"
+            elif last is None:
+                state = "missing"
+            elif last["status"] == "success":
+                state = "stale"
+            else:
+                state = "failed"
+                errors[run].append(f"step {checkpoint.step} {name}: {last['error']}")
+            counts[run][state] += 1
+    return [
+        RunStatus(size, seed, {s: counts[(size, seed)][s] for s in STATES}, tuple(errors[(size, seed)]))
+        for size, seed in counts
+    ]

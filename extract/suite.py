@@ -1,0 +1,289 @@
+"""Suite files: which runs, which steps, where checkpoints come from, what to extract.
+
+A suite is a YAML file validated with pydantic. Two presets ship with the
+package (``polypythias`` and ``micro``); ``load_suite`` takes a preset name or a
+path. Relative paths inside a suite file resolve against the file's folder
+(a preset's against the working directory).
+
+    name: micro
+    sizes: ["200k", "1m"]
+    seeds: [0, 1, 2, 3, 4]
+    steps:
+      all: [0, 1, 2, 4, 8, "16:256:16"]      # "a:b:c" = a, a+c, … up to b inclusive
+    checkpoints:
+      local: "{size}/seed{seed}/step{step}"   # or repo: / revision:
+    extractors:
+      token_stats: {steps: all, documents: eval/documents.jsonl, top_k: 10}
+      weight_stats: {steps: all}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from polypythias.warehouse.lake import LakeError, validate_partition_value
+
+PRESETS_DIR = Path(__file__).parent / "suites"
+_RANGE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*:\s*(\d+)\s*$")
+_TEMPLATE_FIELDS = {"size", "seed", "step"}
+
+
+class SuiteError(Exception):
+    """A suite file that cannot be used; the message names the file and the field."""
+
+
+def _expand_steps(values: list[int | str]) -> list[int]:
+    steps: set[int] = set()
+    for value in values:
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is not a step")
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError(f"step {value} is negative")
+            steps.add(value)
+            continue
+        match = _RANGE.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is neither a step nor a range 'start:stop:every'")
+        start, stop, every = map(int, match.groups())
+        if every <= 0 or stop < start:
+            raise ValueError(f"range {value!r} is empty")
+        steps.update(range(start, stop + 1, every))
+    return sorted(steps)
+
+
+def _check_template(template: str, allowed: set[str]) -> str:
+    fields = set(re.findall(r"{(\w*)}", template))
+    unknown = fields - allowed
+    if unknown:
+        raise ValueError(
+            f"unknown placeholder(s) {', '.join('{' + f + '}' for f in sorted(unknown))}; "
+            f"use {', '.join('{' + f + '}' for f in sorted(allowed))}"
+        )
+    return template
+
+
+class CheckpointSource(BaseModel):
+    """Where a checkpoint's weights come from: a hub repo revision or a local folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str | None = Field(
+        None, description="Hub repo template, e.g. 'EleutherAI/pythia-{size}-seed{seed}'."
+    )
+    repo_seed0: str | None = Field(
+        None, description="Repo template for seed 0 when it differs (PolyPythias: 'EleutherAI/pythia-{size}')."
+    )
+    revision: str = Field("step{step}", description="Revision template for hub checkpoints.")
+    local: str | None = Field(
+        None, description="Local folder template, e.g. '{size}/seed{seed}/step{step}'."
+    )
+    tokenizer: str | None = Field(
+        None, description="Tokenizer repo or folder shared by all checkpoints (default: each checkpoint's own)."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Dtype the weights are loaded in; statistics are computed in float32."
+    )
+    allow_pickle: bool = Field(
+        False, description="Accept pickle (.bin) weights when no safetensors exist. Unsafe for untrusted files."
+    )
+
+    @field_validator("repo", "repo_seed0", "local")
+    @classmethod
+    def _templates(cls, value: str | None) -> str | None:
+        return None if value is None else _check_template(value, _TEMPLATE_FIELDS)
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, value: str) -> str:
+        return _check_template(value, {"step"})
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CheckpointSource:
+        if (self.repo is None) == (self.local is None):
+            raise ValueError("give exactly one of 'repo' (hub) or 'local' (folders)")
+        return self
+
+
+class Suite(BaseModel):
+    """A checkpoint suite: runs (sizes × seeds) × steps, and what to extract from them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    sizes: list[str] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    steps: dict[str, list[int]] = Field(
+        description="Named step sets; 'all' is required. Items are steps or 'start:stop:every' ranges."
+    )
+    checkpoints: CheckpointSource
+    extractors: dict[str, dict[str, Any]] = Field(min_length=1)
+    lake: str | None = Field(None, description="Lake root (overridden by POLYPYTHIAS_LAKE and --lake).")
+
+    # The folder relative paths resolve against; set by load_suite.
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _partition_value("suite", value)
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, values: list[str]) -> list[str]:
+        return [_partition_value("model_size", v) for v in _unique(values)]
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, values: list[int]) -> list[int]:
+        return [_partition_value_int("seed", v) for v in _unique(values)]
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _steps(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError("steps must map step-set names to lists of steps")
+        if "all" not in value:
+            raise ValueError("steps needs an 'all' step set")
+        expanded = {}
+        for name, items in value.items():
+            if not isinstance(items, list) or not items:
+                raise ValueError(f"step set {name!r} must be a non-empty list")
+            expanded[name] = _expand_steps(items)
+        return expanded
+
+    @model_validator(mode="after")
+    def _extractors(self) -> Suite:
+        from polypythias.extract.extractors import get_extractor
+
+        for name, options in self.extractors.items():
+            extractor = get_extractor(name)  # raises with the known names
+            try:
+                parsed = extractor.Options.model_validate(options or {})
+            except ValidationError as error:
+                raise ValueError(f"extractors.{name}: {_describe(error)}") from None
+            if parsed.steps not in self.steps:
+                raise ValueError(
+                    f"extractors.{name}.steps: unknown step set {parsed.steps!r}; "
+                    f"defined: {', '.join(self.steps)}"
+                )
+        return self
+
+    # -- derived ---------------------------------------------------------------
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    def resolve_path(self, path: str | Path) -> Path:
+        """A path from the suite file, resolved against the file's folder."""
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else (self._base_dir / path).resolve()
+
+    def extractor_options(self, name: str):
+        from polypythias.extract.extractors import get_extractor
+
+        return get_extractor(name).Options.model_validate(self.extractors[name] or {})
+
+    def checkpoints_for(self, extractor: str) -> list[CheckpointId]:
+        steps = self.steps[self.extractor_options(extractor).steps]
+        return [
+            CheckpointId(self.name, size, seed, step)
+            for size in self.sizes
+            for seed in self.seeds
+            for step in steps
+        ]
+
+    def source_of(self, checkpoint: CheckpointId) -> str:
+        """Where a checkpoint lives: 'repo@revision' or a local folder path."""
+        source = self.checkpoints
+        fields = {"size": checkpoint.model_size, "seed": checkpoint.seed, "step": checkpoint.step}
+        if source.local is not None:
+            return str(self.resolve_path(source.local.format(**fields)))
+        template = source.repo_seed0 if checkpoint.seed == 0 and source.repo_seed0 else source.repo
+        return f"{template.format(**fields)}@{source.revision.format(**fields)}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class CheckpointId:
+    """Identity of a checkpoint: run (suite, size, seed) + training step."""
+
+    suite: str
+    model_size: str
+    seed: int
+    step: int
+
+    def partition(self) -> dict[str, object]:
+        return {
+            "suite": self.suite,
+            "model_size": self.model_size,
+            "seed": self.seed,
+            "step": self.step,
+        }
+
+    def __str__(self) -> str:
+        return f"{self.suite}/{self.model_size}/seed{self.seed}/step{self.step}"
+
+
+def _unique(values: list) -> list:
+    if len(set(values)) != len(values):
+        raise ValueError(f"duplicate values in {values}")
+    return values
+
+
+def _partition_value(column: str, value: str) -> str:
+    try:
+        return validate_partition_value(column, value)
+    except LakeError as error:
+        raise ValueError(str(error)) from None
+
+
+def _partition_value_int(column: str, value: int) -> int:
+    _partition_value(column, value)
+    return value
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    """Load a preset by name (``polypythias``, ``micro``) or a suite YAML file."""
+    path = Path(name_or_path)
+    preset = PRESETS_DIR / f"{name_or_path}.yaml"
+    is_preset = path.suffix == "" and preset.is_file() and not path.exists()
+    file = preset if is_preset else path
+    if not file.is_file():
+        presets = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+        raise SuiteError(f"{file}: no such suite file (presets: {presets})")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as error:
+        raise SuiteError(f"{file}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise SuiteError(f"{file}: a suite file must be a YAML mapping")
+    try:
+        suite = Suite.model_validate(data)
+    except ValidationError as error:
+        raise SuiteError(f"{file}: {_describe(error)}") from None
+    suite._base_dir = Path.cwd() if is_preset else file.resolve().parent
+    return suite
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {message}")
+    return "; ".join(problems)

@@ -1,0 +1,318 @@
+"""The `polypythias` command line: parses arguments and calls the pipeline.
+
+Defaults: lake ./lake, warehouse ./warehouse/polypythias.duckdb, reports ./reports;
+POLYPYTHIAS_LAKE and POLYPYTHIAS_DB override them, and so do --lake / --db.
+Heavy libraries (torch, transformers, dbt) are imported inside the commands so
+that --help answers at once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+# No command ever reaches a model hub or phones home unless the user asks.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+
+app = typer.Typer(
+    help=(
+        "A data lake and SQL marts for studying the stability of language-model "
+        "pre-training across random seeds."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+micro_app = typer.Typer(help="The micro suite: tiny GPT-NeoX runs on a synthetic language.", no_args_is_help=True)
+app.add_typer(micro_app, name="micro")
+
+console = Console()
+err = Console(stderr=True)
+
+DEFAULT_LAKE = "lake"
+DEFAULT_DB = Path("warehouse/polypythias.duckdb")
+DEFAULT_REPORTS = Path("reports")
+DEMO_DIR = Path("micro")
+
+LakeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--lake",
+        envvar="POLYPYTHIAS_LAKE",
+        help="Lake root: a folder or an s3:// / gs:// URI. [default: the suite's lake, else ./lake]",
+        show_default=False,
+    ),
+]
+DbOption = Annotated[
+    Path,
+    typer.Option("--db", envvar="POLYPYTHIAS_DB", help="The DuckDB warehouse file."),
+]
+SuiteOption = Annotated[
+    str,
+    typer.Option("--suite", help="A suite YAML file or a preset name (polypythias, micro)."),
+]
+ReportsOption = Annotated[Path, typer.Option("--out", help="Folder the report is written to.")]
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/bold red] {message}")
+    raise typer.Exit(2)
+
+
+def _load_suite(name: str):
+    from polypythias.extract.suite import SuiteError, load_suite
+
+    try:
+        return load_suite(name)
+    except SuiteError as error:
+        _fail(str(error))
+
+
+def _lake(option: str | None, suite=None):
+    from polypythias.warehouse.lake import Lake
+
+    if option:
+        return Lake(option)
+    if suite is not None and suite.lake:
+        lake = suite.lake
+        return Lake(lake if "://" in lake else suite.resolve_path(lake))
+    return Lake(DEFAULT_LAKE)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+# -- extraction ---------------------------------------------------------------
+
+
+@app.command()
+def extract(
+    suite: SuiteOption,
+    lake: LakeOption = None,
+    extractors: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated extractors to run. [default: all the suite configures]"),
+    ] = None,
+    shard: Annotated[
+        str,
+        typer.Option(help="Do shard i of n (0-based), e.g. 0/4 for the first of four jobs."),
+    ] = "0/1",
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(help="Load pickle (.bin) weights when a checkpoint has no safetensors. Unsafe."),
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Extract the suite's missing work into the lake (resumable, idempotent).
+
+    Each checkpoint is loaded once and every pending extractor runs on it. Work that
+    already succeeded under the same configuration is skipped; failed work is retried.
+    Under `accelerate launch` the processes split the checkpoints. Exits 1 when
+    anything failed, after extracting everything else.
+    """
+    from polypythias.extract.extractors import ExtractorError
+    from polypythias.extract.runner import parse_shard, run_extraction
+    from polypythias.warehouse.lake import LakeError
+
+    the_suite = _load_suite(suite)
+    try:
+        shard_range = parse_shard(shard)
+    except ValueError as error:
+        _fail(str(error))
+    _quiet_libraries()
+    names = [n.strip() for n in extractors.split(",") if n.strip()] if extractors else None
+    the_lake = _lake(lake, the_suite)
+    try:
+        summary = run_extraction(the_suite, the_lake, names, shard_range, allow_pickle, progress)
+    except (ExtractorError, LakeError) as error:
+        _fail(str(error))
+    console.print(
+        f"[bold]{summary.checkpoints}[/bold] checkpoints visited, "
+        f"[green]{summary.succeeded}[/green] extractions succeeded, "
+        f"[red]{len(summary.failures)}[/red] failed; lake: {the_lake.uri}"
+    )
+    if summary.failures:
+        table = Table("checkpoint", "extractor", "error", title="Failures (recorded in the manifest)")
+        for failure in summary.failures:
+            table.add_row(str(failure.checkpoint), failure.extractor, failure.error)
+        err.print(table)
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(suite: SuiteOption, lake: LakeOption = None) -> None:
+    """Expected grid against the lake: done, stale, failed and missing work per run."""
+    from polypythias.extract.runner import build_extractors
+    from polypythias.extract.status import STATES, suite_status
+
+    the_suite = _load_suite(suite)
+    the_lake = _lake(lake, the_suite)
+    try:
+        rows = suite_status(the_suite, the_lake, build_extractors(the_suite, None))
+    except Exception as error:  # noqa: BLE001 - any problem reading the lake is reported plainly
+        _fail(str(error))
+    table = Table("model_size", "seed", *STATES, title=f"{the_suite.name} in {the_lake.uri}")
+    for row in rows:
+        table.add_row(row.model_size, str(row.seed), *(str(row.counts[s]) for s in STATES))
+    console.print(table)
+    for row in rows:
+        for error in row.errors[:3]:
+            err.print(f"[red]{row.model_size}/seed{row.seed}[/red] {error}")
+
+
+# -- the micro suite -----------------------------------------------------------
+
+
+@micro_app.command("train")
+def micro_train(
+    out: Annotated[Path, typer.Option(help="Folder for checkpoints, tokenizer, eval set and suite.yaml.")] = DEMO_DIR,
+    sizes: Annotated[str, typer.Option(help="Comma-separated model sizes.")] = "",
+    seeds: Annotated[int, typer.Option(help="Number of seeds (0 … n-1).", min=1)] = 0,
+    steps: Annotated[int, typer.Option(help="Optimiser steps per run.", min=1)] = 0,
+    lake: LakeOption = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a micro suite; its training logs go to the lake's training_log dataset."""
+    _quiet_libraries()
+    suite_file = _train_micro(out, sizes, seeds, steps, _lake(lake), progress)
+    console.print(f"micro suite written; suite file: [bold]{suite_file}[/bold]")
+
+
+def _train_micro(out: Path, sizes: str, seeds: int, steps: int, lake, progress: bool) -> Path:
+    from polypythias.extract.micro.train import TrainConfig, train_suite
+    from polypythias.warehouse.lake import new_extraction_id
+    from polypythias.warehouse.schemas import TRAINING_LOG
+
+    config = TrainConfig()
+    if sizes:
+        config.sizes = [s.strip() for s in sizes.split(",") if s.strip()]
+    if seeds:
+        config.seeds = list(range(seeds))
+    if steps:
+        config.total_steps = steps
+
+    def record(size: str, seed: int, log) -> None:
+        import pyarrow as pa
+
+        extraction_id = new_extraction_id()
+        log = log.add_column(0, "extraction_id", pa.array([extraction_id] * log.num_rows, pa.string()))
+        partition = {"suite": config.suite_name, "model_size": size, "seed": seed}
+        lake.write(TRAINING_LOG, partition, extraction_id, log)
+
+    try:
+        train_suite(config, out, on_run_done=record, progress=progress)
+    except ValueError as error:
+        _fail(str(error))
+    return out / "suite.yaml"
+
+
+# -- warehouse -----------------------------------------------------------------
+
+
+@app.command()
+def build(
+    lake: LakeOption = None,
+    db: DbOption = DEFAULT_DB,
+    docs: Annotated[bool, typer.Option(help="Also run `dbt docs generate`.")] = False,
+) -> None:
+    """Run `dbt build` over the lake into the DuckDB warehouse (models and tests)."""
+    from polypythias.warehouse.dbt import DbtBuildError, build as dbt_build
+
+    the_lake = _lake(lake)
+    try:
+        dbt_build(the_lake.uri, db, docs=docs)
+    except DbtBuildError as error:
+        _fail(str(error))
+    console.print(f"warehouse built: [bold]{db}[/bold]")
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="The SQL to run on the warehouse.")],
+    db: DbOption = DEFAULT_DB,
+    format: Annotated[str, typer.Option(help="table, csv or json.")] = "table",
+) -> None:
+    """Run one SQL query on the warehouse and print the result."""
+    from polypythias.warehouse.sql import WarehouseError, query as run_query, to_csv, to_json
+
+    if format not in {"table", "csv", "json"}:
+        _fail(f"--format must be table, csv or json, not {format!r}")
+    try:
+        columns, rows = run_query(db, query)
+    except WarehouseError as error:
+        _fail(str(error))
+    if format == "csv":
+        typer.echo(to_csv(columns, rows), nl=False)
+    elif format == "json":
+        typer.echo(to_json(columns, rows))
+    else:
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*("" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
+        console.print(table)
+
+
+@app.command()
+def report(db: DbOption = DEFAULT_DB, out: ReportsOption = DEFAULT_REPORTS) -> None:
+    """Chart the marts with Altair into one self-contained HTML page (plus PNGs)."""
+    from polypythias.analyses.report import ReportError, build_report
+
+    try:
+        index = build_report(db, out)
+    except ReportError as error:
+        _fail(str(error))
+    console.print(f"report: [bold]{index}[/bold]")
+
+
+# -- the embedded default -------------------------------------------------------
+
+
+@app.command()
+def demo(
+    lake: LakeOption = None,
+    db: DbOption = DEFAULT_DB,
+    out: ReportsOption = DEFAULT_REPORTS,
+    micro_dir: Annotated[Path, typer.Option(help="Where the micro suite is trained.")] = DEMO_DIR,
+) -> None:
+    """Train the micro suite, extract everything, build the marts, write the report."""
+    from polypythias.analyses.report import build_report
+    from polypythias.extract.runner import run_extraction
+    from polypythias.warehouse.dbt import build as dbt_build
+
+    _quiet_libraries()
+    the_lake = _lake(lake)
+    suite_file = micro_dir / "suite.yaml"
+    if suite_file.is_file():
+        console.print(f"[bold]1/4[/bold] reusing the micro suite in {micro_dir} (delete it to retrain)")
+    else:
+        console.print(f"[bold]1/4[/bold] training the micro suite into {micro_dir}")
+        _train_micro(micro_dir, "", 0, 0, the_lake, progress=True)
+    console.print("[bold]2/4[/bold] extracting")
+    summary = run_extraction(_load_suite(str(suite_file)), the_lake)
+    if summary.failures:
+        _fail(f"{len(summary.failures)} extractions failed; see `polypythias status --suite {suite_file}`")
+    console.print("[bold]3/4[/bold] building the marts (dbt)")
+    dbt_build(the_lake.uri, db)
+    console.print("[bold]4/4[/bold] writing the report")
+    index = build_report(db, out)
+    console.print(
+        f"\nlake:      {the_lake.uri}\nwarehouse: {db}\nreport:    {index}\n\n"
+        "Try:\n  polypythias sql \"select model_size, step, n_seeds, loss_median, loss_q25, loss_q75 "
+        "from fct_loss_consistency order by model_size, step\"\n"
+        f"  duckdb {db}"
+    )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,188 @@
+"""The lake: Hive-partitioned Parquet datasets under one root URI.
+
+    <root>/<dataset>/suite=<s>/model_size=<m>/seed=<k>/step=<n>/<extraction_id>.parquet
+
+A file becomes visible only once complete: it is written under a hidden
+temporary name (``.<id>.parquet.tmp``, which neither DuckDB's ``*.parquet`` glob
+nor pyarrow's discovery picks up) and renamed into place. Nothing is updated in
+place: a re-extraction writes a new ``extraction_id`` and staging keeps the
+latest successful one.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from polypythias.warehouse.schemas import (
+    DATASETS,
+    PARTITION_TYPES,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_KEY,
+    Dataset,
+)
+
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_EXTRACTION_ID = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{8}$")
+
+
+class LakeError(Exception):
+    """A lake operation that cannot go ahead; the message names what and where."""
+
+
+def validate_partition_value(column: str, value: object) -> str:
+    """Return the path text of one partition value, refusing anything unsafe.
+
+    Partition values become folder names, so a value with ``/``, ``..`` or ``=``
+    (or a negative seed or step) would escape or corrupt the layout.
+    """
+    expected = PARTITION_TYPES.get(column)
+    if expected is None:
+        raise LakeError(f"unknown partition column {column!r}")
+    if pa.types.is_integer(expected):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise LakeError(f"{column} must be a non-negative integer, got {value!r}")
+        return str(value)
+    text = str(value)
+    if not _SAFE_VALUE.match(text) or ".." in text:
+        raise LakeError(
+            f"{column} {text!r} is not a safe partition value: use letters, digits, "
+            "'.', '_', '+' and '-' (no '/', '..' or '='), starting with a letter or digit"
+        )
+    return text
+
+
+def new_extraction_id(now: datetime | None = None) -> str:
+    """A time-sortable unique id: ``20261128T120915123456Z-1a2b3c4d``."""
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(4)}"
+
+
+def _validate_extraction_id(extraction_id: str) -> None:
+    if not _EXTRACTION_ID.match(extraction_id):
+        raise LakeError(f"malformed extraction id {extraction_id!r}")
+
+
+class Lake:
+    """A lake rooted at a local folder or a filesystem URI (``s3://…``, ``gs://…``)."""
+
+    def __init__(self, root: str | Path) -> None:
+        text = str(root)
+        if "://" in text:
+            self.fs, self.root = pafs.FileSystem.from_uri(text)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), str(Path(text).resolve())
+        self.uri = text if "://" in text else self.root
+        self.root = self.root.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"Lake({self.uri!r})"
+
+    # -- layout ---------------------------------------------------------------
+
+    def dataset_dir(self, dataset: Dataset) -> str:
+        return f"{self.root}/{dataset.name}"
+
+    def partition_dir(self, dataset: Dataset, partition: dict[str, object]) -> str:
+        if set(partition) != set(dataset.partition_by):
+            raise LakeError(
+                f"{dataset.name} is partitioned by {', '.join(dataset.partition_by)}; "
+                f"got {', '.join(sorted(partition))}"
+            )
+        parts = [
+            f"{column}={validate_partition_value(column, partition[column])}"
+            for column in dataset.partition_by
+        ]
+        return "/".join([self.dataset_dir(dataset), *parts])
+
+    # -- writing --------------------------------------------------------------
+
+    def write(
+        self,
+        dataset: Dataset,
+        partition: dict[str, object],
+        extraction_id: str,
+        table: pa.Table,
+    ) -> str:
+        """Write one partition file atomically and return its path.
+
+        The table must match the dataset's schema exactly (column names, types and
+        order; metadata is added here). Rows are sorted by the dataset's key.
+        """
+        _validate_extraction_id(extraction_id)
+        directory = self.partition_dir(dataset, partition)
+        table = self._conform(dataset, table)
+        if table.num_rows and dataset.sort_by:
+            table = table.sort_by([(column, "ascending") for column in dataset.sort_by])
+        final = f"{directory}/{extraction_id}.parquet"
+        temporary = f"{directory}/.{extraction_id}.parquet.tmp"
+        try:
+            self.fs.create_dir(directory, recursive=True)
+            pq.write_table(table, temporary, filesystem=self.fs, compression="zstd")
+            self.fs.move(temporary, final)
+        except OSError as error:
+            self._discard(temporary)
+            raise LakeError(f"cannot write {final}: {error}") from error
+        return final
+
+    def _conform(self, dataset: Dataset, table: pa.Table) -> pa.Table:
+        expected = dataset.schema
+        if table.schema.names != expected.names:
+            raise LakeError(
+                f"{dataset.name}: columns {table.schema.names} do not match the schema "
+                f"{expected.names}"
+            )
+        try:
+            return table.cast(expected)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+            raise LakeError(f"{dataset.name}: rows do not fit the schema: {error}") from error
+
+    def _discard(self, path: str) -> None:
+        try:
+            self.fs.delete_file(path)
+        except OSError:
+            pass
+
+    # -- reading --------------------------------------------------------------
+
+    def read(self, dataset: Dataset, filter: ds.Expression | None = None) -> pa.Table:
+        """Every row of a dataset, partition columns included (empty if none yet).
+
+        Refuses files written with another schema version, naming the file.
+        """
+        partition_schema = pa.schema(
+            [pa.field(c, PARTITION_TYPES[c]) for c in dataset.partition_by]
+        )
+        full_schema = pa.schema(list(partition_schema) + list(dataset.schema))
+        directory = self.dataset_dir(dataset)
+        if self.fs.get_file_info(directory).type == pafs.FileType.NotFound:
+            return full_schema.empty_table()
+        dataset_ = ds.dataset(
+            directory,
+            filesystem=self.fs,
+            format="parquet",
+            partitioning=ds.partitioning(partition_schema, flavor="hive"),
+        )
+        for fragment in dataset_.get_fragments():
+            version = (fragment.physical_schema.metadata or {}).get(SCHEMA_VERSION_KEY)
+            if version != str(SCHEMA_VERSION).encode():
+                raise LakeError(
+                    f"{fragment.path} has schema version "
+                    f"{version.decode() if version else 'none'}, this polypythias reads "
+                    f"version {SCHEMA_VERSION}: re-extract into a new lake or upgrade"
+                )
+        return dataset_.to_table(filter=filter).select(full_schema.names).cast(full_schema)
+
+
+def dataset(name: str) -> Dataset:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise LakeError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}") from None

@@ -1,0 +1,167 @@
+"""The lake's datasets, described once.
+
+Every Parquet file in the lake is written with one of these schemas, never an
+inferred one. Partition columns (suite, model_size, seed, step) live in the Hive
+path, not in the files; every row carries the ``extraction_id`` of the attempt
+that wrote it, so staging can keep the latest successful extraction per key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+#: Bumped whenever a dataset's columns change incompatibly. Stored in each
+#: file's schema metadata so a reader can refuse files of another version.
+SCHEMA_VERSION = 1
+SCHEMA_VERSION_KEY = b"polypythias.schema_version"
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """One Parquet dataset of the lake."""
+
+    name: str
+    schema: pa.Schema
+    #: Hive partition columns, outermost first.
+    partition_by: tuple[str, ...]
+    #: Columns the rows are sorted by inside a file (after the partition).
+    sort_by: tuple[str, ...]
+    description: str
+
+    def __post_init__(self) -> None:
+        metadata = {SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()}
+        object.__setattr__(self, "schema", self.schema.with_metadata(metadata))
+
+
+CHECKPOINT_PARTITION = ("suite", "model_size", "seed", "step")
+RUN_PARTITION = ("suite", "model_size", "seed")
+
+PARTITION_TYPES = {
+    "suite": pa.string(),
+    "model_size": pa.string(),
+    "seed": pa.int64(),
+    "step": pa.int64(),
+}
+
+
+def _schema(*fields: pa.Field) -> pa.Schema:
+    return pa.schema([pa.field("extraction_id", pa.string(), nullable=False), *fields])
+
+
+MANIFEST = Dataset(
+    name="manifest",
+    description="One row per extraction attempt of one extractor on one checkpoint.",
+    partition_by=CHECKPOINT_PARTITION,
+    sort_by=("extractor",),
+    schema=_schema(
+        pa.field("extractor", pa.string(), nullable=False),
+        # success | failed
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("started_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),
+        # Rows written per dataset, e.g. {"token_stats": 2048}.
+        pa.field("rows", pa.map_(pa.string(), pa.int64()), nullable=False),
+        pa.field("config_hash", pa.string(), nullable=False),
+        # Where the checkpoint came from: "repo@revision" or a local folder.
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("device", pa.string()),
+        pa.field("host", pa.string()),
+        pa.field("package_versions", pa.map_(pa.string(), pa.string()), nullable=False),
+        pa.field("error", pa.string()),
+    ),
+)
+
+TOKEN_STATS = Dataset(
+    name="token_stats",
+    description=(
+        "One row per predicted token of the fixed evaluation documents: the model's "
+        "prediction of token `position` from the tokens before it."
+    ),
+    partition_by=CHECKPOINT_PARTITION,
+    sort_by=("doc_id", "position"),
+    schema=_schema(
+        pa.field("doc_id", pa.int64(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),
+        pa.field("target_id", pa.int32(), nullable=False),
+        pa.field("target_logprob", pa.float32(), nullable=False),
+        # Entropy of the predictive distribution, in nats.
+        pa.field("entropy", pa.float32(), nullable=False),
+        # 1 = the target was the most probable token.
+        pa.field("target_rank", pa.int32(), nullable=False),
+        pa.field("topk_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("topk_logprobs", pa.list_(pa.float32()), nullable=False),
+    ),
+)
+
+WEIGHT_STATS = Dataset(
+    name="weight_stats",
+    description=(
+        "One row per weight matrix (fused query_key_value split into q, k, v), plus "
+        "one `all_weights` and one `all_biases` row per checkpoint with the "
+        "distribution statistics over every weight / bias value."
+    ),
+    partition_by=CHECKPOINT_PARTITION,
+    sort_by=("tensor_name",),
+    schema=_schema(
+        pa.field("tensor_name", pa.string(), nullable=False),
+        # q k v attn_out ffn_in ffn_out embed unembed | all_weights all_biases
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("layer", pa.int32()),
+        pa.field("n_rows", pa.int64(), nullable=False),
+        pa.field("n_cols", pa.int64(), nullable=False),
+        # Matrix statistics (null on the all_weights / all_biases rows).
+        pa.field("l1", pa.float64()),
+        pa.field("l2", pa.float64()),
+        pa.field("trace", pa.float64()),  # square matrices only
+        pa.field("spectral", pa.float64()),
+        pa.field("code_sparsity", pa.float64()),  # l1 / l2
+        pa.field("computational_sparsity", pa.float64()),  # trace / spectral
+        pa.field("sv_mean", pa.float64()),
+        pa.field("sv_var", pa.float64()),
+        # Distribution of the values.
+        pa.field("mean", pa.float64(), nullable=False),
+        pa.field("median", pa.float64(), nullable=False),
+        pa.field("var", pa.float64(), nullable=False),
+        pa.field("weight_hash", pa.string()),
+    ),
+)
+
+TRAINING_LOG = Dataset(
+    name="training_log",
+    description="One row per optimiser step of a training run.",
+    # One file covers a whole run: a partition per step would be thousands of
+    # one-row files.
+    partition_by=RUN_PARTITION,
+    sort_by=("step",),
+    schema=_schema(
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("loss", pa.float64(), nullable=False),
+        pa.field("lr", pa.float64(), nullable=False),
+        pa.field("grad_norm", pa.float64()),
+        pa.field("tokens_seen", pa.int64()),
+    ),
+)
+
+SUITE_GRID = Dataset(
+    name="suite_grid",
+    description=(
+        "The checkpoints a suite file expects, per extractor; written by every "
+        "`polypythias extract` so the marts can tell missing checkpoints."
+    ),
+    partition_by=("suite",),
+    sort_by=("model_size", "seed", "step", "extractor"),
+    schema=_schema(
+        pa.field("model_size", pa.string(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("extractor", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+    ),
+)
+
+DATASETS: dict[str, Dataset] = {
+    d.name: d for d in (MANIFEST, TOKEN_STATS, WEIGHT_STATS, TRAINING_LOG, SUITE_GRID)
+}
