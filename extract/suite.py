@@ -261,7 +261,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     """Load a preset by name (``polypythias``, ``micro``) or a suite YAML file."""
     path = Path(name_or_path)
     preset = PRESETS_DIR / f"{name_or_path}.yaml"
-    is_preset = path.suffix == "" and preset.is_file() and not path.exists()
+    is_preset = path.suffix == "" and preset.is_file() and not path.is_file()
     file = preset if is_preset else path
     if not file.is_file():
         presets = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))

@@ -92,7 +92,7 @@ class TokenStats(Extractor):
     def fingerprint_inputs(self) -> dict[str, Any]:
         return {"documents_sha256": hashlib.sha256(self.path.read_bytes()).hexdigest()}
 
-    def _encode(self, tokenizer, max_length: int) -> list[list[int]]:
+    def encode(self, tokenizer, max_length: int) -> list[list[int]]:
         # Checkpoints of a suite normally share a tokenizer: encode once per tokenizer.
         key = hash((tokenizer.name_or_path, len(tokenizer), max_length))
         if self._encoded is None or self._encoded[0] != key:
@@ -105,7 +105,7 @@ class TokenStats(Extractor):
         import torch
 
         max_length = self.options.max_length or model.config.max_position_embeddings
-        sequences = self._encode(tokenizer, max_length)
+        sequences = self.encode(tokenizer, max_length)
         has_bos = tokenizer.bos_token_id is not None
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))

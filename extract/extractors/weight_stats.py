@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 # Parameter name (after any "gpt_neox." prefix) → kind.
 _KINDS = (
     (re.compile(r"embed_in\.weight$"), "embed"),
-    (re.compile(r"embed_out\.weight$"), "unembed"),
+    (re.compile(r"(?:embed_out|lm_head)\.weight$"), "unembed"),
     (re.compile(r"layers\.(\d+)\.attention\.query_key_value\.weight$"), "qkv"),
     (re.compile(r"layers\.(\d+)\.attention\.dense\.weight$"), "attn_out"),
     (re.compile(r"layers\.(\d+)\.mlp\.dense_h_to_4h\.weight$"), "ffn_in"),
