@@ -266,7 +266,8 @@ def sql(
 @app.command()
 def report(db: DbOption = DEFAULT_DB, out: ReportsOption = DEFAULT_REPORTS) -> None:
     """Chart the marts with Altair into one self-contained HTML page (plus PNGs)."""
-    from polypythias.analyses.report import ReportError, build_report
+    from polypythias.analyses.marts import ReportError
+    from polypythias.analyses.report import build_report
 
     try:
         index = build_report(db, out)

@@ -1,0 +1,110 @@
+"""Reading marts from the warehouse for charts, and the report's errors."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import altair as alt
+import duckdb
+
+
+class ReportError(RuntimeError):
+    """The report cannot be built; the message names the file and the problem."""
+
+
+class WarehouseError(ReportError):
+    """The warehouse file is missing or cannot be read."""
+
+
+# What a figure function returns: any top-level Altair chart.
+AnyChart = alt.Chart | alt.LayerChart | alt.FacetChart
+
+
+class MartError(ReportError):
+    """A mart exists but does not have the shape a chart needs."""
+
+
+def database_path(con: duckdb.DuckDBPyConnection) -> str:
+    """The file behind ``con`` (``":memory:"`` for an in-memory database)."""
+    row = con.execute(
+        "select path from duckdb_databases() where database_name = current_database()"
+    ).fetchone()
+    return row[0] if row and row[0] else ":memory:"
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def mart_schema(con: duckdb.DuckDBPyConnection, mart: str) -> str | None:
+    """The schema holding a table or view called ``mart``, or None if there is none.
+
+    dbt may put marts in ``main`` or in a custom schema; ``main`` wins when the
+    name exists in several schemas.
+    """
+    rows = con.execute(
+        """
+        select table_schema
+        from information_schema.tables
+        where table_catalog = current_database() and table_name = ?
+        order by table_schema = 'main' desc, table_schema
+        """,
+        [mart],
+    ).fetchall()
+    return rows[0][0] if rows else None
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN/inf; Vega treats null as missing.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_mart(
+    con: duckdb.DuckDBPyConnection,
+    mart: str,
+    columns: tuple[str, ...],
+    order_by: str,
+) -> list[dict[str, Any]] | None:
+    """The mart's rows as dicts (only ``columns``), or None if it is missing or empty.
+
+    Raises MartError, naming the database file, when the mart lacks a column.
+    """
+    schema = mart_schema(con, mart)
+    if schema is None:
+        return None
+    present = {
+        name
+        for (name,) in con.execute(
+            "select column_name from information_schema.columns "
+            "where table_catalog = current_database() "
+            "and table_schema = ? and table_name = ?",
+            [schema, mart],
+        ).fetchall()
+    }
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise MartError(
+            f"mart {mart} in {database_path(con)} lacks column(s) {', '.join(missing)}; "
+            "rebuild the warehouse (`polypythias build`)"
+        )
+    select = ", ".join(_quote(c) for c in columns)
+    relation = f"{_quote(schema)}.{_quote(mart)}"
+    cursor = con.execute(f"select {select} from {relation} order by {order_by}")
+    rows = [
+        {name: _clean(value) for name, value in zip(columns, row)}
+        for row in cursor.fetchall()
+    ]
+    return rows or None
+
+
+def size_order(rows: list[dict[str, Any]]) -> list[str]:
+    """Model sizes from smallest to largest nominal parameter count (unknown last)."""
+    params: dict[str, float | None] = {}
+    for row in rows:
+        size, n = row["model_size"], row["nominal_parameters"]
+        if size not in params or (n is not None and (params[size] is None or n < params[size])):
+            params[size] = n
+    return sorted(params, key=lambda s: (params[s] is None, params[s] or 0.0, s))

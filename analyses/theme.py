@@ -1,0 +1,92 @@
+"""The one Altair theme every polypythias chart uses.
+
+Importing this module registers the theme ``"polypythias"`` and enables it; chart
+modules import it for that side effect, so it is enabled exactly once per process.
+The theme is part of each chart's spec (Altair merges it in ``to_dict``), so the
+HTML, the PNG and the report page all look the same.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+
+THEME_NAME = "polypythias"
+
+FONT = "Helvetica Neue, Helvetica, Arial, Liberation Sans, DejaVu Sans, sans-serif"
+INK = "#222222"
+MUTED = "#555555"
+GRID = "#e6e6e6"
+
+# Colour-blind-safe categorical palette (Okabe-Ito, black dropped): one colour per
+# model size, assigned in size order.
+CATEGORY = [
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#CC79A7",
+    "#D55E00",
+    "#56B4E9",
+    "#F0E442",
+]
+
+WIDTH = 560
+HEIGHT = 340
+# Band (seed spread) opacity under the median line.
+BAND_OPACITY = 0.25
+
+
+@alt.theme.register(THEME_NAME, enable=True)
+def polypythias_theme() -> alt.theme.ThemeConfig:
+    """Plain, readable defaults: white background, light grid, larger text."""
+    return {
+        "background": "white",
+        "padding": 8,
+        "config": {
+            "font": FONT,
+            # Size through config.view so faceted charts size each cell.
+            "view": {"continuousWidth": WIDTH, "continuousHeight": HEIGHT, "stroke": None},
+            "title": {
+                "font": FONT,
+                "fontSize": 16,
+                "fontWeight": "bold",
+                "color": INK,
+                "subtitleFontSize": 12,
+                "subtitleColor": MUTED,
+                "anchor": "start",
+                "offset": 10,
+            },
+            "axis": {
+                "labelFont": FONT,
+                "titleFont": FONT,
+                "labelFontSize": 12,
+                "titleFontSize": 13,
+                "titleFontWeight": "normal",
+                "labelColor": MUTED,
+                "titleColor": INK,
+                "gridColor": GRID,
+                "domainColor": "#888888",
+                "tickColor": "#888888",
+            },
+            "legend": {
+                "labelFont": FONT,
+                "titleFont": FONT,
+                "labelFontSize": 12,
+                "titleFontSize": 13,
+                "titleFontWeight": "normal",
+                "labelColor": INK,
+                "titleColor": INK,
+                "symbolStrokeWidth": 3,
+            },
+            "header": {
+                "labelFont": FONT,
+                "titleFont": FONT,
+                "labelFontSize": 13,
+                "titleFontSize": 13,
+                "labelColor": INK,
+            },
+            "range": {"category": CATEGORY},
+            "line": {"strokeWidth": 2},
+            "point": {"size": 28, "filled": True},
+            "area": {"opacity": BAND_OPACITY},
+        },
+    }
