@@ -1,0 +1,129 @@
+{#-
+    Reading the lake.
+
+    Every lake dataset is a dbt source whose `external_location` is a
+    `read_parquet(…/<dataset>/**/*.parquet)`. DuckDB refuses a glob that matches no
+    file, and a young lake may not hold every dataset yet (no training log, no weight
+    statistics…). Staging models therefore read their dataset through
+    `lake_source(dataset)`: the source itself when the lake holds at least one file
+    of it, otherwise an empty relation with the dataset's columns and types (the
+    same as `warehouse/schemas.py`, partition columns included), so every model
+    downstream builds, empty.
+-#}
+
+{% macro lake_glob(dataset) -%}
+    {{ var('lake_root') }}/{{ dataset }}/**/*.parquet
+{%- endmacro %}
+
+
+{% macro lake_has_files(dataset) %}
+    {%- set probe -%}
+        select count(*) > 0 as has_files
+        from (select file from glob('{{ lake_glob(dataset) }}') limit 1)
+    {%- endset -%}
+    {%- set result = run_query(probe) -%}
+    {{ return(result.columns[0].values()[0]) }}
+{% endmacro %}
+
+
+{% macro lake_columns(dataset) %}
+    {#- Column name → DuckDB type of each dataset, as read with hive partitioning. -#}
+    {%- set checkpoint = [
+        ('suite', 'varchar'), ('model_size', 'varchar'), ('seed', 'bigint'), ('step', 'bigint'),
+    ] -%}
+    {%- set run = [('suite', 'varchar'), ('model_size', 'varchar'), ('seed', 'bigint')] -%}
+    {%- set columns = {
+        'manifest': [
+            ('extraction_id', 'varchar'),
+            ('extractor', 'varchar'),
+            ('status', 'varchar'),
+            ('started_at', 'timestamp with time zone'),
+            ('finished_at', 'timestamp with time zone'),
+            ('duration_s', 'double'),
+            ('rows', 'map(varchar, bigint)'),
+            ('config_hash', 'varchar'),
+            ('source', 'varchar'),
+            ('device', 'varchar'),
+            ('host', 'varchar'),
+            ('package_versions', 'map(varchar, varchar)'),
+            ('error', 'varchar'),
+        ] + checkpoint,
+        'token_stats': [
+            ('extraction_id', 'varchar'),
+            ('doc_id', 'bigint'),
+            ('position', 'integer'),
+            ('target_id', 'integer'),
+            ('target_logprob', 'float'),
+            ('entropy', 'float'),
+            ('target_rank', 'integer'),
+            ('topk_ids', 'integer[]'),
+            ('topk_logprobs', 'float[]'),
+        ] + checkpoint,
+        'weight_stats': [
+            ('extraction_id', 'varchar'),
+            ('tensor_name', 'varchar'),
+            ('kind', 'varchar'),
+            ('layer', 'integer'),
+            ('n_rows', 'bigint'),
+            ('n_cols', 'bigint'),
+            ('l1', 'double'),
+            ('l2', 'double'),
+            ('trace', 'double'),
+            ('spectral', 'double'),
+            ('code_sparsity', 'double'),
+            ('computational_sparsity', 'double'),
+            ('sv_mean', 'double'),
+            ('sv_var', 'double'),
+            ('mean', 'double'),
+            ('median', 'double'),
+            ('var', 'double'),
+            ('weight_hash', 'varchar'),
+        ] + checkpoint,
+        'training_log': [
+            ('extraction_id', 'varchar'),
+            ('step', 'bigint'),
+            ('loss', 'double'),
+            ('lr', 'double'),
+            ('grad_norm', 'double'),
+            ('tokens_seen', 'bigint'),
+        ] + run,
+        'suite_grid': [
+            ('extraction_id', 'varchar'),
+            ('model_size', 'varchar'),
+            ('seed', 'bigint'),
+            ('step', 'bigint'),
+            ('extractor', 'varchar'),
+            ('source', 'varchar'),
+            ('suite', 'varchar'),
+        ],
+    } -%}
+    {%- if dataset not in columns -%}
+        {{ exceptions.raise_compiler_error("lake_columns: unknown lake dataset '" ~ dataset ~ "'") }}
+    {%- endif -%}
+    {{ return(columns[dataset]) }}
+{% endmacro %}
+
+
+{% macro lake_empty_relation(dataset) -%}
+    (
+        select
+            {%- for name, type in lake_columns(dataset) %}
+            cast(null as {{ type }}) as {{ adapter.quote(name) }}{{ "," if not loop.last }}
+            {%- endfor %}
+        where false
+    )
+{%- endmacro %}
+
+
+{% macro lake_source(dataset) %}
+    {%- set relation = source('lake', dataset) -%}
+    {#- Unit tests replace the source with a fixture CTE (no external location). -#}
+    {%- if not execute or relation.external is none -%}
+        {{ return(relation) }}
+    {%- elif lake_has_files(dataset) -%}
+        {{ return(relation) }}
+    {%- else -%}
+        {{ log("lake: no " ~ dataset ~ " files under " ~ var('lake_root') ~ "; reading it as empty", info=true) }}
+        {{ return(lake_empty_relation(dataset)) }}
+    {%- endif -%}
+{% endmacro %}

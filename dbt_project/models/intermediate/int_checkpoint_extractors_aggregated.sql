@@ -1,0 +1,85 @@
+with
+
+suite_grid as (
+
+    select * from {{ ref('stg_lake__suite_grid') }}
+
+),
+
+manifest as (
+
+    select * from {{ ref('stg_lake__manifest') }}
+
+),
+
+expected as (
+
+    select distinct
+        suite,
+        model_size,
+        seed,
+        step,
+        extractor
+    from suite_grid
+
+),
+
+attempts as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        step,
+        extractor,
+        count(*) as n_attempts,
+        count(*) filter (where is_success) as n_successes,
+        count(*) filter (where not is_success) as n_failed_attempts,
+        max(extraction_id) filter (where is_latest_success) as current_extraction_id,
+        max(extraction_id) filter (where not is_success) as last_failed_extraction_id,
+        -- arg_max skips null errors: the newest failure that says what went wrong
+        arg_max(error, extraction_id) filter (where not is_success) as last_error
+    from manifest
+    group by suite, model_size, seed, step, extractor
+
+),
+
+joined as (
+
+    select
+        ---------- keys
+        coalesce(expected.suite, attempts.suite) as suite,
+        coalesce(expected.model_size, attempts.model_size) as model_size,
+        coalesce(expected.seed, attempts.seed) as seed,
+        coalesce(expected.step, attempts.step) as step,
+        coalesce(expected.extractor, attempts.extractor) as extractor,
+
+        ---------- expectation
+        expected.extractor is not null as is_expected,
+
+        ---------- attempts
+        coalesce(attempts.n_attempts, 0) as n_attempts,
+        coalesce(attempts.n_successes, 0) as n_successes,
+        coalesce(attempts.n_failed_attempts, 0) as n_failed_attempts,
+        coalesce(attempts.n_successes, 0) > 0 as has_success,
+        attempts.current_extraction_id,
+        attempts.last_failed_extraction_id,
+        attempts.last_error
+
+    from expected
+    full outer join attempts
+        on expected.suite = attempts.suite
+        and expected.model_size = attempts.model_size
+        and expected.seed = attempts.seed
+        and expected.step = attempts.step
+        and expected.extractor = attempts.extractor
+
+),
+
+final as (
+
+    select * from joined
+
+)
+
+select * from final

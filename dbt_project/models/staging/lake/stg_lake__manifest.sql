@@ -1,0 +1,74 @@
+with
+
+source as (
+
+    select * from {{ lake_source('manifest') }}
+
+),
+
+renamed as (
+
+    select
+        ---------- keys
+        cast(suite as varchar) as suite,
+        cast(model_size as varchar) as model_size,
+        cast(seed as bigint) as seed,
+        cast(step as bigint) as step,
+        cast(extractor as varchar) as extractor,
+        cast(extraction_id as varchar) as extraction_id,
+
+        ---------- outcome
+        cast(status as varchar) as status,
+        status = 'success' as is_success,
+        cast(error as varchar) as error,
+        rows as rows_written,
+
+        ---------- timing
+        started_at,
+        finished_at,
+        cast(duration_s as double) as duration_s,
+
+        ---------- provenance
+        cast(config_hash as varchar) as config_hash,
+        cast(source as varchar) as checkpoint_source,
+        cast(device as varchar) as device,
+        cast(host as varchar) as host,
+        package_versions
+
+    from source
+
+),
+
+latest_success as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        step,
+        extractor,
+        -- extraction ids sort by time: the greatest successful one is the latest
+        max(extraction_id) as extraction_id
+    from renamed
+    where is_success
+    group by suite, model_size, seed, step, extractor
+
+),
+
+final as (
+
+    select
+        renamed.*,
+        latest_success.extraction_id is not null as is_latest_success
+    from renamed
+    left join latest_success
+        on renamed.suite = latest_success.suite
+        and renamed.model_size = latest_success.model_size
+        and renamed.seed = latest_success.seed
+        and renamed.step = latest_success.step
+        and renamed.extractor = latest_success.extractor
+        and renamed.extraction_id = latest_success.extraction_id
+
+)
+
+select * from final

@@ -1,0 +1,181 @@
+"""The dbt runner: `dbt build` of ``dbt_project/`` over the lake into the warehouse.
+
+dbt runs in-process through ``dbtRunner``. The lake root reaches the project as the
+var ``lake_root``; the warehouse path as the environment variable ``POLYPYTHIAS_DB``,
+which ``dbt_project/profiles.yml`` reads. dbt's ``target/`` and ``logs/`` go next to
+the warehouse (``<db dir>/.dbt/``), never into the project folder, so an installed
+copy of the package never writes into itself. Nothing phones home: usage statistics
+are off in ``dbt_project.yml`` and in the environment of the run.
+
+A dataset the lake does not hold yet is read as empty by the project's
+``lake_source`` macro, so the build works on a young lake.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The dbt project, shipped next to the package's stages.
+PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
+
+#: The environment variable ``profiles.yml`` reads the warehouse path from.
+DB_ENV = "POLYPYTHIAS_DB"
+
+# Characters that cannot reach DuckDB's read_parquet safely through the sources'
+# external_location template: a quote ends the SQL string, `$` starts a template
+# placeholder.
+_UNSAFE_IN_ROOT = ("'", "$")
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One node that did not pass: its dbt id, its status and dbt's message."""
+
+    node: str
+    status: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.node} [{self.status}]: {self.message}"
+
+
+class DbtBuildError(RuntimeError):
+    """`dbt build` (or `dbt docs generate`) failed; the message lists each failure."""
+
+    def __init__(self, command: str, failures: list[Failure], detail: str | None = None):
+        self.command = command
+        self.failures = failures
+        lines = [f"dbt {command} failed"]
+        if detail:
+            lines[0] += f": {detail}"
+        lines += [f"  - {failure}" for failure in failures]
+        super().__init__("\n".join(lines))
+
+
+def state_dir(db_path: Path) -> Path:
+    """Where dbt's target/ and logs/ for the warehouse ``db_path`` go."""
+    return Path(db_path).resolve().parent / ".dbt"
+
+
+def marts() -> list[str]:
+    """The names of the mart tables the build creates (in the warehouse's main schema)."""
+    return sorted(path.stem for path in (PROJECT_DIR / "models" / "marts").glob("*.sql"))
+
+
+def build(
+    lake_root: str,
+    db_path: Path,
+    docs: bool = False,
+    select: str | None = None,
+) -> None:
+    """Build every model and run every test (data and unit) over the lake.
+
+    ``select`` is a dbt selection (``"fct_loss_consistency+"``, space-separated for
+    several). With ``docs``, also writes the docs site (``dbt docs generate``) into
+    ``<db dir>/.dbt/target``. Raises DbtBuildError naming each failed node; the
+    warehouse keeps whatever built before the failure.
+    """
+    if not (PROJECT_DIR / "dbt_project.yml").is_file():
+        raise DbtBuildError(
+            "build", [], f"the dbt project is not at {PROJECT_DIR}; install polypythias "
+            "from its source tree (`pip install -e .`)"
+        )
+    root = _lake_root(lake_root)
+    db_path = Path(db_path).resolve()
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    common = [
+        "--project-dir", str(PROJECT_DIR),
+        "--profiles-dir", str(PROJECT_DIR),
+        "--target-path", str(state_dir(db_path) / "target"),
+        "--log-path", str(state_dir(db_path) / "logs"),
+        "--vars", json.dumps({"lake_root": root}),
+    ]  # fmt: skip
+    selection = ["--select", *select.split()] if select else []
+    with _environment({DB_ENV: str(db_path), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}):
+        _invoke("build", ["build", *common, *selection])
+        if docs:
+            _invoke("docs generate", ["docs", "generate", *common, *selection])
+
+
+def _lake_root(lake_root: str) -> str:
+    """The lake root as the project reads it: an absolute path or a URI."""
+    text = str(lake_root)
+    if "://" not in text:
+        path = Path(text).resolve()
+        if not path.is_dir():
+            raise DbtBuildError(
+                "build", [], f"the lake {path} does not exist; extract into it first "
+                "(`polypythias extract`) or pass the right --lake"
+            )
+        text = str(path)
+    text = text.rstrip("/")
+    bad = [c for c in _UNSAFE_IN_ROOT if c in text]
+    if bad:
+        raise DbtBuildError(
+            "build", [], f"the lake root {text!r} contains {' and '.join(map(repr, bad))}; "
+            "move the lake to a path without them"
+        )
+    return text
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _invoke(command: str, args: list[str]) -> None:
+    from dbt.cli.main import dbtRunner
+
+    result = dbtRunner().invoke(args)
+    _release_warehouse()
+    if result.success:
+        return
+    failures = _failures(result.result)
+    detail = None
+    if result.exception is not None:
+        detail = f"{type(result.exception).__name__}: {result.exception}"
+    elif not failures:
+        detail = "no node failed; see the dbt log"
+    raise DbtBuildError(command, failures, detail)
+
+
+def _failures(outcome: object) -> list[Failure]:
+    failures = []
+    for node_result in getattr(outcome, "results", None) or []:
+        status = str(getattr(node_result.status, "value", node_result.status))
+        if status in {"error", "fail", "runtime error"}:
+            node = getattr(node_result, "node", None)
+            name = getattr(node, "unique_id", None) or "?"
+            message = (node_result.message or "").strip() or status
+            failures.append(Failure(name, status, message))
+    return failures
+
+
+def _release_warehouse() -> None:
+    """Close dbt-duckdb's process-wide DuckDB handle so others can open the file."""
+    try:
+        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+    except ImportError:  # pragma: no cover - dbt-duckdb is a dependency
+        return
+    with DuckDBConnectionManager._LOCK:
+        environment = DuckDBConnectionManager._ENV
+        DuckDBConnectionManager._ENV = None
+    if environment is not None:
+        try:
+            environment.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
