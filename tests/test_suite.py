@@ -72,3 +72,22 @@ def test_unreadable_or_missing_files_are_clear(tmp_path):
         load_suite(_write(tmp_path, "name: [unclosed"))
     with pytest.raises(SuiteError, match="no such suite file .*presets: .*polypythias"):
         load_suite(tmp_path / "nope.yaml")
+
+
+def test_micro_preset_describes_what_micro_train_writes_by_default(tmp_path, monkeypatch):
+    from polypythias.extract.micro.train import TrainConfig, suite_document
+
+    monkeypatch.chdir(tmp_path)
+    preset = load_suite("micro")
+    trained = tmp_path / "micro" / "suite.yaml"
+    trained.parent.mkdir()
+    import yaml
+
+    trained.write_text(yaml.safe_dump(suite_document(TrainConfig())))
+    written = load_suite(trained)
+    assert (preset.sizes, preset.seeds, preset.steps) == (written.sizes, written.seeds, written.steps)
+    assert preset.extractors.keys() == written.extractors.keys()
+    checkpoint = CheckpointId("micro", "1m", 4, 96)
+    assert preset.source_of(checkpoint) == written.source_of(checkpoint)
+    assert preset.resolve_path("micro/eval/documents.jsonl") == written.resolve_path("eval/documents.jsonl")
+    assert preset.resolve_path(preset.checkpoints.tokenizer) == written.resolve_path(written.checkpoints.tokenizer)

@@ -1,30 +1,37 @@
 """Train the micro suite: tiny GPT-NeoX models, several sizes x seeds, on CPU.
 
-As in PolyPythias, every run of a size sees the same training corpus, and the seed
-sets both the weight initialisation and the order in which the corpus is read.
-Checkpoints follow Pythia's schedule (0, 1, 2, 4, ... then evenly spaced) and are
-laid out like hub revisions, one self-contained folder per step:
+As in PolyPythias, every run sees the same training corpus, and the seed sets both
+the weight initialisation and the order in which the corpus is read. Checkpoints
+follow Pythia's schedule (0, 1, 2, 4, ... then evenly spaced) and are laid out like
+hub revisions, one self-contained folder per step:
 
     out_dir/
       suite.yaml                       the suite file for `polypythias extract`
       tokenizer/
       eval/documents.jsonl             held-out documents (another generator seed)
-      {size}/seed{seed}/run.json       the run's configuration
+      {size}/seed{seed}/run.json       the run's configuration, written last
       {size}/seed{seed}/step{step}/    config.json, model.safetensors, tokenizer
 
-A folder appears under its final name only once complete (written under a hidden
-temporary name, then renamed), so a crash never leaves a checkpoint that looks
-whole. Training is deterministic: the same seed gives bit-identical weights on the
-same machine and thread count.
+A folder appears under its final name only once complete (it is written under a
+hidden temporary name, then renamed), so a crash never leaves a checkpoint that
+looks whole.
+
+Models this small keep a CPU core busy but gain little from a second thread, so
+runs train in parallel worker processes with `threads_per_run` threads each.
+Results are bit-identical for a given seed and `threads_per_run`, whatever the
+number of workers.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,8 +41,15 @@ import pyarrow as pa
 import torch
 import transformers
 import yaml
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from .language import Grammar, generate_documents
 from .tokenizer import build_tokenizer
@@ -81,7 +95,7 @@ SIZES: dict[str, ModelSize] = {
     s.name: s
     for s in (
         ModelSize("200k", hidden_size=64, num_layers=4, num_heads=4),
-        ModelSize("1m", hidden_size=128, num_layers=5, num_heads=4),
+        ModelSize("1m", hidden_size=128, num_layers=4, num_heads=4),
         ModelSize("3m", hidden_size=192, num_layers=6, num_heads=6),
     )
 }
@@ -121,8 +135,8 @@ class TrainConfig:
     total_steps: int = 256
     batch_size: int = 16
     seq_len: int = 64
-    learning_rate: float = 3e-3
-    warmup_steps: int = 16
+    learning_rate: float = 6e-3
+    warmup_fraction: float = 1 / 16  # of total_steps
     min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -131,9 +145,14 @@ class TrainConfig:
     eval_docs: int = 200
     data_seed: int = 1234  # the training corpus, shared by all runs
     eval_seed: int = 4321  # the held-out eval documents
-    threads: int | None = None  # torch threads; None: all cores
+    threads_per_run: int = 1  # part of the result: other counts give other bits
+    workers: int | None = None  # parallel runs; None: one per threads_per_run cores
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError on a bad setting (also after fields were reassigned)."""
         for name in self.sizes:
             model_size(name)
         if not self.sizes or len(set(self.sizes)) != len(self.sizes):
@@ -141,14 +160,20 @@ class TrainConfig:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ValueError(f"seeds must be non-empty, unique and >= 0, got {self.seeds}")
         pythia_style_steps(self.total_steps, self.n_linear)
-        if not 0 <= self.warmup_steps < self.total_steps:
-            raise ValueError("need 0 <= warmup_steps < total_steps")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not 2 <= self.seq_len <= CONTEXT:
             raise ValueError(f"seq_len must be in [2, {CONTEXT}], got {self.seq_len}")
-        if self.batch_size < 1 or self.corpus_docs < 1 or self.eval_docs < 1:
-            raise ValueError("batch_size, corpus_docs and eval_docs must be >= 1")
+        if min(self.batch_size, self.corpus_docs, self.eval_docs, self.threads_per_run) < 1:
+            raise ValueError("batch_size, corpus_docs, eval_docs, threads_per_run must be >= 1")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.data_seed == self.eval_seed:
             raise ValueError("eval_seed must differ from data_seed (held-out documents)")
+
+    @property
+    def warmup_steps(self) -> int:
+        return round(self.total_steps * self.warmup_fraction)
 
     @property
     def checkpoint_steps(self) -> list[int]:
@@ -175,13 +200,33 @@ LOG_SCHEMA = pa.schema([
 RunDone = Callable[[str, int, pa.Table], None]
 
 
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """Everything one run needs; pickled to a worker process."""
+
+    config: TrainConfig
+    size: str
+    seed: int
+    corpus: np.ndarray  # (n, seq_len) token ids
+    vocab_size: int
+    tokenizer_dir: Path
+    run_dir: Path
+
+
 def train_suite(
     config: TrainConfig,
     out_dir: Path,
     on_run_done: RunDone | None = None,
     progress: bool = True,
 ) -> None:
-    """Train every size x seed of `config` into `out_dir` (see the module docstring)."""
+    """Train every size x seed of `config` into `out_dir` (see the module docstring).
+
+    `on_run_done(size, seed, log)` is called in this process as each run finishes
+    (in completion order), with one row per optimiser step in `LOG_SCHEMA`.
+    With more than one worker, runs train in spawned processes, so a script that
+    calls this needs the usual `if __name__ == "__main__":` guard.
+    """
+    config.validate()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     grammar = Grammar()
@@ -189,29 +234,41 @@ def train_suite(
     tokenizer_dir = out_dir / "tokenizer"
     with _atomic_dir(tokenizer_dir) as tmp:
         tokenizer.save_pretrained(tmp)
-    _write_eval_documents(config, out_dir / "eval" / "documents.jsonl")
-    corpus = _training_chunks(config, tokenizer, grammar)
+    _write_eval_documents(config, grammar, out_dir / "eval" / "documents.jsonl")
+    corpus = _training_sequences(config, tokenizer, grammar)
+
+    # Largest models first, so that parallel workers finish at about the same time.
+    order = sorted(config.sizes, key=lambda s: -_n_params(s, len(tokenizer)))
+    jobs = [
+        _Job(config, size, seed, corpus, len(tokenizer), tokenizer_dir,
+             out_dir / size / f"seed{seed}")
+        for size in order for seed in config.seeds
+    ]
+    workers = config.workers or max(1, (os.cpu_count() or 1) // config.threads_per_run)
+    workers = min(workers, len(jobs))
 
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), disable=not progress,
     )
-    with bar, _training_mode(config.threads):
-        runs = bar.add_task("micro suite runs", total=len(config.sizes) * len(config.seeds))
-        steps = bar.add_task("", total=config.total_steps)
-        for size in config.sizes:
-            for seed in config.seeds:
-                bar.reset(steps, description=f"{size} seed {seed}")
-                log = _train_run(
-                    config, size, seed, corpus, tokenizer_dir, len(tokenizer),
-                    out_dir / size / f"seed{seed}",
-                    on_step=lambda: bar.advance(steps),
-                )
-                bar.advance(runs)
-                if on_run_done is not None:
-                    on_run_done(size, seed, log)
-    _atomic_write_text(out_dir / "suite.yaml", yaml.safe_dump(
-        suite_document(config), sort_keys=False, default_flow_style=None, width=1000,
+    with bar:
+        runs = bar.add_task("micro suite: runs", total=len(jobs))
+        steps = bar.add_task("micro suite: steps", total=len(jobs) * config.total_steps)
+
+        def finished(size: str, seed: int, log: pa.Table) -> None:
+            bar.advance(runs)
+            if on_run_done is not None:
+                on_run_done(size, seed, log)
+
+        if workers == 1:
+            with _training_mode(config.threads_per_run):
+                for job in jobs:
+                    finished(job.size, job.seed, _train_run(job, lambda: bar.advance(steps)))
+        else:
+            _train_in_workers(jobs, workers, finished, lambda n: bar.advance(steps, n))
+
+    _atomic_write_text(out_dir / "suite.yaml", yaml.dump(
+        suite_document(config), Dumper=_SuiteDumper, sort_keys=False, width=1000,
     ))
 
 
@@ -222,7 +279,7 @@ def suite_document(config: TrainConfig) -> dict:
         "sizes": list(config.sizes),
         "seeds": list(config.seeds),
         "steps": {"all": config.checkpoint_steps},
-        "checkpoints": {"local": "{size}/seed{seed}/step{step}"},
+        "checkpoints": {"local": "{size}/seed{seed}/step{step}", "tokenizer": "tokenizer"},
         "extractors": {
             "token_stats": {
                 "steps": "all",
@@ -234,26 +291,73 @@ def suite_document(config: TrainConfig) -> dict:
     }
 
 
-def _train_run(
-    config: TrainConfig,
-    size: str,
-    seed: int,
-    corpus: torch.Tensor,
-    tokenizer_dir: Path,
-    vocab_size: int,
-    run_dir: Path,
-    on_step: Callable[[], None] | None = None,
-) -> pa.Table:
-    """Train one run, writing its checkpoints and run.json; returns its log.
+class _SuiteDumper(yaml.SafeDumper):
+    """safe_dump's dumper, writing lists inline as in hand-written suite files."""
 
-    `corpus` holds the training sequences, shape (n, seq_len). Call inside
-    `_training_mode` for deterministic results.
-    """
-    shape = model_size(size)
+
+_SuiteDumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence(
+        "tag:yaml.org,2002:seq", data, flow_style=True),
+)
+
+
+def _train_in_workers(
+    jobs: list[_Job],
+    workers: int,
+    finished: RunDone,
+    advance_steps: Callable[[int], None],
+) -> None:
+    # Spawn, not fork: forking a process that has already used torch's thread
+    # pools can deadlock.
+    context = multiprocessing.get_context("spawn")
+    ticks = context.Queue()  # one item per optimiser step, for the progress bar
+    forwarder = threading.Thread(target=_forward_ticks, args=(ticks, advance_steps))
+    forwarder.start()
+    try:
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker,
+            initargs=(jobs[0].config.threads_per_run, ticks),
+        ) as pool:
+            futures = {pool.submit(_worker_run, job): job for job in jobs}
+            try:
+                for future in as_completed(futures):
+                    job = futures[future]
+                    finished(job.size, job.seed, future.result())
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
+    finally:
+        ticks.put(None)
+        forwarder.join()
+
+
+def _forward_ticks(ticks: multiprocessing.Queue, advance_steps: Callable[[int], None]) -> None:
+    while (tick := ticks.get()) is not None:
+        advance_steps(tick)
+
+
+_worker_ticks: multiprocessing.Queue | None = None
+
+
+def _init_worker(threads: int, ticks: multiprocessing.Queue) -> None:
+    global _worker_ticks
+    _worker_ticks = ticks
+    _use_training_settings(threads)
+
+
+def _worker_run(job: _Job) -> pa.Table:
+    assert _worker_ticks is not None
+    return _train_run(job, lambda: _worker_ticks.put(1))
+
+
+def _train_run(job: _Job, on_step: Callable[[], None]) -> pa.Table:
+    """Train one run, writing its checkpoints and run.json; returns its log.
+    Runs inside `_training_mode`."""
+    config, shape = job.config, model_size(job.size)
     # The seed sets the initial weights; fork so the caller's RNG is untouched.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = GPTNeoXForCausalLM(shape.model_config(vocab_size))
+        torch.manual_seed(job.seed)
+        model = GPTNeoXForCausalLM(shape.model_config(job.vocab_size))
     model.train()
     decay = [p for p in model.parameters() if p.ndim >= 2]  # not biases or norms
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -262,13 +366,14 @@ def _train_run(
          {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr_at(1), betas=ADAM_BETAS,
     )
-    order = _batch_order(len(corpus), config.total_steps, config.batch_size, seed)
+    corpus = torch.from_numpy(job.corpus)
+    order = _batch_order(len(corpus), config.total_steps, config.batch_size, job.seed)
     checkpoints = set(config.checkpoint_steps)
     rows: dict[str, list] = {name: [] for name in LOG_SCHEMA.names}
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    job.run_dir.mkdir(parents=True, exist_ok=True)
     if 0 in checkpoints:
-        _save_checkpoint(model, tokenizer_dir, run_dir / "step0")
+        _save_checkpoint(model, job.tokenizer_dir, job.run_dir / "step0")
     for step in range(1, config.total_steps + 1):
         lr = config.lr_at(step)
         for group in optimizer.param_groups:
@@ -284,23 +389,30 @@ def _train_run(
         )):
             rows[name].append(value)
         if step in checkpoints:
-            _save_checkpoint(model, tokenizer_dir, run_dir / f"step{step}")
-        if on_step is not None:
-            on_step()
+            _save_checkpoint(model, job.tokenizer_dir, job.run_dir / f"step{step}")
+        on_step()
 
     run_info = {
         "suite": config.suite_name,
-        "size": size,
-        "seed": seed,
+        "size": job.size,
+        "seed": job.seed,
         "n_params": sum(p.numel() for p in model.parameters()),
         "model": asdict(shape),
         "checkpoint_steps": config.checkpoint_steps,
         "final_loss": rows["loss"][-1],
-        "train": {k: v for k, v in asdict(config).items() if k not in ("sizes", "seeds")},
+        "train": {k: v for k, v in asdict(config).items()
+                  if k not in ("sizes", "seeds", "workers")},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
-    _atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
+    _atomic_write_text(job.run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
     return pa.Table.from_pydict(rows, schema=LOG_SCHEMA)
+
+
+def _n_params(size: str, vocab_size: int) -> int:
+    shape = model_size(size)
+    h, layers, v = shape.hidden_size, shape.num_layers, vocab_size
+    # Per layer: attention 4h^2 + MLP 8h^2 and their biases, two layer norms.
+    return layers * (12 * h * h + 13 * h) + 2 * v * h + 2 * h
 
 
 def _batch_order(n_sequences: int, total_steps: int, batch_size: int, seed: int) -> np.ndarray:
@@ -320,9 +432,9 @@ def _save_checkpoint(model: GPTNeoXForCausalLM, tokenizer_dir: Path, folder: Pat
             shutil.copyfile(file, tmp / file.name)
 
 
-def _training_chunks(
+def _training_sequences(
     config: TrainConfig, tokenizer: PreTrainedTokenizerFast, grammar: Grammar
-) -> torch.Tensor:
+) -> np.ndarray:
     """The training corpus as (n, seq_len) token ids: documents joined by
     <|endoftext|> (as in Pythia), cut into sequences, the remainder dropped."""
     documents = generate_documents(config.corpus_docs, config.data_seed, grammar=grammar)
@@ -331,28 +443,41 @@ def _training_chunks(
     n = len(ids) // config.seq_len
     if n < 1:
         raise ValueError("corpus_docs too small for one training sequence")
-    return torch.tensor(ids[: n * config.seq_len], dtype=torch.long).view(n, config.seq_len)
+    return np.array(ids[: n * config.seq_len], dtype=np.int64).reshape(n, config.seq_len)
 
 
-def _write_eval_documents(config: TrainConfig, path: Path) -> None:
-    documents = generate_documents(config.eval_docs, config.eval_seed)
+def _write_eval_documents(config: TrainConfig, grammar: Grammar, path: Path) -> None:
+    documents = generate_documents(config.eval_docs, config.eval_seed, grammar=grammar)
     lines = (json.dumps({"doc_id": i, "text": d.text}) for i, d in enumerate(documents))
     _atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
+def _use_training_settings(threads: int) -> None:
+    """Deterministic kernels, a fixed thread count, denormals flushed to zero and
+    no per-save progress bars from transformers."""
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    # Softmax probabilities of never-seen tokens underflow into denormals, which
+    # make CPU kernels several times slower.
+    torch.set_flush_denormal(True)
+    hf_logging.disable_progress_bar()
+
 
 @contextmanager
-def _training_mode(threads: int | None) -> Iterator[None]:
-    """Deterministic kernels and a fixed thread count, restored afterwards."""
+def _training_mode(threads: int) -> Iterator[None]:
+    """`_use_training_settings`, restoring the previous settings afterwards."""
     previous_threads = torch.get_num_threads()
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads or os.cpu_count() or 1)
-    torch.use_deterministic_algorithms(True)
+    previous_bars = hf_logging.is_progress_bar_enabled()
+    _use_training_settings(threads)
     try:
         yield
     finally:
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous_deterministic)
+        torch.set_flush_denormal(False)
+        if previous_bars:
+            hf_logging.enable_progress_bar()
 
 
 @contextmanager

@@ -1,0 +1,143 @@
+"""The whole pipeline on a very small micro suite: train, extract, build, report.
+
+The marts' numbers are checked against numpy on the lake's own rows; a corrupt
+checkpoint and a missing step are recorded while everything else is extracted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+
+import duckdb
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+from typer.testing import CliRunner
+
+from polypythias.cli import app
+from polypythias.warehouse.lake import Lake
+from polypythias.warehouse.schemas import TOKEN_STATS, TRAINING_LOG, WEIGHT_STATS
+
+SIZES, SEEDS, STEPS = ("200k", "1m"), 3, 8
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    lake, db, reports, micro = root / "lake", root / "wh.duckdb", root / "reports", root / "micro"
+    cli = CliRunner()
+
+    def invoke(*args):
+        return cli.invoke(app, [str(a) for a in args])
+
+    trained = invoke("micro", "train", "--out", micro, "--sizes", ",".join(SIZES), "--seeds", SEEDS,
+                     "--steps", STEPS, "--lake", lake, "--no-progress")
+    assert trained.exit_code == 0, trained.output
+
+    # Break two checkpoints of the suite before extracting.
+    corrupt = micro / "1m/seed1/step4/model.safetensors"
+    corrupt.write_bytes(corrupt.read_bytes()[:200])
+    shutil.rmtree(micro / "200k/seed2/step8")
+
+    first = invoke("extract", "--suite", micro / "suite.yaml", "--lake", lake, "--no-progress")
+    assert first.exit_code == 1, first.output  # failures are reported in the exit status
+    rerun = invoke("extract", "--suite", micro / "suite.yaml", "--lake", lake, "--no-progress")
+    assert "0 extractions succeeded" in rerun.output  # only the two broken ones were retried
+
+    built = invoke("build", "--lake", lake, "--db", db)
+    assert built.exit_code == 0, built.output
+    reported = invoke("report", "--db", db, "--out", reports)
+    assert reported.exit_code == 0, reported.output
+    return {"lake": Lake(lake), "db": db, "reports": reports}
+
+
+def _mart(db, query):
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(query).fetchdf()
+
+
+def _token_losses(lake):
+    table = lake.read(TOKEN_STATS)
+    frame = table.select(["model_size", "seed", "step", "doc_id", "position", "target_logprob"]).to_pandas()
+    frame["loss"] = -frame["target_logprob"].astype(np.float64)
+    return frame
+
+
+def test_broken_checkpoints_are_recorded_and_the_rest_is_extracted(pipeline):
+    checkpoints = _mart(pipeline["db"], "select * from dim_checkpoints")
+    expected = len(SIZES) * SEEDS * 9  # --steps 8 checkpoints every step 0…8
+    assert len(checkpoints) == expected
+    missing = checkpoints[~checkpoints["is_present"]]
+    assert sorted(zip(missing["model_size"], missing["seed"], missing["step"])) == [
+        ("1m", 1, 4), ("200k", 2, 8)
+    ]
+    assert (missing["n_failed_attempts"] == 2 * 2).all()  # two attempts × two extractors
+    assert missing["last_error"].str.len().min() > 0
+    runs = _mart(pipeline["db"], "select * from dim_runs order by model_size, seed")
+    assert len(runs) == len(SIZES) * SEEDS
+    assert set(runs["nominal_parameters"]) == {2e5, 1e6}
+
+
+def test_loss_consistency_matches_numpy_on_the_lake(pipeline):
+    frame = _token_losses(pipeline["lake"])
+    per_run = frame.groupby(["model_size", "step", "seed"])["loss"].mean()
+    mart = _mart(pipeline["db"], "select * from fct_loss_consistency")
+    assert len(mart) == len(per_run.reset_index()[["model_size", "step"]].drop_duplicates())
+    for row in mart.itertuples():
+        losses = per_run.loc[(row.model_size, row.step)].to_numpy()
+        assert row.n_seeds == len(losses)
+        assert row.loss_median == pytest.approx(np.median(losses), rel=1e-6)
+        assert row.loss_q25 == pytest.approx(np.percentile(losses, 25), rel=1e-6)
+        assert row.loss_q75 == pytest.approx(np.percentile(losses, 75), rel=1e-6)
+        assert row.loss_mean == pytest.approx(losses.mean(), rel=1e-6)
+        assert row.loss_min == pytest.approx(losses.min(), rel=1e-6)
+        assert row.loss_max == pytest.approx(losses.max(), rel=1e-6)
+        if len(losses) > 1:
+            assert row.loss_std == pytest.approx(losses.std(ddof=1), rel=1e-5, abs=1e-9)
+
+
+def test_token_loss_agreement_matches_numpy_on_the_lake(pipeline):
+    frame = _token_losses(pipeline["lake"])
+    mart = _mart(pipeline["db"], "select * from fct_token_loss_agreement")
+    assert len(mart) > 0
+    for row in mart.itertuples():
+        here = frame[(frame.model_size == row.model_size) & (frame.step == row.step)]
+        wide = here.pivot_table(index=["doc_id", "position"], columns="seed", values="loss")
+        shared = wide.dropna(thresh=2)
+        stds = shared.std(axis=1, ddof=1)
+        assert row.mean_token_loss_std == pytest.approx(stds.mean(), rel=1e-5)
+        correlations = [
+            np.corrcoef(pair.to_numpy().T)[0, 1]
+            for a, b in itertools.combinations(wide.columns, 2)
+            for pair in [wide[[a, b]].dropna()]
+        ]
+        assert row.n_seed_pairs == len(correlations)
+        assert row.mean_pairwise_pearson == pytest.approx(np.mean(correlations), rel=1e-5, abs=1e-7)
+
+
+def test_weight_features_match_numpy_on_the_lake(pipeline):
+    table = pipeline["lake"].read(WEIGHT_STATS)
+    matrices = table.filter(pc.invert(pc.is_in(table["kind"], pc.cast(["all_weights", "all_biases"], "string"))))
+    frame = matrices.to_pandas()
+    expected = frame.groupby(["model_size", "seed", "step"])[["l1", "spectral", "sv_var"]].mean()
+    mart = _mart(pipeline["db"], "select * from fct_weight_features").set_index(["model_size", "seed", "step"])
+    assert len(mart) == len(expected)
+    for key, row in expected.iterrows():
+        assert mart.loc[key, "l1_mean"] == pytest.approx(row["l1"], rel=1e-9)
+        assert mart.loc[key, "spectral_mean"] == pytest.approx(row["spectral"], rel=1e-9)
+        assert mart.loc[key, "sv_var_mean"] == pytest.approx(row["sv_var"], rel=1e-9)
+
+
+def test_training_logs_reach_the_warehouse(pipeline):
+    logged = pipeline["lake"].read(TRAINING_LOG)
+    assert logged.num_rows == len(SIZES) * SEEDS * STEPS
+    staged = _mart(pipeline["db"], "select count(*) as n, min(step) as first, max(step) as last "
+                                   "from staging.stg_lake__training_log")
+    assert (staged.n[0], staged["first"][0], staged["last"][0]) == (logged.num_rows, 1, STEPS)
+
+
+def test_the_report_charts_the_loss(pipeline):
+    index = (pipeline["reports"] / "index.html").read_text()
+    assert "Training loss across seeds" in index
+    assert (pipeline["reports"] / "loss_curves.png").stat().st_size > 10_000
