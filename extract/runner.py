@@ -10,11 +10,15 @@ row). A failure is recorded against its checkpoint and the job moves on.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -26,11 +30,12 @@ import pyarrow.compute as pc
 from polypythias.extract.checkpoints import CheckpointError, load_model, load_tokenizer
 from polypythias.extract.extractors import Extractor, ExtractorError, get_extractor
 from polypythias.extract.suite import CheckpointId, Suite
-from polypythias.warehouse.lake import Lake, new_extraction_id
+from polypythias.warehouse.lake import Lake, LakeError, new_extraction_id
 from polypythias.warehouse.schemas import MANIFEST, SUITE_GRID
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,29 @@ class Task:
 
     checkpoint: CheckpointId
     extractors: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Loaded:
+    """A checkpoint loaded for extraction, or why it could not be."""
+
+    started: datetime
+    model: PreTrainedModel | None = None
+    tokenizer: PreTrainedTokenizerBase | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One extraction attempt on a checkpoint: computed, not yet written."""
+
+    checkpoint: CheckpointId
+    extraction_id: str
+    source: str
+    #: extractor → dataset → table (extraction_id column included)
+    outputs: dict[str, dict[str, pa.Table]] = field(default_factory=dict)
+    #: extractor → its manifest row
+    records: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,47 +199,70 @@ class Runner:
         self.allow_pickle = allow_pickle
         self.versions = package_versions()
         self.host = socket.gethostname()
+        self.config_hashes = {name: e.config_hash() for name, e in extractors.items()}
         self._tokenizers: dict[str, object] = {}
 
-    def run_task(self, task: Task) -> list[Failure]:
-        """Extract one checkpoint; returns the failures (recorded in the manifest)."""
+    def load(self, task: Task) -> Loaded:
+        """Load the checkpoint's model and tokenizer, or the reason it cannot be."""
+        started = datetime.now(UTC)
+        try:
+            model = load_model(self.suite, task.checkpoint, self.device, self.allow_pickle)
+            return Loaded(started, model, self._tokenizer(task.checkpoint))
+        except CheckpointError as error:
+            return Loaded(started, error=str(error))
+
+    def extract(self, task: Task, loaded: Loaded) -> Attempt:
+        """Run every pending extractor on the loaded checkpoint."""
         import torch
 
         checkpoint = task.checkpoint
-        extraction_id = new_extraction_id()
-        source = self.suite.source_of(checkpoint)
-        records: list[dict] = []
-        started = datetime.now(UTC)
-        try:
-            model = load_model(self.suite, checkpoint, self.device, self.allow_pickle)
-            tokenizer = self._tokenizer(checkpoint)
-        except CheckpointError as error:
-            finished = datetime.now(UTC)
+        attempt = Attempt(checkpoint, new_extraction_id(), self.suite.source_of(checkpoint))
+        if loaded.error is not None:
             for name in task.extractors:
-                records.append(self._record(extraction_id, source, name, started, finished, {}, str(error)))
-        else:
-            for name in task.extractors:
-                extractor_started = datetime.now(UTC)
-                rows: dict[str, int] = {}
-                error = None
-                try:
-                    tables = self.extractors[name].run(model, tokenizer, checkpoint, self.device)
-                    rows = self._write_outputs(name, checkpoint, extraction_id, tables)
-                except Exception as exc:  # one extractor's failure must not stop the rest
-                    log.debug("extractor %s failed on %s:\n%s", name, checkpoint, traceback.format_exc())
-                    error = f"{type(exc).__name__}: {exc}"
-                records.append(
-                    self._record(
-                        extraction_id, source, name, extractor_started, datetime.now(UTC), rows, error
-                    )
-                )
-            del model
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-        self.lake.write(MANIFEST, checkpoint.partition(), extraction_id, self._manifest_table(records))
+                attempt.records[name] = self._record(attempt, name, loaded.started, loaded.error)
+            return attempt
+        for name in task.extractors:
+            extractor_started = datetime.now(UTC)
+            error = None
+            try:
+                tables = self.extractors[name].run(loaded.model, loaded.tokenizer, checkpoint, self.device)
+                attempt.outputs[name] = self._with_extraction_id(name, attempt.extraction_id, tables)
+            except Exception as exc:  # one extractor's failure must not stop the rest
+                log.debug("extractor %s failed on %s:\n%s", name, checkpoint, traceback.format_exc())
+                error = f"{type(exc).__name__}: {exc}"
+            attempt.records[name] = self._record(attempt, name, extractor_started, error)
+        loaded.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return attempt
+
+    def write(self, attempt: Attempt) -> list[Failure]:
+        """Write the attempt's data partitions, then its manifest rows; returns failures.
+
+        An extractor whose data cannot be written is recorded as failed. If the
+        manifest itself cannot be written the LakeError propagates: nothing of the
+        attempt is visible and the checkpoint stays pending.
+        """
+        partition = attempt.checkpoint.partition()
+        for name, tables in attempt.outputs.items():
+            record = attempt.records[name]
+            try:
+                for dataset in self.extractors[name].outputs:
+                    self.lake.write(dataset, partition, attempt.extraction_id, tables[dataset.name])
+                    record["rows"].append((dataset.name, tables[dataset.name].num_rows))
+            except LakeError as error:
+                record.update(status="failed", error=str(error), rows=[])
+        table = pa.Table.from_pylist(list(attempt.records.values()), schema=MANIFEST.schema)
+        self.lake.write(MANIFEST, partition, attempt.extraction_id, table)
         return [
-            Failure(checkpoint, r["extractor"], r["error"]) for r in records if r["status"] != "success"
+            Failure(attempt.checkpoint, r["extractor"], r["error"])
+            for r in attempt.records.values()
+            if r["status"] != "success"
         ]
+
+    def run_task(self, task: Task) -> list[Failure]:
+        """Load, extract and write one checkpoint; returns the failures."""
+        return self.write(self.extract(task, self.load(task)))
 
     def _tokenizer(self, checkpoint: CheckpointId):
         key = self.suite.checkpoints.tokenizer or self.suite.source_of(checkpoint)
@@ -222,42 +273,36 @@ class Runner:
             self._tokenizers[key] = load_tokenizer(self.suite, checkpoint)
         return self._tokenizers[key]
 
-    def _write_outputs(
-        self, name: str, checkpoint: CheckpointId, extraction_id: str, tables: dict[str, pa.Table]
-    ) -> dict[str, int]:
-        extractor = self.extractors[name]
-        expected = {d.name for d in extractor.outputs}
+    def _with_extraction_id(
+        self, name: str, extraction_id: str, tables: dict[str, pa.Table]
+    ) -> dict[str, pa.Table]:
+        expected = {d.name for d in self.extractors[name].outputs}
         if set(tables) != expected:
             raise ExtractorError(f"{name} returned {sorted(tables)}, expected {sorted(expected)}")
-        rows = {}
-        for dataset in extractor.outputs:
-            table = tables[dataset.name]
-            table = table.add_column(
+        return {
+            dataset: table.add_column(
                 0, "extraction_id", pa.array([extraction_id] * table.num_rows, pa.string())
             )
-            self.lake.write(dataset, checkpoint.partition(), extraction_id, table)
-            rows[dataset.name] = table.num_rows
-        return rows
+            for dataset, table in tables.items()
+        }
 
-    def _record(self, extraction_id, source, name, started, finished, rows, error) -> dict:
+    def _record(self, attempt: Attempt, name: str, started: datetime, error: str | None) -> dict:
+        finished = datetime.now(UTC)
         return {
-            "extraction_id": extraction_id,
+            "extraction_id": attempt.extraction_id,
             "extractor": name,
             "status": "failed" if error else "success",
             "started_at": started,
             "finished_at": finished,
             "duration_s": (finished - started).total_seconds(),
-            "rows": list(rows.items()),
-            "config_hash": self.extractors[name].config_hash(),
-            "source": source,
+            "rows": [],
+            "config_hash": self.config_hashes[name],
+            "source": attempt.source,
             "device": str(self.device),
             "host": self.host,
             "package_versions": list(self.versions.items()),
             "error": error,
         }
-
-    def _manifest_table(self, records: list[dict]) -> pa.Table:
-        return pa.Table.from_pylist(records, schema=MANIFEST.schema)
 
 
 def run_extraction(
@@ -280,14 +325,50 @@ def run_extraction(
     tasks = tasks[state.process_index :: state.num_processes]
     runner = Runner(suite, lake, extractors, state.device, allow_pickle)
     summary = Summary()
-    with _progress(progress, len(tasks), state) as advance:
-        for task in tasks:
-            failures = runner.run_task(task)
+    with (
+        _fewer_garbage_collections(),
+        _progress(progress, len(tasks), state) as advance,
+        ThreadPoolExecutor(1) as writer,
+    ):
+
+        def finish(task: Task, written: Future) -> None:
+            failures = written.result()
             summary.checkpoints += 1
             summary.succeeded += len(task.extractors) - len(failures)
             summary.failures.extend(failures)
             advance(task, failures)
+
+        # The previous checkpoint is written while this one is extracted; at most
+        # one waits, so memory stays bounded. (Prefetching the next load in a
+        # thread was measured slower on CPU: it contends for the GIL.)
+        in_flight: tuple[Task, Future] | None = None
+        for task in tasks:
+            attempt = runner.extract(task, runner.load(task))
+            if in_flight:
+                finish(*in_flight)
+            in_flight = (task, writer.submit(runner.write, attempt))
+        if in_flight:
+            finish(*in_flight)
     return summary
+
+
+@contextmanager
+def _fewer_garbage_collections() -> Iterator[None]:
+    """Keep Python's collector off the libraries' heap while the job runs.
+
+    torch and transformers leave millions of long-lived objects that every full
+    collection walks again; each checkpoint allocates many short-lived ones. Freezing
+    the heap the job starts with and collecting the young generation less often cut
+    the collector's share of a micro-suite job from ~6% to ~2.5%.
+    """
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 class _progress:

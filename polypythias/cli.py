@@ -225,16 +225,23 @@ def build(
     lake: LakeOption = None,
     db: DbOption = DEFAULT_DB,
     docs: Annotated[bool, typer.Option(help="Also run `dbt docs generate`.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Show dbt's log, not only its errors.")] = False,
 ) -> None:
     """Run `dbt build` over the lake into the DuckDB warehouse (models and tests)."""
+    _build(_lake(lake), db, docs, verbose)
+
+
+def _build(lake, db: Path, docs: bool = False, verbose: bool = False) -> None:
     from polypythias.warehouse.dbt import DbtBuildError, build as dbt_build
 
-    the_lake = _lake(lake)
     try:
-        dbt_build(the_lake.uri, db, docs=docs)
+        ran = dbt_build(lake.uri, db, docs=docs, verbose=verbose)
     except DbtBuildError as error:
         _fail(str(error))
-    console.print(f"warehouse built: [bold]{db}[/bold]")
+    console.print(
+        f"warehouse built: [bold]{db}[/bold] ({ran['model']} models, "
+        f"{ran['test']} data tests and {ran['unit_test']} unit tests passed)"
+    )
 
 
 @app.command()
@@ -289,7 +296,6 @@ def demo(
     """Train the micro suite, extract everything, build the marts, write the report."""
     from polypythias.analyses.report import build_report
     from polypythias.extract.runner import run_extraction
-    from polypythias.warehouse.dbt import build as dbt_build
 
     _quiet_libraries()
     the_lake = _lake(lake)
@@ -304,7 +310,7 @@ def demo(
     if summary.failures:
         _fail(f"{len(summary.failures)} extractions failed; see `polypythias status --suite {suite_file}`")
     console.print("[bold]3/4[/bold] building the marts (dbt)")
-    dbt_build(the_lake.uri, db)
+    _build(the_lake, db)
     console.print("[bold]4/4[/bold] writing the report")
     index = build_report(db, out)
     console.print(

@@ -161,7 +161,7 @@ def _random_weight_rows(rng: np.random.Generator, scale: float = 1.0) -> list[di
                 "sv_mean": spectral * float(rng.uniform(0.2, 0.6)),
                 "sv_var": float(rng.uniform(0.01, 0.5)) * scale,
                 "mean": float(rng.normal(0.0, 0.01)),
-                "median": float(rng.normal(0.0, 0.01)),
+                "median": None,
                 "var": float(rng.uniform(0.001, 0.05)),
                 "weight_hash": f"{rng.integers(2**63):016x}",
             }

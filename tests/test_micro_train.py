@@ -116,7 +116,9 @@ def test_suite_layout(suite):
         "steps": {"all": [0, 1, 2, 4, 8, 12, 24]},
         "checkpoints": {"local": "{size}/seed{seed}/step{step}", "tokenizer": "tokenizer"},
         "extractors": {
-            "token_stats": {"steps": "all", "documents": "eval/documents.jsonl", "top_k": 10},
+            "token_stats": {
+                "steps": "all", "documents": "eval/documents.jsonl", "top_k": 10, "batch_size": 64,
+            },
             "weight_stats": {"steps": "all"},
         },
     }

@@ -91,3 +91,7 @@ def test_micro_preset_describes_what_micro_train_writes_by_default(tmp_path, mon
     assert preset.source_of(checkpoint) == written.source_of(checkpoint)
     assert preset.resolve_path("micro/eval/documents.jsonl") == written.resolve_path("eval/documents.jsonl")
     assert preset.resolve_path(preset.checkpoints.tokenizer) == written.resolve_path(written.checkpoints.tokenizer)
+    assert preset.extractors == {
+        name: {**options, "documents": "micro/" + options["documents"]} if "documents" in options else options
+        for name, options in written.extractors.items()
+    }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,8 +73,12 @@ def build(
     db_path: Path,
     docs: bool = False,
     select: str | None = None,
-) -> None:
+    verbose: bool = False,
+) -> Counter[str]:
     """Build every model and run every test (data and unit) over the lake.
+
+    Returns how many nodes of each kind ran (``model``, ``test``, ``unit_test``);
+    ``verbose`` streams dbt's own log instead of only its errors.
 
     ``select`` is a dbt selection (``"fct_loss_consistency+"``, space-separated for
     several). With ``docs``, also writes the docs site (``dbt docs generate``) into
@@ -96,10 +101,15 @@ def build(
         "--vars", json.dumps({"lake_root": root}),
     ]  # fmt: skip
     selection = ["--select", *select.split()] if select else []
+    # --quiet keeps dbt to errors; its full log is in <db dir>/.dbt/logs either way.
+    quiet = [] if verbose else ["--quiet"]
     with _environment({DB_ENV: str(db_path), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}):
-        _invoke("build", ["build", *common, *selection])
+        outcome = _invoke("build", ["build", *quiet, *common, *selection])
         if docs:
-            _invoke("docs generate", ["docs", "generate", *common, *selection])
+            _invoke("docs generate", ["docs", "generate", *quiet, *common, *selection])
+    return Counter(
+        getattr(r.node, "resource_type", "?") for r in getattr(outcome, "results", None) or []
+    )
 
 
 def _lake_root(lake_root: str) -> str:
@@ -137,13 +147,14 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _invoke(command: str, args: list[str]) -> None:
+def _invoke(command: str, args: list[str]) -> object:
+    """Run one dbt command; returns dbt's result object, raises on any failure."""
     from dbt.cli.main import dbtRunner
 
     result = dbtRunner().invoke(args)
     _release_warehouse()
     if result.success:
-        return
+        return result.result
     failures = _failures(result.result)
     detail = None
     if result.exception is not None:

@@ -125,7 +125,15 @@ class Lake:
         temporary = f"{directory}/.{extraction_id}.parquet.tmp"
         try:
             self.fs.create_dir(directory, recursive=True)
-            pq.write_table(table, temporary, filesystem=self.fs, compression="zstd")
+            pq.write_table(
+                table,
+                temporary,
+                filesystem=self.fs,
+                compression="zstd",
+                # Dictionary pages pay off for repeated strings only; on floats
+                # they cost time and make files larger.
+                use_dictionary=[f.name for f in table.schema if pa.types.is_string(f.type)],
+            )
             self.fs.move(temporary, final)
         except OSError as error:
             self._discard(temporary)

@@ -121,9 +121,9 @@ WEIGHT_STATS = Dataset(
         pa.field("computational_sparsity", pa.float64()),  # trace / spectral
         pa.field("sv_mean", pa.float64()),
         pa.field("sv_var", pa.float64()),
-        # Distribution of the values.
+        # Distribution of the values (median on the all_weights / all_biases rows only).
         pa.field("mean", pa.float64(), nullable=False),
-        pa.field("median", pa.float64(), nullable=False),
+        pa.field("median", pa.float64()),
         pa.field("var", pa.float64(), nullable=False),
         pa.field("weight_hash", pa.string()),
     ),

@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
@@ -26,9 +27,6 @@ from polypythias.extract.extractors import (
     register,
 )
 from polypythias.warehouse.schemas import TOKEN_STATS
-
-if TYPE_CHECKING:
-    import torch
 
 
 class TokenStatsOptions(ExtractorOptions):
@@ -129,41 +127,34 @@ def _batch_stats(model, sequences, doc_ids, has_bos, pad_id, top_k, device) -> p
     for row, sequence in enumerate(sequences):
         input_ids[row, : len(sequence)] = torch.tensor(sequence)
         attention[row, : len(sequence)] = 1
-    logits = model(
-        input_ids=input_ids.to(device), attention_mask=attention.to(device)
-    ).logits[:, :-1].float()
-    logprobs = torch.log_softmax(logits, dim=-1)
-    targets = input_ids[:, 1:].to(device)
-    valid = attention[:, 1:].bool()
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+    # Keep only real positions: the logit at column c predicts token c + 1.
+    rows, cols = attention[:, 1:].bool().nonzero(as_tuple=True)
+    logprobs = torch.log_softmax(logits[rows.to(device), cols.to(device)].float(), dim=-1)
+    targets = input_ids[rows, cols + 1].to(device)
 
     target_logprob = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = -(logprobs.exp() * logprobs).sum(-1)
     target_rank = (logprobs > target_logprob.unsqueeze(-1)).sum(-1) + 1
     topk = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1)
 
-    rows, cols = valid.nonzero(as_tuple=True)
-    k = topk.indices.shape[-1]
-    doc_index = torch.tensor(doc_ids)[rows]
-    # The target of logit column c is token c + 1; without a prepended BOS that
-    # is also its position in the document.
+    # Without a prepended BOS, logit column c predicts document position c + 1.
     position = cols + (0 if has_bos else 1)
-
-    def pick(t: torch.Tensor):
-        return t[rows.to(t.device), cols.to(t.device)].cpu().numpy()
-
-    topk_ids = pick(topk.indices).astype("int32").reshape(-1)
-    topk_lp = pick(topk.values).astype("float32").reshape(-1)
-    n = len(rows)
-    offsets = pa.array(range(0, n * k + 1, k), type=pa.int32())
+    n, k = len(rows), topk.indices.shape[-1]
+    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
     return pa.table(
         {
-            "doc_id": pa.array(doc_index.numpy(), type=pa.int64()),
+            "doc_id": pa.array(torch.tensor(doc_ids)[rows].numpy(), type=pa.int64()),
             "position": pa.array(position.numpy(), type=pa.int32()),
-            "target_id": pa.array(pick(targets), type=pa.int32()),
-            "target_logprob": pa.array(pick(target_logprob), type=pa.float32()),
-            "entropy": pa.array(pick(entropy), type=pa.float32()),
-            "target_rank": pa.array(pick(target_rank), type=pa.int32()),
-            "topk_ids": pa.ListArray.from_arrays(offsets, pa.array(topk_ids, type=pa.int32())),
-            "topk_logprobs": pa.ListArray.from_arrays(offsets, pa.array(topk_lp, type=pa.float32())),
+            "target_id": pa.array(targets.cpu().numpy(), type=pa.int32()),
+            "target_logprob": pa.array(target_logprob.cpu().numpy(), type=pa.float32()),
+            "entropy": pa.array(entropy.cpu().numpy(), type=pa.float32()),
+            "target_rank": pa.array(target_rank.cpu().numpy(), type=pa.int32()),
+            "topk_ids": pa.ListArray.from_arrays(
+                offsets, pa.array(topk.indices.cpu().numpy().reshape(-1), type=pa.int32())
+            ),
+            "topk_logprobs": pa.ListArray.from_arrays(
+                offsets, pa.array(topk.values.cpu().numpy().reshape(-1), type=pa.float32())
+            ),
         }
     )

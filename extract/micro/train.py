@@ -58,6 +58,7 @@ from .tokenizer import build_tokenizer
 # documents (at most about 100 words) fit in it whole.
 CONTEXT = 128
 TOKEN_STATS_TOP_K = 10
+TOKEN_STATS_BATCH_SIZE = 64
 ADAM_BETAS = (0.9, 0.95)  # Pythia's
 
 
@@ -285,6 +286,8 @@ def suite_document(config: TrainConfig) -> dict:
                 "steps": "all",
                 "documents": "eval/documents.jsonl",
                 "top_k": TOKEN_STATS_TOP_K,
+                # Micro documents are ~50 tokens: 64 of them make a small batch.
+                "batch_size": TOKEN_STATS_BATCH_SIZE,
             },
             "weight_stats": {"steps": "all"},
         },
