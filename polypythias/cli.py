@@ -9,6 +9,7 @@ that --help answers at once.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -313,11 +314,12 @@ def demo(
     _build(the_lake, db)
     console.print("[bold]4/4[/bold] writing the report")
     index = build_report(db, out)
+    shell = Path(sys.executable).parent / "duckdb"
     console.print(
         f"\nlake:      {the_lake.uri}\nwarehouse: {db}\nreport:    {index}\n\n"
         "Try:\n  polypythias sql \"select model_size, step, n_seeds, loss_median, loss_q25, loss_q75 "
         "from fct_loss_consistency order by model_size, step\"\n"
-        f"  duckdb {db}"
+        f"  {shell} -readonly {db}"
     )
 
 

@@ -7,7 +7,11 @@ checkpoint and a missing step are recorded while everything else is extracted.
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -141,3 +145,34 @@ def test_the_report_charts_the_loss(pipeline):
     index = (pipeline["reports"] / "index.html").read_text()
     assert "Training loss across seeds" in index
     assert (pipeline["reports"] / "loss_curves.png").stat().st_size > 10_000
+
+
+def test_the_warehouse_opens_in_the_duckdb_shell_and_the_sql_verb(pipeline):
+    shell = Path(sys.executable).parent / "duckdb"
+    query = "select model_size, step, n_seeds from fct_loss_consistency order by model_size, step limit 3"
+    printed = subprocess.run(
+        [shell, "-readonly", "-csv", str(pipeline["db"]), "-c", query],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    expected = _mart(pipeline["db"], query)
+    assert printed.strip().splitlines() == ["model_size,step,n_seeds"] + [
+        f"{r.model_size},{r.step},{r.n_seeds}" for r in expected.itertuples()
+    ]
+    cli = CliRunner()
+    as_csv = cli.invoke(app, ["sql", query, "--db", str(pipeline["db"]), "--format", "csv"])
+    assert as_csv.exit_code == 0 and as_csv.output.strip() == printed.strip()
+    as_json = json.loads(cli.invoke(app, ["sql", query, "--db", str(pipeline["db"]), "--format", "json"]).output)
+    assert [row["n_seeds"] for row in as_json] == expected["n_seeds"].tolist()
+    table = cli.invoke(app, ["sql", query, "--db", str(pipeline["db"])])
+    assert table.exit_code == 0 and "n_seeds" in table.output
+    bad = cli.invoke(app, ["sql", "select * from no_such_mart", "--db", str(pipeline["db"])])
+    assert bad.exit_code == 2 and "no_such_mart" in bad.output
+
+
+def test_build_writes_the_docs_site(pipeline, tmp_path):
+    result = CliRunner().invoke(
+        app, ["build", "--lake", pipeline["lake"].uri, "--db", str(pipeline["db"]), "--docs"]
+    )
+    assert result.exit_code == 0, result.output
+    catalog = json.loads((pipeline["db"].parent / ".dbt/target/catalog.json").read_text())
+    assert any(node.endswith("fct_loss_consistency") for node in catalog["nodes"])

@@ -126,3 +126,15 @@ def test_cli_exit_status_says_whether_anything_failed(tiny_suite, tmp_path):
     assert status.exit_code == 0 and "failed" in status.output
     bad = runner.invoke(app, ["extract", "--suite", str(tiny_suite), "--extractors", "nope"])
     assert bad.exit_code == 2 and "unknown extractor 'nope'" in bad.output
+
+
+def test_the_same_documents_by_another_path_are_the_same_configuration(tiny_suite, tmp_path):
+    lake = Lake(tmp_path / "lake")
+    run_extraction(load_suite(tiny_suite), lake, ["token_stats"], progress=False)
+    (tiny_suite.parent / "data").mkdir()
+    shutil.copy(tiny_suite.parent / "docs.jsonl", tiny_suite.parent / "data/eval.jsonl")
+    tiny_suite.write_text(tiny_suite.read_text().replace("docs.jsonl", "data/eval.jsonl"))
+    suite = load_suite(tiny_suite)
+    assert not plan(suite, lake, build_extractors(suite, ["token_stats"]))
+    (tiny_suite.parent / "data/eval.jsonl").write_text('{"text": "w1 w2 w3"}\n')
+    assert len(plan(load_suite(tiny_suite), lake, build_extractors(suite, ["token_stats"]))) == 6

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,21 +45,25 @@ class Extractor:
     #: Bump when the meaning of the output changes: it changes the config hash,
     #: so previously extracted checkpoints are redone.
     version: ClassVar[int] = 1
+    #: Options naming input files: the config hash covers their content, not their
+    #: path, so the same file reached by another path is the same configuration.
+    file_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: ExtractorOptions, suite: Suite) -> None:
         self.options = options
         self.suite = suite
 
-    def fingerprint_inputs(self) -> dict[str, Any]:
-        """Inputs beyond the options that the output depends on (e.g. file hashes)."""
-        return {}
-
     def config_hash(self) -> str:
+        """What the output depends on: extractor version, options, input file contents."""
+        files = {
+            option: hashlib.sha256(self.suite.resolve_path(getattr(self.options, option)).read_bytes()).hexdigest()
+            for option in self.file_options
+        }
         payload = {
             "extractor": self.name,
             "version": self.version,
-            "options": self.options.model_dump(exclude={"steps"}, mode="json"),
-            "inputs": self.fingerprint_inputs(),
+            "options": self.options.model_dump(exclude={"steps", *self.file_options}, mode="json"),
+            "files": files,
         }
         encoded = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(encoded).hexdigest()[:16]

@@ -10,10 +10,8 @@ mask keeps padding from changing any real token's prediction.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -80,15 +78,13 @@ class TokenStats(Extractor):
     name = "token_stats"
     Options = TokenStatsOptions
     outputs = (TOKEN_STATS,)
+    file_options = ("documents",)
 
     def __init__(self, options: TokenStatsOptions, suite) -> None:
         super().__init__(options, suite)
         self.path = suite.resolve_path(options.documents)
         self.texts = read_documents(self.path, options.text_field)
         self._encoded: tuple[int, list[list[int]]] | None = None
-
-    def fingerprint_inputs(self) -> dict[str, Any]:
-        return {"documents_sha256": hashlib.sha256(self.path.read_bytes()).hexdigest()}
 
     def encode(self, tokenizer, max_length: int) -> list[list[int]]:
         # Checkpoints of a suite normally share a tokenizer: encode once per tokenizer.
