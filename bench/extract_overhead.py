@@ -23,6 +23,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from transformers.utils import logging as hf_logging
@@ -74,6 +75,8 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
+    if not Path(args.suite).is_file():
+        raise SystemExit(f"{args.suite} not found: train the micro suite first (`make demo`)")
     suite = load_suite(args.suite)
     if "token_stats" not in suite.extractors:
         raise SystemExit(f"{args.suite}: the benchmark needs a token_stats extractor")

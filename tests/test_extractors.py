@@ -139,3 +139,13 @@ def test_median_matches_numpy_with_ties(values):
     from polypythias.extract.extractors.weight_stats import median
 
     assert median(torch.tensor(values, dtype=torch.float32)) == pytest.approx(np.median(values))
+
+
+@pytest.mark.parametrize("n", [100_001, 250_000, 333_333])
+def test_median_of_large_tensors_is_exact(n):
+    from polypythias.extract.extractors.weight_stats import median
+
+    rng = np.random.default_rng(n)
+    values = rng.standard_t(3, size=n).astype(np.float32)
+    values[: n // 10] = 0.0  # many ties, as in freshly initialised biases
+    assert median(torch.from_numpy(values)) == np.median(values.astype(np.float64))

@@ -69,16 +69,29 @@ def tensor_hash(tensor: torch.Tensor) -> str:
 
 
 def median(values: torch.Tensor) -> float:
-    """The median as numpy defines it (mean of the two middle values when even)."""
+    """The exact median as numpy defines it (mean of the two middle values when even).
+
+    Large tensors are bracketed first: a sorted random sample gives bounds that
+    hold the middle ranks with overwhelming probability; counting the values below
+    the lower bound and sorting only those inside it is a few cheap passes instead
+    of a full selection. If the bracket misses, it falls back to a full selection.
+    """
+    import torch
+
     flat = values.reshape(-1)
-    lower = flat.median()  # torch's median is the lower middle value
-    if flat.numel() % 2:
-        return float(lower)
-    # The upper middle value is `lower` itself unless exactly half the values are ≤ it.
-    if int((flat <= lower).sum()) > flat.numel() // 2:
-        return float(lower)
-    upper = flat[flat > lower].min()
-    return float((lower.double() + upper.double()) / 2)
+    n = flat.numel()
+    middle = [(n - 1) // 2, n // 2]  # 0-based ranks of the middle value(s)
+    if n > 100_000:
+        generator = torch.Generator(device=flat.device).manual_seed(0)
+        sample = flat[torch.randint(n, (8192,), generator=generator, device=flat.device)].sort().values
+        low, high = sample[4096 - 256], sample[4096 + 256]
+        below = int((flat < low).sum())
+        inside = flat[(flat >= low) & (flat <= high)].sort().values
+        ranks = [r - below for r in middle]
+        if 0 <= ranks[0] and ranks[1] < inside.numel():
+            return float((inside[ranks[0]].double() + inside[ranks[1]].double()) / 2)
+    ordered = [flat.kthvalue(r + 1).values.double() for r in sorted(set(middle))]
+    return float(sum(ordered) / len(ordered))
 
 
 def distribution(values: torch.Tensor) -> dict[str, float]:
