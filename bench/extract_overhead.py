@@ -28,17 +28,16 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from polypythias.extract.checkpoints import load_model
+from polypythias.extract.checkpoints import load_model, load_tokenizer
 from polypythias.extract.runner import Runner, Task, build_extractors, run_extraction
 from polypythias.extract.suite import load_suite
 from polypythias.warehouse.lake import Lake
 
 
-def bare(runner: Runner, task: Task) -> float:
+def bare(runner: Runner, task: Task, tokenizer) -> float:
     """Load one checkpoint and run only its forward passes; returns seconds."""
     started = time.perf_counter()
     model = load_model(runner.suite, task.checkpoint, runner.device)
-    tokenizer = runner._tokenizer(task.checkpoint)
     documents = runner.extractors["token_stats"]
     sequences = documents.encode(tokenizer, model.config.max_position_embeddings)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
@@ -90,7 +89,8 @@ def main() -> None:
         def bare_run(size: str, seed: int) -> float:
             checkpoints = {c for n in extractors for c in suite.checkpoints_for(n)}
             mine = sorted(c for c in checkpoints if (c.model_size, c.seed) == (size, seed))
-            return sum(bare(runner, Task(c, tuple(extractors))) for c in mine)
+            tokenizer = load_tokenizer(suite, mine[0])  # the job loads it once too
+            return sum(bare(runner, Task(c, tuple(extractors)), tokenizer) for c in mine)
 
         def full_run(size: str, seed: int) -> float:
             return full(suite.model_copy(update={"sizes": [size], "seeds": [seed]}), scratch)

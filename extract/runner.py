@@ -16,7 +16,7 @@ import socket
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from polypythias.extract.checkpoints import CheckpointError, load_model, load_tokenizer
 from polypythias.extract.extractors import Extractor, ExtractorError, get_extractor
+from polypythias.extract.status import successful_extractions
 from polypythias.extract.suite import CheckpointId, Suite
 from polypythias.warehouse.lake import Lake, LakeError, new_extraction_id
 from polypythias.warehouse.schemas import MANIFEST, SUITE_GRID
@@ -117,15 +118,6 @@ def build_extractors(suite: Suite, names: list[str] | None) -> dict[str, Extract
     }
 
 
-def _successes(lake: Lake, suite: Suite) -> set[tuple]:
-    manifest = lake.read(MANIFEST)
-    manifest = manifest.filter(
-        pc.and_(pc.equal(manifest["suite"], suite.name), pc.equal(manifest["status"], "success"))
-    )
-    columns = ["model_size", "seed", "step", "extractor", "config_hash"]
-    return set(zip(*(manifest[c].to_pylist() for c in columns), strict=True))
-
-
 def plan(
     suite: Suite,
     lake: Lake,
@@ -133,7 +125,7 @@ def plan(
     shard: tuple[int, int] = (0, 1),
 ) -> list[Task]:
     """The pending work of this shard, one task per checkpoint, in a stable order."""
-    done = _successes(lake, suite)
+    done = successful_extractions(lake.read(MANIFEST), suite.name)
     pending: dict[CheckpointId, list[str]] = defaultdict(list)
     for name, extractor in extractors.items():
         config_hash = extractor.config_hash()
@@ -371,50 +363,42 @@ def _fewer_garbage_collections() -> Iterator[None]:
         gc.unfreeze()
 
 
-class _progress:
-    """A rich progress bar over checkpoints (a no-op when disabled)."""
+@contextmanager
+def _progress(enabled: bool, total: int, state) -> Iterator[Callable[[Task, list[Failure]], None]]:
+    """A rich progress bar over checkpoints; yields the function that advances it."""
+    if not enabled:
+        yield lambda task, failures: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    def __init__(self, enabled: bool, total: int, state) -> None:
-        self.enabled, self.total, self.state = enabled, total, state
-        self.started = time.monotonic()
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[current]}"),
+    )
+    label = "extract" if state.num_processes == 1 else f"extract [{state.process_index}]"
+    bar_task = bar.add_task(label, total=total, rate="", current="")
+    started = time.monotonic()
+    done = 0
 
-    def __enter__(self):
-        if not self.enabled:
-            return lambda task, failures: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+    def advance(task: Task, failures: list[Failure]) -> None:
+        nonlocal done
+        done += 1
+        rate = done / max(time.monotonic() - started, 1e-9)
+        mark = " [red]failed[/red]" if failures else ""
+        bar.update(bar_task, advance=1, rate=f"{rate:.2f} ckpt/s", current=f"{task.checkpoint}{mark}")
 
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[current]}"),
-        )
-        label = "extract" if self.state.num_processes == 1 else f"extract [{self.state.process_index}]"
-        self.bar_task = self.bar.add_task(label, total=self.total, rate="", current="")
-        self.bar.start()
-        done = [0]
-
-        def advance(task: Task, failures: list[Failure]) -> None:
-            done[0] += 1
-            rate = done[0] / max(time.monotonic() - self.started, 1e-9)
-            mark = " [red]failed[/red]" if failures else ""
-            self.bar.update(
-                self.bar_task, advance=1, rate=f"{rate:.2f} ckpt/s", current=f"{task.checkpoint}{mark}"
-            )
-
-        return advance
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.stop()
+    with bar:
+        yield advance

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from polypythias.extract.extractors import Extractor
@@ -32,17 +33,23 @@ class RunStatus:
     errors: tuple[str, ...]
 
 
+def successful_extractions(manifest: pa.Table, suite: str) -> set[tuple]:
+    """(model_size, seed, step, extractor, config_hash) of every successful extraction."""
+    manifest = manifest.filter(
+        pc.and_(pc.equal(manifest["suite"], suite), pc.equal(manifest["status"], "success"))
+    )
+    columns = ["model_size", "seed", "step", "extractor", "config_hash"]
+    return set(zip(*(manifest[c].to_pylist() for c in columns), strict=True))
+
+
 def suite_status(suite: Suite, lake: Lake, extractors: dict[str, Extractor]) -> list[RunStatus]:
     manifest = lake.read(MANIFEST)
-    manifest = manifest.filter(pc.equal(manifest["suite"], suite.name))
-    latest: dict[tuple, dict] = {}
-    current: set[tuple] = set()
+    done = successful_extractions(manifest, suite.name)
     hashes = {name: e.config_hash() for name, e in extractors.items()}
+    latest: dict[tuple, dict] = {}
+    manifest = manifest.filter(pc.equal(manifest["suite"], suite.name))
     for row in manifest.sort_by("extraction_id").to_pylist():
-        key = (row["model_size"], row["seed"], row["step"], row["extractor"])
-        latest[key] = row
-        if row["status"] == "success" and row["config_hash"] == hashes.get(row["extractor"]):
-            current.add(key)
+        latest[(row["model_size"], row["seed"], row["step"], row["extractor"])] = row
 
     counts: dict[tuple, Counter] = {(s, k): Counter() for s in suite.sizes for k in suite.seeds}
     errors: dict[tuple, list[str]] = {run: [] for run in counts}
@@ -51,7 +58,7 @@ def suite_status(suite: Suite, lake: Lake, extractors: dict[str, Extractor]) -> 
             key = (checkpoint.model_size, checkpoint.seed, checkpoint.step, name)
             run = key[:2]
             last = latest.get(key)
-            if key in current:
+            if (*key, hashes[name]) in done:
                 state = "done"
             elif last is None:
                 state = "missing"

@@ -63,11 +63,6 @@ def state_dir(db_path: Path) -> Path:
     return Path(db_path).resolve().parent / ".dbt"
 
 
-def marts() -> list[str]:
-    """The names of the mart tables the build creates (in the warehouse's main schema)."""
-    return sorted(path.stem for path in (PROJECT_DIR / "models" / "marts").glob("*.sql"))
-
-
 def build(
     lake_root: str,
     db_path: Path,

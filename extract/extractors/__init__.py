@@ -98,9 +98,5 @@ def get_extractor(name: str) -> type[Extractor]:
         ) from None
 
 
-def extractor_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
 # Importing the plugin modules registers them.
 from polypythias.extract.extractors import token_stats, weight_stats  # noqa: E402,F401
