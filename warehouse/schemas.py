@@ -162,6 +162,92 @@ SUITE_GRID = Dataset(
     ),
 )
 
+EVAL_RESULTS = Dataset(
+    name="eval_results",
+    description=(
+        "One row per lm-eval task x metric x filter of one evaluation of a checkpoint, "
+        "from the `evals` extractor or from `polypythias ingest lm-eval`."
+    ),
+    partition_by=CHECKPOINT_PARTITION,
+    sort_by=("task", "num_fewshot", "metric", "filter"),
+    schema=_schema(
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        # lm-eval's filter pipeline ("none" in the older format, which had none).
+        pa.field("filter", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        # Bootstrap standard error over items (null when lm-eval gives "N/A").
+        pa.field("stderr", pa.float64()),
+        # Items evaluated (null when the file does not say).
+        pa.field("n_samples", pa.int64()),
+        pa.field("num_fewshot", pa.int32(), nullable=False),
+        pa.field("task_version", pa.string()),
+        pa.field("harness_version", pa.string()),
+        # When the evaluation ran: reruns of one checkpoint x task, newest wins.
+        pa.field("evaluated_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ),
+)
+
+EVAL_SAMPLES = Dataset(
+    name="eval_samples",
+    description=(
+        "One row per lm-eval task item (and filter) of one evaluation of a checkpoint: "
+        "per-choice log-likelihoods, the predicted choice and the item's metric values."
+    ),
+    partition_by=CHECKPOINT_PARTITION,
+    sort_by=("task", "num_fewshot", "filter", "doc_id"),
+    schema=_schema(
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("filter", pa.string(), nullable=False),
+        pa.field("num_fewshot", pa.int32(), nullable=False),
+        pa.field("doc_id", pa.int64(), nullable=False),
+        # lm-eval's sha256 of the document: the same item across checkpoints.
+        pa.field("doc_hash", pa.string()),
+        # The gold answer as lm-eval reports it (a choice index or a continuation).
+        pa.field("target", pa.string()),
+        # Index of the gold choice for multiple-choice tasks, else null.
+        pa.field("target_index", pa.int32()),
+        # One entry per choice (one for log-likelihood tasks); null for generation tasks.
+        pa.field("choice_loglikelihoods", pa.list_(pa.float64())),
+        pa.field("choice_is_greedy", pa.list_(pa.bool_())),
+        # argmax of choice_loglikelihoods for multiple-choice tasks, else null.
+        pa.field("predicted", pa.int32()),
+        # The item's metric values, e.g. {"acc": 1.0, "acc_norm": 0.0}.
+        pa.field("metrics", pa.map_(pa.string(), pa.float64()), nullable=False),
+    ),
+)
+
+EVAL_FILES = Dataset(
+    name="eval_files",
+    description=(
+        "One row per lm-eval result file imported by `polypythias ingest lm-eval`: "
+        "where it came from, who it says it is, and what disagreed."
+    ),
+    partition_by=CHECKPOINT_PARTITION,
+    sort_by=("path",),
+    schema=_schema(
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        # lm-eval-0.3 (results/versions/config) | lm-eval-0.4 (results_<timestamp>.json)
+        pa.field("format", pa.string(), nullable=False),
+        pa.field("model_args", pa.string(), nullable=False),
+        pa.field("pretrained", pa.string(), nullable=False),
+        pa.field("revision", pa.string(), nullable=False),
+        # standard | deduped | ... : what the model name says beyond size and seed.
+        pa.field("variant", pa.string(), nullable=False),
+        pa.field("num_fewshot", pa.int32(), nullable=False),
+        pa.field("evaluated_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("n_tasks", pa.int64(), nullable=False),
+        pa.field("samples_files", pa.list_(pa.string()), nullable=False),
+        # Data-quality finding, e.g. the file name says another step than model_args.
+        pa.field("finding", pa.string()),
+    ),
+)
+
 DATASETS: dict[str, Dataset] = {
-    d.name: d for d in (MANIFEST, TOKEN_STATS, WEIGHT_STATS, TRAINING_LOG, SUITE_GRID)
+    d.name: d
+    for d in (
+        MANIFEST, TOKEN_STATS, WEIGHT_STATS, TRAINING_LOG, SUITE_GRID,
+        EVAL_RESULTS, EVAL_SAMPLES, EVAL_FILES,
+    )
 }
