@@ -315,6 +315,8 @@ def run_extraction(
     tasks = plan(suite, lake, extractors, shard)
     # Under `accelerate launch`, each process takes every num_processes-th task.
     tasks = tasks[state.process_index :: state.num_processes]
+    for name in sorted({name for task in tasks for name in task.extractors}):
+        extractors[name].prepare()
     runner = Runner(suite, lake, extractors, state.device, allow_pickle)
     summary = Summary()
     with (

@@ -120,6 +120,13 @@ def test_suite_layout(suite):
                 "steps": "all", "documents": "eval/documents.jsonl", "top_k": 10, "batch_size": 64,
             },
             "weight_stats": {"steps": "all"},
+            "evals": {
+                "steps": "all",
+                "tasks": ["micro_gender_agreement", "micro_lambada", "micro_verb_agreement"],
+                "include_path": "eval/tasks",
+                "include_defaults": False,
+                "batch_size": 64,
+            },
         },
     }
     lines = (out / "eval" / "documents.jsonl").read_text().splitlines()

@@ -91,7 +91,8 @@ def test_micro_preset_describes_what_micro_train_writes_by_default(tmp_path, mon
     assert preset.source_of(checkpoint) == written.source_of(checkpoint)
     assert preset.resolve_path("micro/eval/documents.jsonl") == written.resolve_path("eval/documents.jsonl")
     assert preset.resolve_path(preset.checkpoints.tokenizer) == written.resolve_path(written.checkpoints.tokenizer)
+    path_options = {"documents", "include_path"}
     assert preset.extractors == {
-        name: {**options, "documents": "micro/" + options["documents"]} if "documents" in options else options
+        name: {key: "micro/" + value if key in path_options else value for key, value in options.items()}
         for name, options in written.extractors.items()
     }

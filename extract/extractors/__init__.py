@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,8 +46,11 @@ class Extractor:
     #: Bump when the meaning of the output changes: it changes the config hash,
     #: so previously extracted checkpoints are redone.
     version: ClassVar[int] = 1
-    #: Options naming input files: the config hash covers their content, not their
-    #: path, so the same file reached by another path is the same configuration.
+    #: Options naming input files or folders: the config hash covers their content,
+    #: not their path, so the same input reached by another path is the same
+    #: configuration. A folder counts as the sorted relative paths and contents of
+    #: the files under it, leaving out hidden ones and ``__pycache__``; an option
+    #: left unset (None) counts as None.
     file_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: ExtractorOptions, suite: Suite) -> None:
@@ -55,10 +59,7 @@ class Extractor:
 
     def config_hash(self) -> str:
         """What the output depends on: extractor version, options, input file contents."""
-        files = {
-            option: hashlib.sha256(self.suite.resolve_path(getattr(self.options, option)).read_bytes()).hexdigest()
-            for option in self.file_options
-        }
+        files = {option: self._content_hash(getattr(self.options, option)) for option in self.file_options}
         payload = {
             "extractor": self.name,
             "version": self.version,
@@ -68,6 +69,28 @@ class Extractor:
         encoded = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(encoded).hexdigest()[:16]
 
+    def prepare(self) -> None:
+        """One-time setup too slow for ``__init__`` (which ``polypythias status``
+        also runs), done before the first checkpoint. Default: nothing."""
+
+    def _content_hash(self, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = self.suite.resolve_path(value)
+        if path.is_dir():
+            digest = hashlib.sha256()
+            files = (p for p in path.rglob("*") if p.is_file() and not _ignored(p.relative_to(path)))
+            for file in sorted(files):
+                relative = file.relative_to(path).as_posix().encode()
+                # Length-prefixed, so that no two different folders hash alike.
+                for part in (relative, file.read_bytes()):
+                    digest.update(len(part).to_bytes(8, "little"))
+                    digest.update(part)
+            return digest.hexdigest()
+        if not path.is_file():
+            raise ExtractorError(f"{self.name}: {path} not found")
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
     def run(
         self,
         model: PreTrainedModel,
@@ -76,6 +99,10 @@ class Extractor:
         device: torch.device,
     ) -> dict[str, pa.Table]:
         raise NotImplementedError
+
+
+def _ignored(relative: Path) -> bool:
+    return any(part.startswith(".") or part == "__pycache__" for part in relative.parts)
 
 
 _REGISTRY: dict[str, type[Extractor]] = {}
@@ -99,4 +126,4 @@ def get_extractor(name: str) -> type[Extractor]:
 
 
 # Importing the plugin modules registers them.
-from polypythias.extract.extractors import token_stats, weight_stats  # noqa: E402,F401
+from polypythias.extract.extractors import evals, token_stats, weight_stats  # noqa: E402,F401

@@ -9,6 +9,7 @@ hub revisions, one self-contained folder per step:
       suite.yaml                       the suite file for `polypythias extract`
       tokenizer/
       eval/documents.jsonl             held-out documents (another generator seed)
+      eval/tasks/                      lm-eval task YAMLs + JSONL items (eval_tasks.py)
       {size}/seed{seed}/run.json       the run's configuration, written last
       {size}/seed{seed}/step{step}/    config.json, model.safetensors, tokenizer
 
@@ -51,6 +52,7 @@ from rich.progress import (
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
+from . import eval_tasks
 from .language import Grammar, generate_documents
 from .tokenizer import build_tokenizer
 
@@ -59,6 +61,7 @@ from .tokenizer import build_tokenizer
 CONTEXT = 128
 TOKEN_STATS_TOP_K = 10
 TOKEN_STATS_BATCH_SIZE = 64
+EVALS_BATCH_SIZE = 64
 ADAM_BETAS = (0.9, 0.95)  # Pythia's
 
 
@@ -146,6 +149,8 @@ class TrainConfig:
     eval_docs: int = 200
     data_seed: int = 1234  # the training corpus, shared by all runs
     eval_seed: int = 4321  # the held-out eval documents
+    eval_task_items: int = eval_tasks.DEFAULT_ITEMS  # per micro lm-eval task
+    eval_task_seed: int = eval_tasks.DEFAULT_SEED  # the micro lm-eval tasks' items
     threads_per_run: int = 1  # part of the result: other counts give other bits
     workers: int | None = None  # parallel runs; None: one per threads_per_run cores
 
@@ -165,12 +170,22 @@ class TrainConfig:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not 2 <= self.seq_len <= CONTEXT:
             raise ValueError(f"seq_len must be in [2, {CONTEXT}], got {self.seq_len}")
-        if min(self.batch_size, self.corpus_docs, self.eval_docs, self.threads_per_run) < 1:
-            raise ValueError("batch_size, corpus_docs, eval_docs, threads_per_run must be >= 1")
+        if min(self.batch_size, self.corpus_docs, self.eval_docs, self.eval_task_items,
+               self.threads_per_run) < 1:
+            raise ValueError(
+                "batch_size, corpus_docs, eval_docs, eval_task_items, threads_per_run must be >= 1"
+            )
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.data_seed == self.eval_seed:
             raise ValueError("eval_seed must differ from data_seed (held-out documents)")
+        # Each task draws from eval_task_seed + its index (see eval_tasks.write_tasks).
+        task_seeds = {self.eval_task_seed + i for i in range(len(eval_tasks.TASK_NAMES))}
+        if task_seeds & {self.data_seed, self.eval_seed}:
+            raise ValueError(
+                f"eval_task_seed {self.eval_task_seed} to {max(task_seeds)} must not include "
+                "data_seed or eval_seed (the task items must be fresh sentences)"
+            )
 
     @property
     def warmup_steps(self) -> int:
@@ -236,6 +251,8 @@ def train_suite(
     with _atomic_dir(tokenizer_dir) as tmp:
         tokenizer.save_pretrained(tmp)
     _write_eval_documents(config, grammar, out_dir / "eval" / "documents.jsonl")
+    eval_tasks.write_tasks(out_dir / "eval" / "tasks", config.eval_task_items,
+                           config.eval_task_seed, grammar)
     corpus = _training_sequences(config, tokenizer, grammar)
 
     # Largest models first, so that parallel workers finish at about the same time.
@@ -290,6 +307,14 @@ def suite_document(config: TrainConfig) -> dict:
                 "batch_size": TOKEN_STATS_BATCH_SIZE,
             },
             "weight_stats": {"steps": "all"},
+            "evals": {
+                "steps": "all",
+                "tasks": list(eval_tasks.TASK_NAMES),
+                "include_path": "eval/tasks",
+                # Only the micro tasks: skip indexing lm-eval's ~14k built-in ones.
+                "include_defaults": False,
+                "batch_size": EVALS_BATCH_SIZE,
+            },
         },
     }
 
