@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +33,8 @@ app = typer.Typer(
 )
 micro_app = typer.Typer(help="The micro suite: tiny GPT-NeoX runs on a synthetic language.", no_args_is_help=True)
 app.add_typer(micro_app, name="micro")
+ingest_app = typer.Typer(help="Import results computed elsewhere into the lake.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
 
 console = Console()
 err = Console(stderr=True)
@@ -179,8 +182,8 @@ def status(suite: SuiteOption, lake: LakeOption = None) -> None:
 def micro_train(
     out: Annotated[Path, typer.Option(help="Folder for checkpoints, tokenizer, eval set and suite.yaml.")] = DEMO_DIR,
     sizes: Annotated[str, typer.Option(help="Comma-separated model sizes.")] = "",
-    seeds: Annotated[int, typer.Option(help="Number of seeds (0 … n-1).", min=1)] = 0,
-    steps: Annotated[int, typer.Option(help="Optimiser steps per run.", min=1)] = 0,
+    seeds: Annotated[int | None, typer.Option(help="Number of seeds (0 … n-1); default 5.", min=1)] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps per run; default from TrainConfig.", min=1)] = None,
     lake: LakeOption = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -190,7 +193,7 @@ def micro_train(
     console.print(f"micro suite written; suite file: [bold]{suite_file}[/bold]")
 
 
-def _train_micro(out: Path, sizes: str, seeds: int, steps: int, lake, progress: bool) -> Path:
+def _train_micro(out: Path, sizes: str, seeds: int | None, steps: int | None, lake, progress: bool) -> Path:
     from polypythias.extract.micro.train import TrainConfig, train_suite
     from polypythias.warehouse.lake import new_extraction_id
     from polypythias.warehouse.schemas import TRAINING_LOG
@@ -216,6 +219,95 @@ def _train_micro(out: Path, sizes: str, seeds: int, steps: int, lake, progress: 
     except ValueError as error:
         _fail(str(error))
     return out / "suite.yaml"
+
+
+# -- importing results computed elsewhere ---------------------------------------
+
+
+@ingest_app.command("lm-eval")
+def ingest_lm_eval(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="lm-eval results files or folders (searched recursively for *.json).", show_default=False),
+    ],
+    lake: LakeOption = None,
+    suite: Annotated[
+        str,
+        typer.Option("--suite", help="Suite name; a non-standard variant is appended (polypythias-deduped)."),
+    ] = "polypythias",
+    pattern: Annotated[
+        str | None,
+        typer.Option(
+            help="Regex with named groups size (required), seed (optional) and others (the variant), "
+            "searched in the model name. [default: reads EleutherAI/pythia-{size}[-deduped][-seed{k}] "
+            "and similar names]",
+            show_default=False,
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Import lm-eval results files (0.3 and 0.4 formats, 0.4 samples when present).
+
+    Each file is identified by its own config.model_args (pretrained=…,revision=stepN);
+    a file or folder name that disagrees is recorded as a finding in eval_files. Files
+    already ingested (same content and path) are skipped. Old-format files record no
+    date: their modification time is used as evaluated_at. Exits 1 when any file failed,
+    after ingesting all the others.
+    """
+    from rich.markup import escape
+
+    from polypythias.extract.ingest import ModelNamePattern, ingest
+    from polypythias.warehouse.lake import LakeError
+
+    try:
+        the_pattern = ModelNamePattern(pattern) if pattern else ModelNamePattern()
+    except ValueError as error:
+        _fail(str(error))
+    the_lake = _lake(lake)
+    with _file_progress(progress) as (on_start, on_file):
+        try:
+            summary = ingest(paths, the_lake, the_pattern, suite, on_start, on_file)
+        except LakeError as error:
+            _fail(str(error))
+    rows = summary.rows
+    console.print(
+        f"[bold]{len(summary.outcomes)}[/bold] files: [green]{len(summary.of('ingested'))}[/green] ingested, "
+        f"{len(summary.of('skipped'))} skipped (already in the lake), [red]{len(summary.of('failed'))}[/red] failed; "
+        f"rows: {sum(rows.values())} ({', '.join(f'{k} {v}' for k, v in sorted(rows.items())) or 'none'}); "
+        f"findings: {sum(1 for o in summary.outcomes if o.finding and o.status == 'ingested')}; "
+        f"lake: {the_lake.uri}",
+        soft_wrap=True,
+    )
+    for outcome in summary.outcomes:
+        if outcome.finding and outcome.status == "ingested":
+            console.print(f"[yellow]finding[/yellow] {escape(str(outcome.path))}: {escape(outcome.finding)}", soft_wrap=True)
+    for outcome in summary.of("failed"):
+        err.print(f"[red]failed[/red] {escape(outcome.error or str(outcome.path))}", soft_wrap=True)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@contextmanager
+def _file_progress(enabled: bool):
+    """A progress bar over files (on a terminal, for more than ten); yields its callbacks."""
+    if not enabled:
+        yield None, None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=err, transient=True)
+    task = bar.add_task("ingest", total=0)
+
+    def on_start(total: int) -> None:
+        bar.update(task, total=total)
+        if total > 10 and err.is_terminal:
+            bar.start()
+
+    try:
+        yield on_start, lambda outcome: bar.advance(task)
+    finally:
+        bar.stop()
 
 
 # -- warehouse -----------------------------------------------------------------
@@ -299,13 +391,16 @@ def demo(
     from polypythias.extract.runner import run_extraction
 
     _quiet_libraries()
+    # Everything the demo touches is local: never wait on a hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     the_lake = _lake(lake)
     suite_file = micro_dir / "suite.yaml"
     if suite_file.is_file():
         console.print(f"[bold]1/4[/bold] reusing the micro suite in {micro_dir} (delete it to retrain)")
     else:
         console.print(f"[bold]1/4[/bold] training the micro suite into {micro_dir}")
-        _train_micro(micro_dir, "", 0, 0, the_lake, progress=True)
+        _train_micro(micro_dir, "", None, None, the_lake, progress=True)
     console.print("[bold]2/4[/bold] extracting")
     summary = run_extraction(_load_suite(str(suite_file)), the_lake)
     if summary.failures:

@@ -1,19 +1,22 @@
 """The command line: instant help, clear errors, every verb documented."""
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
 from polypythias.cli import app
 
-VERBS = ("demo", "extract", "status", "build", "sql", "report", "micro")
+VERBS = ("demo", "extract", "status", "build", "sql", "report", "micro", "ingest")
 
 
 def test_help_imports_no_heavy_library():
     code = (
         "import sys; from polypythias.cli import app; "
         "from typer.testing import CliRunner; CliRunner().invoke(app, ['extract', '--help']); "
+        "CliRunner().invoke(app, ['ingest', 'lm-eval', '--help']); "
         "print(sorted(m for m in ('torch', 'transformers', 'dbt', 'lm_eval', 'altair') if m in sys.modules))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -44,3 +47,46 @@ def test_bad_inputs_get_clear_errors(tmp_path):
     assert result.exit_code == 2 and "no-lake" in result.output
     result = runner.invoke(app, ["report", "--db", str(tmp_path / "none.duckdb"), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "none.duckdb" in result.output
+
+
+PYTHIA_EVALS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pythia-evals"
+
+
+def test_ingest_lm_eval(tmp_path):
+    runner = CliRunner()
+    assert "--pattern" in runner.invoke(app, ["ingest", "lm-eval", "--help"]).output
+    folder = PYTHIA_EVALS / "pythia-v1" / "pythia-70m-deduped" / "intervention"
+    lake = tmp_path / "lake"
+    result = runner.invoke(app, ["ingest", "lm-eval", str(folder), "--lake", str(lake), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "10 files: 10 ingested, 0 skipped" in result.output and "0 failed" in result.output
+    assert sorted(p.name for p in (lake / "eval_files").iterdir()) == ["suite=polypythias-intervention-deduped"]
+    again = runner.invoke(app, ["ingest", "lm-eval", str(folder), "--lake", str(lake)])
+    assert again.exit_code == 0 and "0 ingested, 10 skipped" in again.output
+
+    bad = tmp_path / "in" / "broken.json"
+    bad.parent.mkdir()
+    bad.write_text("{nope")
+    good = bad.parent / "70m_step4000.json"  # the file says step 143000: a finding
+    shutil.copy(PYTHIA_EVALS / "pythia-v1" / "pythia-70m" / "zero-shot" / "70m_step143000.json", good)
+    result = runner.invoke(app, ["ingest", "lm-eval", str(bad.parent), "--lake", str(lake)])
+    assert result.exit_code == 1
+    assert "1 ingested" in result.output and "1 failed" in result.output and "findings: 1" in result.output
+    assert str(bad) in result.output and "not valid JSON" in result.output
+    assert "file name says step 4000 but model_args revision is step143000" in result.output
+    result = runner.invoke(app, ["ingest", "lm-eval", str(good), "--lake", str(lake), "--pattern", "(?P<seed>1)"])
+    assert result.exit_code == 2 and "'size'" in result.output
+
+
+def test_micro_train_options_default_to_the_training_config(tmp_path):
+    import json
+
+    from polypythias.extract.micro.train import TrainConfig
+
+    out = tmp_path / "micro"
+    result = CliRunner().invoke(app, ["micro", "train", "--out", str(out), "--sizes", "200k",
+                                      "--seeds", "1", "--lake", str(tmp_path / "lake"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "200k" / "seed0" / "run.json").read_text())
+    assert info["train"]["total_steps"] == TrainConfig().total_steps
+    assert sorted(p.name for p in (out / "200k").iterdir()) == ["seed0"]

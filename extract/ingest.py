@@ -1,0 +1,501 @@
+"""``polypythias ingest lm-eval``: lm-eval result files that already exist, into the lake.
+
+Public result sets (the Pythia evals, the PolyPythias evaluation set) are folders of
+lm-eval JSON. Each results file becomes one extraction of one checkpoint:
+``eval_results`` rows, ``eval_samples`` rows when samples files sit next to it, one
+``eval_files`` row (where it came from, who it says it is, what disagreed) and a
+manifest row (extractor ``lm_eval_ingest``). The data are written first and the
+manifest row last, so a crash half-way leaves nothing that staging reads.
+
+Identity comes from what a file says about itself, never from where it lies:
+
+- the model name (``pretrained=`` of ``config.model_args``, a string or, in 0.4, a
+  dict; else 0.4's ``model_name``) gives (model_size, seed, variant) through a
+  regular expression with named groups: ``size`` (required), ``seed`` (optional,
+  default 0) and any others, whose non-empty values, in the pattern's order and
+  joined by ``-``, are the variant (``standard`` when none). The default pattern
+  reads ``EleutherAI/pythia-70m`` (standard, seed 0), ``pythia-v1.1-160m-deduped``
+  (deduped), ``pythia-14m-seed3`` (seed 3), ``pythia-160m-data-seed1`` (data-seed),
+  ``intervention-pythia-v1.1-70m-deduped`` (intervention-deduped), ``pythia-70m-v0``;
+- the step comes from the revision (``revision=step1000`` in model_args, else 0.4's
+  ``config.model_revision``); a file without a step revision is refused;
+- the suite partition is ``<suite>`` for the standard variant, ``<suite>-<variant>``
+  otherwise, so standard and deduplicated twins of a size stay apart.
+
+What the file's name and folders say (``step…``, a size such as ``70m``,
+``deduped``, ``seed…``) is only compared with that identity: a disagreement is
+recorded in ``eval_files.finding`` (the file is still ingested under its own
+identity), because public sets contain mislabelled files. The names compared are
+the file's and those of its folders up to and including the folder given on the
+command line (for a file given directly, its own folder).
+
+When the evaluation ran (``evaluated_at``, which decides which rerun of a checkpoint
+the marts keep): 0.4's ``date``; the older format records none, so the file's
+modification time stands in for it.
+
+Re-ingesting is idempotent: a file whose content (sha256, the manifest's
+``config_hash``) and path (the manifest's ``source``) already have a successful
+manifest row under the same checkpoint is skipped. A byte-identical copy at another
+path is ingested again, so that its own name is checked: mislabelled copies are
+exactly what the integrity mart looks for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import socket
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from polypythias.extract.lm_eval_tables import (
+    LmEvalFormatError,
+    detect_format,
+    evaluated_at_of,
+    results_table,
+    samples_table,
+)
+from polypythias.extract.runner import package_versions
+from polypythias.warehouse.lake import Lake, LakeError, new_extraction_id, validate_partition_value
+from polypythias.warehouse.schemas import EVAL_FILES, EVAL_RESULTS, EVAL_SAMPLES, MANIFEST
+
+EXTRACTOR = "lm_eval_ingest"
+DEFAULT_SUITE = "polypythias"
+
+#: Reads Pythia-style model names; searched in the full name (``EleutherAI/…`` or a path).
+DEFAULT_PATTERN = (
+    r"(?:^|/)(?:(?P<prefix>[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*?)-)?pythia-(?:v1\.1-)?"
+    r"(?P<size>\d+(?:\.\d+)?[mb])"
+    r"(?:-(?P<deduped>deduped))?"
+    r"(?:-(?:(?P<seeding>data-seed|weight-seed)|seed)(?P<seed>\d+))?"
+    r"(?:-(?P<version>v0))?/?$"
+)
+
+#: Group names of the pattern that are not parts of the variant.
+_IDENTITY_GROUPS = {"size", "seed"}
+_STEP_REVISION = re.compile(r"step(\d+)")
+#: What a file or folder name may say about the checkpoint it holds.
+_NAME_STEP = re.compile(r"(?<![A-Za-z])step[-_]?(\d+)(?!\d)")
+_NAME_SIZE = re.compile(r"(?<![A-Za-z0-9.])(\d+(?:\.\d+)?[mb])(?![A-Za-z0-9])", re.IGNORECASE)
+_NAME_SEED = re.compile(r"(?<![A-Za-z])seed[-_]?(\d+)(?!\d)")
+
+
+class IngestError(Exception):
+    """A file that cannot be ingested; the message names the file and the problem."""
+
+
+# -- identity -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The checkpoint a results file says it evaluated."""
+
+    suite: str
+    model_size: str
+    seed: int
+    step: int
+    variant: str
+
+    def partition(self) -> dict[str, object]:
+        return {"suite": self.suite, "model_size": self.model_size, "seed": self.seed, "step": self.step}
+
+    def __str__(self) -> str:
+        return f"{self.suite}/{self.model_size}/seed{self.seed}/step{self.step}"
+
+
+class ModelNamePattern:
+    """A model name → (model_size, seed, variant), by a regex with named groups."""
+
+    def __init__(self, pattern: str = DEFAULT_PATTERN) -> None:
+        try:
+            self.regex = re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"--pattern is not a valid regular expression: {error}") from None
+        if "size" not in self.regex.groupindex:
+            raise ValueError("--pattern needs a named group 'size', e.g. (?P<size>\\d+m)")
+        self.pattern = pattern
+        self._variant_groups = [g for g in self.regex.groupindex if g not in _IDENTITY_GROUPS]
+
+    def parse(self, name: str) -> tuple[str, int, str]:
+        """(model_size, seed, variant) of a model name, else ValueError."""
+        match = self.regex.search(name)
+        if match is None or not match.group("size"):
+            raise ValueError(f"model name {name!r} does not match the pattern {self.pattern!r}")
+        seed = match.groupdict().get("seed")
+        parts = [match.group(g) for g in self._variant_groups if match.group(g)]
+        return match.group("size"), int(seed) if seed else 0, "-".join(parts) or "standard"
+
+
+def suite_partition(suite: str, variant: str) -> str:
+    """``<suite>`` for the standard variant, ``<suite>-<variant>`` otherwise."""
+    return suite if variant == "standard" else f"{suite}-{variant}"
+
+
+def parse_model_args(model_args: object) -> dict[str, str]:
+    """lm-eval's ``model_args``: ``"k=v,k=v"`` (as lm-eval splits it) or a dict."""
+    if isinstance(model_args, Mapping):
+        return {str(k): str(v) for k, v in model_args.items() if v is not None}
+    if isinstance(model_args, str):
+        pairs = (item.partition("=") for item in model_args.split(",") if item.strip())
+        return {key.strip(): value.strip() for key, sep, value in pairs if sep}
+    return {}
+
+
+# -- finding the files ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A results file to ingest and the names its layout gives it."""
+
+    path: Path
+    #: File name and folder names up to the folder given on the command line.
+    names: tuple[str, ...]
+
+
+def find_files(paths: Iterable[Path]) -> tuple[list[Candidate], list[tuple[Path, str]]]:
+    """Results files under the given files and folders, and the paths that are not.
+
+    Folders are walked recursively for ``*.json`` files (hidden files and folders
+    are skipped; samples JSONL is read through its results file, other files are
+    ignored). A file given directly must be a JSON results file.
+    """
+    found: dict[Path, Candidate] = {}
+    problems: list[tuple[Path, str]] = []
+    for given in paths:
+        path = Path(given).absolute()
+        if path.is_dir():
+            files = sorted(
+                f for f in path.rglob("*.json")
+                if f.is_file() and not any(p.startswith(".") for p in f.relative_to(path).parts)
+            )
+            if not files:
+                problems.append((path, "no lm-eval results files (*.json) in this folder"))
+            for file in files:
+                relative = file.relative_to(path)
+                names = (file.name, *reversed(relative.parts[:-1]), path.name)
+                found.setdefault(file.resolve(), Candidate(file, names))
+        elif path.is_file():
+            if path.name.startswith("samples_") and path.suffix == ".jsonl":
+                problems.append((path, "a samples file is read through its results file: "
+                                       "give results_<timestamp>.json or its folder"))
+            elif path.suffix != ".json":
+                problems.append((path, "not an lm-eval results file (expected a .json file)"))
+            else:
+                found.setdefault(path.resolve(), Candidate(path, (path.name, path.parent.name)))
+        else:
+            problems.append((path, "no such file or folder"))
+    return sorted(found.values(), key=lambda c: str(c.path)), problems
+
+
+# -- reading one file -----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ResultFile:
+    """One results file read, identified and converted; not written yet."""
+
+    path: Path
+    sha256: str
+    format: str
+    identity: Identity
+    model_args: str
+    pretrained: str
+    revision: str
+    num_fewshot: int
+    evaluated_at: datetime
+    n_tasks: int
+    results: pa.Table
+    samples: pa.Table | None
+    samples_files: list[str]
+    finding: str | None
+
+
+def read_result_file(candidate: Candidate, pattern: ModelNamePattern, suite: str) -> ResultFile:
+    """Read, identify and convert one results file; IngestError names the file."""
+    path = candidate.path
+    try:
+        return _read(candidate, pattern, suite)
+    except (IngestError, LmEvalFormatError, LakeError, ValueError, OSError) as error:
+        raise IngestError(f"{path}: {error}") from None
+    except (KeyError, TypeError, AttributeError) as error:  # lm-eval-like, but misshapen
+        raise IngestError(f"{path}: malformed lm-eval output ({type(error).__name__}: {error})") from None
+
+
+def _read(candidate: Candidate, pattern: ModelNamePattern, suite: str) -> ResultFile:
+    path = candidate.path
+    content = path.read_bytes()
+    try:
+        document = json.loads(content)
+    except UnicodeDecodeError as error:
+        raise IngestError(f"not a text file ({error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise IngestError(f"not valid JSON: {error}") from None
+    try:
+        format_ = detect_format(document)
+    except LmEvalFormatError as error:
+        raise IngestError(f"not lm-eval output: {error}") from None
+
+    config = document.get("config")
+    config = config if isinstance(config, Mapping) else {}
+    raw_args = config.get("model_args")
+    args = parse_model_args(raw_args)
+    pretrained = args.get("pretrained") or _text(document.get("model_name")) or _text(config.get("model_name"))
+    if not pretrained:
+        raise IngestError(f"config.model_args {raw_args!r} names no pretrained model")
+    revision = args.get("revision") or _text(config.get("model_revision")) or _text(document.get("model_revision"))
+    step = _STEP_REVISION.fullmatch(revision or "")
+    if step is None:
+        raise IngestError(f"config.model_args {raw_args!r} has no step revision (revision=stepN), "
+                          f"got revision {revision!r}")
+    size, seed, variant = pattern.parse(pretrained)
+    identity = Identity(suite_partition(suite, variant), size, seed, int(step.group(1)), variant)
+    for column, value in identity.partition().items():
+        validate_partition_value(column, value)
+
+    evaluated_at = evaluated_at_of(document) or datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    shots = _num_fewshot(document, format_)
+    results = results_table(document, evaluated_at, num_fewshot=shots)
+    samples, samples_files = _samples(path, document) if format_ == "lm-eval-0.4" else (None, [])
+    return ResultFile(
+        path=path,
+        sha256=hashlib.sha256(content).hexdigest(),
+        format=format_,
+        identity=identity,
+        model_args=raw_args if isinstance(raw_args, str) else json.dumps(raw_args, sort_keys=True, default=str),
+        pretrained=pretrained,
+        revision=revision,
+        num_fewshot=shots,
+        evaluated_at=evaluated_at,
+        n_tasks=len(document["results"]),
+        results=results,
+        samples=samples,
+        samples_files=samples_files,
+        finding=name_disagreements(candidate.names, identity),
+    )
+
+
+def _num_fewshot(document: Mapping, format_: str) -> int:
+    """The file's few-shot count: 0.3's config; 0.4's n-shot (the largest if tasks differ)."""
+    if format_ == "lm-eval-0.3":
+        shots = document["config"].get("num_fewshot")
+        return shots if isinstance(shots, int) and not isinstance(shots, bool) else 0
+    n_shot = document.get("n-shot")
+    values = [v for v in n_shot.values() if isinstance(v, int)] if isinstance(n_shot, Mapping) else []
+    return max(values, default=0)
+
+
+def _samples(path: Path, document: Mapping) -> tuple[pa.Table | None, list[str]]:
+    """The samples files next to a 0.4 results file: ``samples_<task>_<timestamp>.jsonl``
+    with the results file's timestamp, one per task of its results."""
+    timestamp = path.stem.rpartition("_")[2]
+    n_shot = document.get("n-shot") if isinstance(document.get("n-shot"), Mapping) else {}
+    tables, files = [], []
+    for task in document["results"]:
+        file = path.with_name(f"samples_{task}_{timestamp}.jsonl")
+        if not file.is_file():
+            continue
+        lines = []
+        with file.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    lines.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise IngestError(f"samples file {file} line {number}: not valid JSON: {error}") from None
+        try:
+            tables.append(samples_table(task, lines, _shots(n_shot.get(task))))
+        except LmEvalFormatError as error:
+            raise IngestError(f"samples file {file}: {error}") from None
+        files.append(str(file))
+    return (pa.concat_tables(tables) if tables else None), files
+
+
+def _shots(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def name_disagreements(names: Iterable[str], identity: Identity) -> str | None:
+    """What the file's and folders' names say against the file's identity, or None.
+
+    A name says a step (``step1000``), a size (``70m``, ``1.4b``), a seed
+    (``seed3``) or deduplication (``deduped``). Deduplication is only taken to be
+    denied when some name gives a size and none says ``deduped``.
+    """
+    findings: list[str] = []
+    names = [n.removesuffix(".json") for n in names]
+    file_name = names[0]
+
+    def where(name: str) -> str:
+        return "file name" if name == file_name else f"folder {name!r}"
+
+    deduped = "deduped" in identity.variant
+    for name in names:
+        for text in dict.fromkeys(_NAME_STEP.findall(name)):
+            if int(text) != identity.step:
+                findings.append(f"{where(name)} says step {int(text)} but model_args revision is step{identity.step}")
+        for text in dict.fromkeys(_NAME_SIZE.findall(name)):
+            if text.lower() != identity.model_size.lower():
+                findings.append(f"{where(name)} says size {text} but model_args is size {identity.model_size}")
+        for text in dict.fromkeys(_NAME_SEED.findall(name)):
+            if int(text) != identity.seed:
+                findings.append(f"{where(name)} says seed {int(text)} but model_args is seed {identity.seed}")
+        if "deduped" in name.lower() and not deduped:
+            findings.append(f"{where(name)} says deduped but model_args is not deduplicated")
+    if deduped and not any("deduped" in n.lower() for n in names):
+        sized = next((n for n in names if _NAME_SIZE.search(n)), None)
+        if sized is not None:
+            findings.append(f"{where(sized)} gives a size without 'deduped' but model_args is deduplicated")
+    return "; ".join(findings) or None
+
+
+# -- writing ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one file."""
+
+    path: Path
+    status: str  # ingested | skipped | failed
+    identity: Identity | None = None
+    rows: dict[str, int] = field(default_factory=dict)
+    finding: str | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class IngestSummary:
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def of(self, status: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def rows(self) -> Counter:
+        total: Counter = Counter()
+        for outcome in self.outcomes:
+            total.update(outcome.rows)
+        return total
+
+    @property
+    def ok(self) -> bool:
+        return not self.of("failed")
+
+
+def ingest(
+    paths: Iterable[Path],
+    lake: Lake,
+    pattern: ModelNamePattern | None = None,
+    suite: str = DEFAULT_SUITE,
+    on_start: Callable[[int], None] | None = None,
+    on_file: Callable[[Outcome], None] | None = None,
+) -> IngestSummary:
+    """Ingest every results file under ``paths``; one failing file never stops the rest.
+
+    ``on_start`` is told how many files were found, ``on_file`` each file's outcome
+    (for a progress bar).
+    """
+    pattern = pattern or ModelNamePattern()
+    validate_partition_value("suite", suite)
+    candidates, problems = find_files(paths)
+    summary = IngestSummary([Outcome(p, "failed", error=f"{p}: {why}") for p, why in problems])
+    if on_start:
+        on_start(len(candidates))
+    done = _already_ingested(lake)
+    versions, host = package_versions(), socket.gethostname()
+    for candidate in candidates:
+        outcome = _ingest_one(candidate, lake, pattern, suite, done, versions, host)
+        summary.outcomes.append(outcome)
+        if on_file:
+            on_file(outcome)
+    return summary
+
+
+def _already_ingested(lake: Lake) -> set[tuple]:
+    """(suite, model_size, seed, step, config_hash, source) of successful ingests."""
+    manifest = lake.read(MANIFEST)
+    manifest = manifest.filter(
+        pc.and_(pc.equal(manifest["extractor"], EXTRACTOR), pc.equal(manifest["status"], "success"))
+    )
+    columns = ("suite", "model_size", "seed", "step", "config_hash", "source")
+    return set(zip(*(manifest[c].to_pylist() for c in columns), strict=True))
+
+
+def _ingest_one(candidate, lake, pattern, suite, done, versions, host) -> Outcome:
+    started = datetime.now(UTC)
+    try:
+        file = read_result_file(candidate, pattern, suite)
+    except IngestError as error:
+        return Outcome(candidate.path, "failed", error=str(error))
+    identity = file.identity
+    key = (*identity.partition().values(), file.sha256[:16], str(file.path))
+    if key in done:
+        return Outcome(file.path, "skipped", identity, finding=file.finding)
+    extraction_id = new_extraction_id()
+    tables = {EVAL_RESULTS: file.results}
+    if file.samples is not None:
+        tables[EVAL_SAMPLES] = file.samples
+    tables[EVAL_FILES] = pa.Table.from_pylist([_file_row(file)], schema=_without_id(EVAL_FILES))
+    rows = {}
+    try:
+        for dataset, table in tables.items():
+            ids = pa.array([extraction_id] * table.num_rows, pa.string())
+            lake.write(dataset, identity.partition(), extraction_id, table.add_column(0, "extraction_id", ids))
+            rows[dataset.name] = table.num_rows
+        finished = datetime.now(UTC)
+        manifest = {
+            "extraction_id": extraction_id,
+            "extractor": EXTRACTOR,
+            "status": "success",
+            "started_at": started,
+            "finished_at": finished,
+            "duration_s": (finished - started).total_seconds(),
+            "rows": list(rows.items()),
+            "config_hash": file.sha256[:16],
+            "source": str(file.path),
+            "device": None,
+            "host": host,
+            "package_versions": list(versions.items()),
+            "error": None,
+        }
+        lake.write(MANIFEST, identity.partition(), extraction_id,
+                   pa.Table.from_pylist([manifest], schema=MANIFEST.schema))
+    except LakeError as error:
+        return Outcome(file.path, "failed", identity, error=f"{file.path}: {error}")
+    done.add(key)
+    return Outcome(file.path, "ingested", identity, rows, file.finding)
+
+
+def _file_row(file: ResultFile) -> dict:
+    return {
+        "path": str(file.path),
+        "sha256": file.sha256,
+        "format": file.format,
+        "model_args": file.model_args,
+        "pretrained": file.pretrained,
+        "revision": file.revision,
+        "variant": file.identity.variant,
+        "num_fewshot": file.num_fewshot,
+        "evaluated_at": file.evaluated_at,
+        "n_tasks": file.n_tasks,
+        "samples_files": file.samples_files,
+        "finding": file.finding,
+    }
+
+
+def _without_id(dataset) -> pa.Schema:
+    return dataset.schema.remove(dataset.schema.get_field_index("extraction_id"))
