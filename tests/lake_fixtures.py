@@ -10,6 +10,20 @@ traps staging must get right:
 - an expected checkpoint (step 1000) that was never extracted, one with a failure,
 - an older suite grid and older training-log files that newer ones replace.
 
+With the eval datasets asked for (``EVAL_DATASETS``, not in the default), every
+checkpoint also gets lm-eval results and per-item samples from the ``evals``
+extractor (three tasks: multiple choice, log-likelihood, and one without a per-item
+acc), plus ingested lm-eval files, and the traps of evaluation data:
+
+- an ingested rerun evaluated *before* the extraction it follows (a larger id, an
+  older ``evaluated_at``) with absurd values: superseded;
+- an ``evals`` rerun tied on ``evaluated_at`` with a smaller id: superseded;
+- a newer ingested rerun of one task only, whose file carries a finding: it wins
+  that task, the extraction keeps the others;
+- a run whose results and samples at one step are a copy of another run's;
+- a checkpoint the grid expects evals on that was never evaluated;
+- an ingested ``deduped`` twin in its own suite, without samples.
+
 It returns a ``Truth``: the rows the marts are built from (the current ones only),
 so the tests can recompute every statistic independently with numpy.
 """
@@ -25,6 +39,9 @@ import pyarrow as pa
 
 from polypythias.warehouse.lake import Lake
 from polypythias.warehouse.schemas import (
+    EVAL_FILES,
+    EVAL_RESULTS,
+    EVAL_SAMPLES,
     MANIFEST,
     SUITE_GRID,
     TOKEN_STATS,
@@ -40,6 +57,7 @@ STEPS = (0, 10, 100)
 MISSING_STEP = 1000
 EXTRACTORS = ("token_stats", "weight_stats")
 DATASETS = ("manifest", "token_stats", "weight_stats", "training_log", "suite_grid")
+EVAL_DATASETS = ("eval_results", "eval_samples", "eval_files")
 N_DOCS = 3
 N_POSITIONS = 6
 
@@ -60,6 +78,32 @@ _DROPPED = {
     1: {_ONLY_SEED_0},
     2: {_ONLY_SEED_0, (N_DOCS - 1, N_POSITIONS - 1)},
 }
+
+#: Eval tasks: name → (choices, per-item metrics). One choice = a log-likelihood item.
+EVAL_TASKS = {
+    "mc_task": (4, ("acc", "acc_norm")),
+    "ll_task": (1, ("acc", "perplexity")),
+    "bias_task": (2, ("pct_stereotype",)),
+}
+N_ITEMS = 12
+DEDUPED_SUITE = f"{SUITE}-deduped"
+#: An ingested file with a larger id but an older evaluated_at: superseded.
+STALE_INGEST = ("14m", 1, 10)
+#: An `evals` rerun with the same evaluated_at and a smaller id: superseded.
+TIED_RERUN = ("1.4b", 1, 0)
+#: A newer ingested rerun of mc_task only, from a file with a finding.
+NEWER_INGEST = ("1.4b", 0, 100)
+NEWER_INGEST_PATH = "/evals/pythia-1.4b/step90/results_2026-01-09T00-00-00.json"
+NEWER_INGEST_FINDING = "file name says step 90, model_args says revision=step100"
+#: (size, seed, step) whose evals are a copy of another seed's at that step.
+COPY, COPIED_FROM_SEED = ("14m", 2, 100), 1
+#: Expected by the grid for evals, extracted otherwise, never evaluated.
+MISSING_EVALS = ("1.4b", 2, 10)
+#: The deduped twin's one ingested checkpoint (no samples file).
+DEDUPED = ("14m", 0, 100)
+DEDUPED_PATH = "/evals/pythia-14m-deduped/step100/results.json"
+#: A results value no real accuracy has: shows any leak of a superseded row.
+ABSURD = 99.0
 
 _MATRICES = (  # tensor name, kind, layer, rows, cols
     ("layers.0.attention.query_key_value.weight[q]", "q", 0, 8, 8),
@@ -93,12 +137,20 @@ class Truth:
     invisible_ids: set[str] = field(default_factory=set)
     #: the id of the current extraction of each checkpoint
     current_ids: dict[Checkpoint, str] = field(default_factory=dict)
+    #: (suite, size, seed, step, task, metric) → current eval_results row + provenance
+    eval_scores: dict[tuple, dict] = field(default_factory=dict)
+    #: (suite, size, seed, step, task) → {doc_id: (prediction, acc or None)}
+    eval_items: dict[tuple, dict[int, tuple[int, float | None]]] = field(default_factory=dict)
+    #: (suite, size, seed, step, task, extraction_id) of superseded evaluations
+    superseded_evals: set[tuple] = field(default_factory=set)
+    #: planted integrity findings: (finding, suite, size, seed, step, other_seed, path)
+    eval_findings: set[tuple] = field(default_factory=set)
 
 
 def _manifest(
     extraction: str, status: str, error: str | None, extractors: Iterable[str] = EXTRACTORS
 ) -> pa.Table:
-    started = datetime.strptime(extraction[:21], "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
+    started = _started_at(extraction)
     records = [
         {
             "extraction_id": extraction,
@@ -118,6 +170,109 @@ def _manifest(
         for name in extractors
     ]
     return pa.Table.from_pylist(records, schema=MANIFEST.schema)
+
+
+@dataclass
+class _Evaluation:
+    """One evaluation of one checkpoint: per task, its samples and results."""
+
+    samples: dict[str, list[dict]]
+    results: dict[str, list[dict]]
+
+    def items(self, task: str) -> dict[int, tuple[int, float | None]]:
+        return {
+            row["doc_id"]: (
+                row["predicted"] if row["predicted"] is not None else int(row["metrics"]["acc"]),
+                row["metrics"].get("acc"),
+            )
+            for row in self.samples[task]
+        }
+
+
+def _evaluate(rng, targets: dict[str, list[int]], skill: float, evaluated_at, absurd=False):
+    """Random answers of a model that is right with probability ``skill``."""
+    samples, results = {}, {}
+    for task, (n_choices, _) in EVAL_TASKS.items():
+        rows = []
+        for doc_id, target in enumerate(targets[task]):
+            right = absurd or rng.random() < skill
+            if n_choices == 1:
+                nll = float(rng.gamma(2.0, 1.0))
+                acc = 1.0 if right else 0.0
+                rows.append({
+                    "doc_id": doc_id, "target": "herself", "target_index": None,
+                    "choice_loglikelihoods": [-nll], "choice_is_greedy": [right],
+                    "predicted": None, "metrics": {"acc": acc, "perplexity": nll},
+                })  # fmt: skip
+                continue
+            wrong = [c for c in range(n_choices) if c != target]
+            predicted = target if right else int(rng.choice(wrong))
+            loglikelihoods = [-float(rng.uniform(1.0, 5.0)) for _ in range(n_choices)]
+            loglikelihoods[predicted] = max(loglikelihoods) + 0.5
+            metrics = (
+                {"acc": float(predicted == target), "acc_norm": float(rng.random() < skill)}
+                if task == "mc_task"
+                else {"pct_stereotype": float(predicted == 0)}
+            )
+            rows.append({
+                "doc_id": doc_id, "target": str(target), "target_index": target,
+                "choice_loglikelihoods": loglikelihoods,
+                "choice_is_greedy": [c == predicted for c in range(n_choices)],
+                "predicted": predicted, "metrics": metrics,
+            })  # fmt: skip
+        samples[task] = rows
+        n = len(rows)
+        result_rows = []
+        for metric in EVAL_TASKS[task][1]:
+            values = np.array([r["metrics"][metric] for r in rows])
+            if metric == "perplexity":
+                value, stderr = float(np.exp(values.mean())), None
+            else:
+                value = float(values.mean())
+                stderr = float(np.sqrt(value * (1 - value) / (n - 1)))
+            result_rows.append({
+                "task": task, "metric": metric, "filter": "none",
+                "value": ABSURD if absurd else value, "stderr": stderr, "n_samples": n,
+                "num_fewshot": 0, "task_version": "1", "harness_version": "0.4.13",
+                "evaluated_at": evaluated_at,
+            })  # fmt: skip
+        results[task] = result_rows
+    return _Evaluation(samples, results)
+
+
+def _eval_tables(extraction: str, evaluation: _Evaluation, tasks=tuple(EVAL_TASKS)):
+    results = [
+        {"extraction_id": extraction, **row} for task in tasks for row in evaluation.results[task]
+    ]
+    samples = [
+        {
+            "extraction_id": extraction, "task": task, "filter": "none", "num_fewshot": 0,
+            "doc_hash": f"{task}-{row['doc_id']:04d}", **row,
+            "metrics": list(row["metrics"].items()),
+        }
+        for task in tasks
+        for row in evaluation.samples[task]
+    ]  # fmt: skip
+    samples = [{name: row[name] for name in EVAL_SAMPLES.schema.names} for row in samples]
+    return (
+        pa.Table.from_pylist(results, schema=EVAL_RESULTS.schema),
+        pa.Table.from_pylist(samples, schema=EVAL_SAMPLES.schema),
+    )
+
+
+def _eval_file(extraction: str, path: str, variant: str, step: int, evaluated_at,
+               n_tasks: int, finding: str | None = None) -> pa.Table:
+    return pa.Table.from_pylist([{
+        "extraction_id": extraction, "path": path, "sha256": "f" * 64, "format": "lm-eval-0.4",
+        "model_args": f"pretrained=EleutherAI/pythia-x,revision=step{step}",
+        "pretrained": "EleutherAI/pythia-x", "revision": f"step{step}", "variant": variant,
+        "num_fewshot": 0, "evaluated_at": evaluated_at, "n_tasks": n_tasks,
+        "samples_files": [], "finding": finding,
+    }], schema=EVAL_FILES.schema)  # fmt: skip
+
+
+def _started_at(extraction: str) -> datetime:
+    return datetime.strptime(extraction[:21], "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
 
 
 def _token_table(extraction: str, losses: dict[tuple[int, int], float]) -> pa.Table:
@@ -201,12 +356,56 @@ def write_lake(
     wanted = set(datasets)
     lake = Lake(root)
     rng = np.random.default_rng(seed)
+    # the evals draw from their own stream: the other datasets stay as without them
+    eval_rng = np.random.default_rng([seed, 1])
+    evals = bool(wanted & set(EVAL_DATASETS))
     truth = Truth()
     serial = iter(range(1, 10_000))
 
     def write(dataset, partition, extraction, table):
         if dataset.name in wanted:
             lake.write(dataset, partition, extraction, table)
+
+    def extractors_of(checkpoint: Checkpoint) -> tuple[str, ...]:
+        return (*EXTRACTORS, "evals") if evals and checkpoint != MISSING_EVALS else EXTRACTORS
+
+    def record(suite, checkpoint, extraction, evaluation, origin, variant,
+               tasks=tuple(EVAL_TASKS), with_samples=True):
+        for task in tasks:
+            for row in evaluation.results[task]:
+                key = (suite, *checkpoint, task, row["metric"])
+                truth.eval_scores[key] = {
+                    **row, "origin": origin, "variant": variant, "extraction_id": extraction
+                }
+            if with_samples:
+                truth.eval_items[(suite, *checkpoint, task)] = evaluation.items(task)
+
+    def ingest(partition, extraction, evaluation, tasks, path, variant, finding=None,
+               with_samples=True):
+        results, samples = _eval_tables(extraction, evaluation, tasks)
+        evaluated_at = evaluation.results[tasks[0]][0]["evaluated_at"]
+        write(MANIFEST, partition, extraction,
+              _manifest(extraction, "success", None, ("lm_eval_ingest",)))  # fmt: skip
+        write(EVAL_RESULTS, partition, extraction, results)
+        if with_samples:
+            write(EVAL_SAMPLES, partition, extraction, samples)
+        write(EVAL_FILES, partition, extraction, _eval_file(
+            extraction, path, variant, partition["step"], evaluated_at, len(tasks), finding
+        ))  # fmt: skip
+
+    def absurd_results(extraction):
+        evaluation = _evaluate(eval_rng, targets[size], 0.5, _BASE_TIME, absurd=True)
+        return _eval_tables(extraction, evaluation)[0]
+
+    # Per size, the gold answer of each eval item.
+    targets = {
+        size: {
+            task: [int(eval_rng.integers(max(n_choices, 2))) for _ in range(N_ITEMS)]
+            for task, (n_choices, _) in EVAL_TASKS.items()
+        }
+        for size in SIZES
+    }
+    evaluations: dict[Checkpoint, _Evaluation] = {}
 
     # Per size, how hard each token is, shared by every seed: seeds agree partly.
     difficulty = {
@@ -236,16 +435,70 @@ def write_lake(
                 current = extraction_id(100 + step, next(serial))
                 losses = _losses(rng, difficulty[size], seed_, step)
                 weights = _random_weight_rows(rng)
-                write(MANIFEST, partition, current, _manifest(current, "success", None))
+                write(MANIFEST, partition, current,
+                      _manifest(current, "success", None, extractors_of(checkpoint)))  # fmt: skip
                 write(TOKEN_STATS, partition, current, _token_table(current, losses))
                 write(WEIGHT_STATS, partition, current, _weight_table(current, weights))
                 truth.token_losses[checkpoint] = losses
                 truth.weight_rows[checkpoint] = weights
                 truth.current_ids[checkpoint] = current
 
+                if evals and checkpoint != MISSING_EVALS:
+                    evaluated_at = _started_at(current)
+                    skill = min(0.95, 0.25 + 0.006 * step + 0.05 * seed_)
+                    if checkpoint == COPY:
+                        # a mislabelled copy: another run's answers under this run's name
+                        evaluation = evaluations[(size, COPIED_FROM_SEED, step)]
+                        truth.eval_findings |= {
+                            ("duplicate_results", SUITE, size, seed_, step, COPIED_FROM_SEED, None),
+                            ("duplicate_results", SUITE, size, COPIED_FROM_SEED, step, seed_, None),
+                        }
+                    else:
+                        evaluation = _evaluate(eval_rng, targets[size], skill, evaluated_at)
+                    evaluations[checkpoint] = evaluation
+                    results, samples = _eval_tables(current, evaluation)
+                    write(EVAL_RESULTS, partition, current, results)
+                    write(EVAL_SAMPLES, partition, current, samples)
+                    record(SUITE, checkpoint, current, evaluation, "extract", "standard")
+
+                    if checkpoint == STALE_INGEST:
+                        stale = extraction_id(5000, next(serial))
+                        earlier = evaluated_at - timedelta(days=1)
+                        stale_eval = _evaluate(eval_rng, targets[size], skill, earlier, absurd=True)
+                        ingest(partition, stale, stale_eval, tuple(EVAL_TASKS),
+                               "/evals/stale/results.json", "standard")  # fmt: skip
+                        truth.superseded_evals |= {
+                            (SUITE, *checkpoint, task, stale) for task in EVAL_TASKS
+                        }
+                    if checkpoint == TIED_RERUN:
+                        tied = extraction_id(99 + step, next(serial))  # before `current`
+                        tied_eval = _evaluate(eval_rng, targets[size], skill, evaluated_at,
+                                              absurd=True)  # fmt: skip
+                        results, samples = _eval_tables(tied, tied_eval)
+                        write(MANIFEST, partition, tied,
+                              _manifest(tied, "success", None, ("evals",)))  # fmt: skip
+                        write(EVAL_RESULTS, partition, tied, results)
+                        write(EVAL_SAMPLES, partition, tied, samples)
+                        truth.superseded_evals |= {
+                            (SUITE, *checkpoint, task, tied) for task in EVAL_TASKS
+                        }
+                    if checkpoint == NEWER_INGEST:
+                        newer = extraction_id(3000, next(serial))
+                        later = evaluated_at + timedelta(days=1)
+                        newer_eval = _evaluate(eval_rng, targets[size], skill, later)
+                        ingest(partition, newer, newer_eval, ("mc_task",), NEWER_INGEST_PATH,
+                               "standard", finding=NEWER_INGEST_FINDING)  # fmt: skip
+                        record(SUITE, checkpoint, newer, newer_eval, "ingest", "standard",
+                               tasks=("mc_task",))  # fmt: skip
+                        truth.superseded_evals.add((SUITE, *checkpoint, "mc_task", current))
+                        truth.eval_findings.add(("mislabelled_file", SUITE, size, seed_, step,
+                                                 None, NEWER_INGEST_PATH))  # fmt: skip
+
                 if checkpoint == FAILED_AFTER_SUCCESS:
                     failed = extraction_id(500, next(serial))
                     write(TOKEN_STATS, partition, failed, _token_table(failed, {(0, 0): 40.0}))
+                    if evals:
+                        write(EVAL_RESULTS, partition, failed, absurd_results(failed))
                     write(MANIFEST, partition, failed,
                           _manifest(failed, "failed", "CUDA out of memory"))  # fmt: skip
                     truth.invisible_ids.add(failed)
@@ -253,6 +506,8 @@ def write_lake(
                 if checkpoint == ORPHAN:
                     orphan = extraction_id(900, next(serial))
                     write(TOKEN_STATS, partition, orphan, _token_table(orphan, {(0, 0): 30.0}))
+                    if evals:
+                        write(EVAL_RESULTS, partition, orphan, absurd_results(orphan))
                     write(WEIGHT_STATS, partition, orphan,
                           _weight_table(orphan, _random_weight_rows(rng, 1e3)))  # fmt: skip
                     truth.invisible_ids.add(orphan)
@@ -279,6 +534,22 @@ def write_lake(
     partition = {"suite": SUITE, "model_size": size, "seed": seed_, "step": MISSING_STEP}
     write(MANIFEST, partition, failed, _manifest(failed, "failed", "checkpoint not found"))
 
+    if evals:
+        # The deduplicated twin, ingested from one file without samples.
+        size, seed_, step = DEDUPED
+        partition = {"suite": DEDUPED_SUITE, "model_size": size, "seed": seed_, "step": step}
+        twin = extraction_id(3100, next(serial))
+        twin_eval = _evaluate(eval_rng, targets[size], 0.8, _BASE_TIME + timedelta(days=3))
+        ingest(partition, twin, twin_eval, ("mc_task",), DEDUPED_PATH, "deduped",
+               with_samples=False)  # fmt: skip
+        record(DEDUPED_SUITE, DEDUPED, twin, twin_eval, "ingest", "deduped",
+               tasks=("mc_task",), with_samples=False)  # fmt: skip
+        truth.eval_findings |= {
+            ("missing_results", SUITE, size, seed_, MISSING_STEP, None, None)
+            for size in SIZES for seed_ in SEEDS
+        }  # fmt: skip
+        truth.eval_findings.add(("missing_results", SUITE, *MISSING_EVALS, None, None))
+
     # The suite grid: an older one (with a step 5 since dropped), then the current one.
     grids = (
         (extraction_id(0, next(serial)), (0, 5)),
@@ -287,7 +558,8 @@ def write_lake(
     for extraction, steps in grids:
         rows = [
             (size, seed_, step, name)
-            for size in SIZES for seed_ in SEEDS for step in steps for name in EXTRACTORS
+            for size in SIZES for seed_ in SEEDS for step in steps
+            for name in (*EXTRACTORS, "evals") if evals or name != "evals"
         ]  # fmt: skip
         write(SUITE_GRID, {"suite": SUITE}, extraction, pa.table({
             "extraction_id": [extraction] * len(rows),

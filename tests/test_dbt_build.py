@@ -33,16 +33,32 @@ MARTS = [
     "dim_checkpoints",
     "dim_runs",
     "fct_checkpoint_losses",
+    "fct_eval_consistency",
+    "fct_eval_integrity",
+    "fct_eval_scores",
+    "fct_inter_seed_agreement",
+    "fct_item_stability",
     "fct_loss_consistency",
+    "fct_self_consistency",
     "fct_token_loss_agreement",
     "fct_weight_features",
 ]
 STAGING = [
+    "stg_lake__eval_files",
+    "stg_lake__eval_results",
+    "stg_lake__eval_samples",
     "stg_lake__manifest",
     "stg_lake__suite_grid",
     "stg_lake__token_stats",
     "stg_lake__training_log",
     "stg_lake__weight_stats",
+]
+INTERMEDIATE = [
+    "int_checkpoint_extractors_aggregated",
+    "int_eval_items_predicted",
+    "int_eval_prediction_pairs_agreed",
+    "int_seed_pairs_correlated",
+    "int_token_losses_aggregated_across_seeds",
 ]
 
 
@@ -244,7 +260,7 @@ def test_dbt_tests_ran_and_passed(full):
         by_type.setdefault(kind, []).append(result["status"])
     assert len(by_type["unit_test"]) >= 10
     assert len(by_type["test"]) >= 40
-    assert len(by_type["model"]) == len(MARTS) + len(STAGING) + 3
+    assert len(by_type["model"]) == len(MARTS) + len(STAGING) + len(INTERMEDIATE)
     assert set(by_type["unit_test"]) == set(by_type["test"]) == {"pass"}
     assert set(by_type["model"]) == {"success"}
     # dbt's files went next to the warehouse

@@ -24,6 +24,9 @@ aggregated as (
             as has_token_stats,
         coalesce(bool_or(has_success) filter (where extractor = 'weight_stats'), false)
             as has_weight_stats,
+        coalesce(
+            bool_or(has_success) filter (where extractor in ('evals', 'lm_eval_ingest')), false
+        ) as has_eval_results,
         cast(sum(n_failed_attempts) as bigint) as n_failed_attempts,
         arg_max(last_error, last_failed_extraction_id || '/' || extractor) as last_error
     from checkpoint_extractors
@@ -45,6 +48,7 @@ final as (
         is_present,
         has_token_stats,
         has_weight_stats,
+        has_eval_results,
 
         ---------- failures
         n_failed_attempts,

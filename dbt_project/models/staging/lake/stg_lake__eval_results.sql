@@ -1,0 +1,125 @@
+with
+
+source as (
+
+    select * from {{ lake_source('eval_results') }}
+
+),
+
+manifest as (
+
+    select * from {{ ref('stg_lake__manifest') }}
+
+),
+
+successful_extractions as (
+
+    -- every successful evaluation, not only the latest per checkpoint: one
+    -- ingest extraction holds one result file, and a checkpoint may have several
+    select
+        suite,
+        model_size,
+        seed,
+        step,
+        extraction_id,
+        case extractor
+            when 'evals' then 'extract'
+            when 'lm_eval_ingest' then 'ingest'
+        end as origin
+    from manifest
+    where extractor in ('evals', 'lm_eval_ingest')
+        and is_success
+
+),
+
+renamed as (
+
+    select
+        ---------- keys
+        cast(suite as varchar) as suite,
+        cast(model_size as varchar) as model_size,
+        cast(seed as bigint) as seed,
+        cast(step as bigint) as step,
+        cast(task as varchar) as task,
+        cast(num_fewshot as integer) as num_fewshot,
+        cast(metric as varchar) as metric,
+        cast(filter as varchar) as filter,
+        cast(extraction_id as varchar) as extraction_id,
+
+        ---------- measures
+        cast(value as double) as value,
+        cast(stderr as double) as stderr,
+        cast(n_samples as bigint) as n_samples,
+
+        ---------- provenance
+        cast(task_version as varchar) as task_version,
+        cast(harness_version as varchar) as harness_version,
+        evaluated_at
+
+    from source
+
+),
+
+recorded as (
+
+    select
+        renamed.*,
+        successful_extractions.origin
+    from renamed
+    inner join successful_extractions
+        on renamed.suite = successful_extractions.suite
+        and renamed.model_size = successful_extractions.model_size
+        and renamed.seed = successful_extractions.seed
+        and renamed.step = successful_extractions.step
+        and renamed.extraction_id = successful_extractions.extraction_id
+
+),
+
+evaluations as (
+
+    -- one evaluation = one extraction's results for a checkpoint × task × num_fewshot
+    select
+        suite,
+        model_size,
+        seed,
+        step,
+        task,
+        num_fewshot,
+        extraction_id,
+        max(evaluated_at) as evaluated_at
+    from recorded
+    group by suite, model_size, seed, step, task, num_fewshot, extraction_id
+
+),
+
+ranked as (
+
+    -- the newest evaluation wins; on a tie, the larger (later) extraction id
+    select
+        *,
+        row_number() over (
+            partition by suite, model_size, seed, step, task, num_fewshot
+            order by evaluated_at desc, extraction_id desc
+        ) as recency_rank
+    from evaluations
+
+),
+
+final as (
+
+    select
+        recorded.*,
+        ranked.recency_rank > 1 as is_superseded
+    from recorded
+    inner join ranked
+        on recorded.suite = ranked.suite
+        and recorded.model_size = ranked.model_size
+        and recorded.seed = ranked.seed
+        and recorded.step = ranked.step
+        and recorded.task = ranked.task
+        and recorded.num_fewshot = ranked.num_fewshot
+        and recorded.extraction_id = ranked.extraction_id
+
+)
+
+select * from final
