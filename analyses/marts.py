@@ -62,15 +62,12 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def read_mart(
-    con: duckdb.DuckDBPyConnection,
-    mart: str,
-    columns: tuple[str, ...],
-    order_by: str,
-) -> list[dict[str, Any]] | None:
-    """The mart's rows as dicts (only ``columns``), or None if it is missing or empty.
+def mart_relation(
+    con: duckdb.DuckDBPyConnection, mart: str, columns: tuple[str, ...]
+) -> str | None:
+    """The quoted ``schema.mart`` to select from, or None if the mart is missing.
 
-    Raises MartError, naming the database file, when the mart lacks a column.
+    Raises MartError, naming the database file, when the mart lacks one of ``columns``.
     """
     schema = mart_schema(con, mart)
     if schema is None:
@@ -90,13 +87,35 @@ def read_mart(
             f"mart {mart} in {database_path(con)} lacks column(s) {', '.join(missing)}; "
             "rebuild the warehouse (`polypythias build`)"
         )
-    select = ", ".join(_quote(c) for c in columns)
-    relation = f"{_quote(schema)}.{_quote(mart)}"
-    cursor = con.execute(f"select {select} from {relation} order by {order_by}")
-    rows = [
-        {name: _clean(value) for name, value in zip(columns, row)}
-        for row in cursor.fetchall()
+    return f"{_quote(schema)}.{_quote(mart)}"
+
+
+def query_rows(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
+) -> list[dict[str, Any]]:
+    """The rows of a query as dicts keyed by column name, NaN/inf turned into None."""
+    cursor = con.execute(sql, params or [])
+    names = [d[0] for d in cursor.description]
+    return [
+        {name: _clean(value) for name, value in zip(names, row)} for row in cursor.fetchall()
     ]
+
+
+def read_mart(
+    con: duckdb.DuckDBPyConnection,
+    mart: str,
+    columns: tuple[str, ...],
+    order_by: str,
+) -> list[dict[str, Any]] | None:
+    """The mart's rows as dicts (only ``columns``), or None if it is missing or empty.
+
+    Raises MartError, naming the database file, when the mart lacks a column.
+    """
+    relation = mart_relation(con, mart, columns)
+    if relation is None:
+        return None
+    select = ", ".join(_quote(c) for c in columns)
+    rows = query_rows(con, f"select {select} from {relation} order by {order_by}")
     return rows or None
 
 

@@ -9,7 +9,8 @@ writes into ``out_dir``:
 - ``<name>.png`` — a static rendering through vl-convert at twice the size;
 - ``index.html`` — one self-contained page with every chart embedded (the Vega
   libraries inlined once), each figure's title, description and links to its files.
-  A figure whose mart is missing or empty is listed as "no data yet".
+  A figure whose mart is missing or empty (or lacks the rows it draws) is listed as
+  "no data yet".
 
 Every file is written to a temporary name in ``out_dir`` and renamed into place, the
 index last, so a failure part-way never leaves a half-written page.
@@ -32,7 +33,7 @@ from typing import Any
 import altair as alt
 import duckdb
 
-from . import loss_curves, theme
+from . import gender_bias, loss_curves, performance, theme
 from .marts import AnyChart, WarehouseError, mart_schema
 
 INDEX_NAME = "index.html"
@@ -58,7 +59,9 @@ class Figure:
     mart: str
     """The mart the chart reads; used to tell "missing" from "empty"."""
     build: Callable[[duckdb.DuckDBPyConnection], AnyChart | None]
-    """Returns the chart, or None when the mart is missing or empty."""
+    """Returns the chart, or None when the mart is missing, empty, or lacks its rows."""
+    needs: str | None = None
+    """What the figure needs from a non-empty mart (e.g. which tasks), for the page."""
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -72,6 +75,21 @@ FIGURES: list[Figure] = [
         description=loss_curves.DESCRIPTION,
         mart=loss_curves.MART,
         build=loss_curves.chart,
+    ),
+    Figure(
+        name=performance.NAME,
+        title=performance.TITLE,
+        description=performance.DESCRIPTION,
+        mart=performance.MART,
+        build=performance.chart,
+    ),
+    Figure(
+        name=gender_bias.NAME,
+        title=gender_bias.TITLE,
+        description=gender_bias.DESCRIPTION,
+        mart=gender_bias.MART,
+        build=gender_bias.chart,
+        needs="rows for " + ", ".join(f"{t} {m}" for t, m, _ in gender_bias.MEASURES),
     ),
 ]
 
@@ -143,14 +161,22 @@ def _build_charts(db_path: Path, figures: list[Figure]) -> list[_Rendered]:
             no_data = None
             if chart is None:
                 where = f"warehouse {db_path}"
-                if mart_schema(con, figure.mart) is None:
+                schema = mart_schema(con, figure.mart)
+                if schema is None:
                     no_data = f"mart {figure.mart} is not in the {where}"
+                elif figure.needs and _has_rows(con, schema, figure.mart):
+                    no_data = f"mart {figure.mart} in the {where} has no {figure.needs}"
                 else:
                     no_data = f"mart {figure.mart} in the {where} has no rows"
             rendered.append(_Rendered(figure, chart, no_data))
         return rendered
     finally:
         con.close()
+
+
+def _has_rows(con: duckdb.DuckDBPyConnection, schema: str, mart: str) -> bool:
+    quoted = ".".join('"' + part.replace('"', '""') + '"' for part in (schema, mart))
+    return con.execute(f"select exists (select 1 from {quoted})").fetchone()[0]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
