@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # Nothing here may reach a model hub or phone home.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 DBT_SEND_ANONYMOUS_USAGE_STATS=false TOKENIZERS_PARALLELISM=false
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-evals clean
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(OFFLINE) $(PYTHON) bench/extract_overhead.py
+
+bench-evals: $(STAMP)
+	$(OFFLINE) $(PYTHON) bench/evals_vs_harness_cli.py
 
 clean:
 	rm -rf lake micro reports warehouse/*.duckdb warehouse/*.duckdb.wal warehouse/.dbt bench/out

@@ -17,11 +17,12 @@ import duckdb
 import numpy as np
 import pyarrow.compute as pc
 import pytest
+from sklearn.metrics import cohen_kappa_score
 from typer.testing import CliRunner
 
 from polypythias.cli import app
 from polypythias.warehouse.lake import Lake
-from polypythias.warehouse.schemas import TOKEN_STATS, TRAINING_LOG, WEIGHT_STATS
+from polypythias.warehouse.schemas import EVAL_RESULTS, EVAL_SAMPLES, TOKEN_STATS, TRAINING_LOG, WEIGHT_STATS
 
 SIZES, SEEDS, STEPS = ("200k", "1m"), 3, 8
 
@@ -76,7 +77,7 @@ def test_broken_checkpoints_are_recorded_and_the_rest_is_extracted(pipeline):
     assert sorted(zip(missing["model_size"], missing["seed"], missing["step"])) == [
         ("1m", 1, 4), ("200k", 2, 8)
     ]
-    assert (missing["n_failed_attempts"] == 2 * 2).all()  # two attempts × two extractors
+    assert (missing["n_failed_attempts"] == 2 * 3).all()  # two attempts × three extractors
     assert missing["last_error"].str.len().min() > 0
     runs = _mart(pipeline["db"], "select * from dim_runs order by model_size, seed")
     assert len(runs) == len(SIZES) * SEEDS
@@ -176,3 +177,87 @@ def test_build_writes_the_docs_site(pipeline, tmp_path):
     assert result.exit_code == 0, result.output
     catalog = json.loads((pipeline["db"].parent / ".dbt/target/catalog.json").read_text())
     assert any(node.endswith("fct_loss_consistency") for node in catalog["nodes"])
+
+
+def _eval_predictions(lake):
+    """Per item: the predicted choice (multiple choice) or acc (log-likelihood), and acc."""
+    frame = lake.read(EVAL_SAMPLES).to_pandas()
+    metrics = frame["metrics"].map(dict)
+    frame["acc"] = metrics.map(lambda m: m["acc"])
+    frame["prediction"] = frame["predicted"].where(frame["predicted"].notna(), frame["acc"])
+    return frame
+
+
+def test_eval_consistency_matches_numpy_on_the_lake(pipeline):
+    results = pipeline["lake"].read(EVAL_RESULTS).to_pandas()
+    assert set(results["task"]) == {"micro_gender_agreement", "micro_lambada", "micro_verb_agreement"}
+    acc = results[results.metric == "acc"]
+    mart = _mart(pipeline["db"], "select * from fct_eval_consistency where metric = 'acc'")
+    assert len(mart) == len(acc[["model_size", "step", "task"]].drop_duplicates())
+    for row in mart.itertuples():
+        values = acc[(acc.model_size == row.model_size) & (acc.step == row.step) & (acc.task == row.task)]
+        values = values["value"].to_numpy()
+        assert row.n_runs == len(values)
+        assert row.value_median == pytest.approx(np.median(values))
+        assert row.value_q25 == pytest.approx(np.percentile(values, 25))
+        assert row.value_q75 == pytest.approx(np.percentile(values, 75))
+        if len(values) > 1:
+            assert row.value_std == pytest.approx(values.std(ddof=1), abs=1e-12)
+
+
+def test_eval_accuracy_is_the_mean_of_the_items(pipeline):
+    items = _eval_predictions(pipeline["lake"])
+    per_run = items.groupby(["model_size", "seed", "step", "task"])["acc"].mean()
+    scores = _mart(pipeline["db"], "select * from fct_eval_scores where metric = 'acc'")
+    assert len(scores) == len(per_run)
+    for row in scores.itertuples():
+        assert row.value == pytest.approx(per_run.loc[(row.model_size, row.seed, row.step, row.task)])
+
+
+def test_kappas_match_sklearn_on_the_micro_suite(pipeline):
+    items = _eval_predictions(pipeline["lake"])
+    wide = items.pivot_table(index=["model_size", "step", "task", "doc_id"], columns="seed", values="prediction")
+    agreement = _mart(pipeline["db"], "select * from fct_inter_seed_agreement")
+    assert len(agreement) > 0
+    checked = 0
+    for row in agreement.itertuples():
+        pair = wide.loc[(row.model_size, row.step, row.task)][[row.reference_seed, row.seed]].dropna()
+        expected = cohen_kappa_score(pair[row.reference_seed], pair[row.seed])
+        assert row.n_items == len(pair)
+        if np.isnan(expected):
+            assert row.kappa is None or np.isnan(row.kappa)
+        else:
+            assert row.kappa == pytest.approx(expected, abs=1e-9)
+            checked += 1
+    assert checked > 0
+
+    final = items.groupby(["model_size", "seed"])["step"].transform("max")
+    last = items[items.step == final].set_index(["model_size", "seed", "task", "doc_id"])["prediction"]
+    self_consistency = _mart(pipeline["db"], "select * from fct_self_consistency")
+    assert len(self_consistency) > 0
+    for row in self_consistency.sample(n=min(40, len(self_consistency)), random_state=0).itertuples():
+        here = items[(items.model_size == row.model_size) & (items.seed == row.seed)
+                     & (items.step == row.step) & (items.task == row.task)]
+        reference = last.loc[(row.model_size, row.seed, row.task)].reindex(here["doc_id"]).to_numpy()
+        expected = cohen_kappa_score(here["prediction"].to_numpy(), reference)
+        if np.isnan(expected):
+            assert row.kappa is None or np.isnan(row.kappa)
+        else:
+            assert row.kappa == pytest.approx(expected, abs=1e-9)
+
+
+def test_item_stability_counts_the_seeds_right(pipeline):
+    items = _eval_predictions(pipeline["lake"])
+    expected = items.groupby(["model_size", "step", "task", "doc_id"])["acc"].agg(["mean", "count"])
+    mart = _mart(pipeline["db"], "select * from fct_item_stability")
+    assert len(mart) == len(expected)
+    merged = mart.set_index(["model_size", "step", "task", "doc_id"]).join(expected)
+    np.testing.assert_allclose(merged["fraction_correct"], merged["mean"])
+    assert (merged["n_seeds"] == merged["count"]).all()
+
+
+def test_the_report_charts_the_evaluations(pipeline):
+    index = (pipeline["reports"] / "index.html").read_text()
+    for figure in ("performance", "gender_bias"):
+        assert (pipeline["reports"] / f"{figure}.png").stat().st_size > 10_000
+        assert f"{figure}.html" in index or figure in index
