@@ -64,3 +64,12 @@ extractors:
 """
     )
     return suite
+
+
+def pytest_sessionstart(session):
+    from shared_inputs import PYTHIA_EVALS
+
+    if not PYTHIA_EVALS.is_dir():
+        raise pytest.UsageError(
+            f"the shared real inputs are missing: {PYTHIA_EVALS} not found "
+            "(clone next to ../shared, or set POLYPYTHIAS_SHARED)")

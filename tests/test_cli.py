@@ -3,11 +3,11 @@
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 from typer.testing import CliRunner
 
 from polypythias.cli import app
+from shared_inputs import PYTHIA_EVALS
 
 VERBS = ("demo", "extract", "status", "build", "sql", "report", "micro", "ingest")
 
@@ -49,7 +49,6 @@ def test_bad_inputs_get_clear_errors(tmp_path):
     assert result.exit_code == 2 and "none.duckdb" in result.output
 
 
-PYTHIA_EVALS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pythia-evals"
 
 
 def test_ingest_lm_eval(tmp_path):

@@ -17,8 +17,8 @@ from conftest import WORDS, tiny_model
 from polypythias.extract.ingest import EXTRACTOR, ModelNamePattern, ingest
 from polypythias.warehouse.lake import Lake
 from polypythias.warehouse.schemas import EVAL_FILES, EVAL_RESULTS, EVAL_SAMPLES, MANIFEST
+from shared_inputs import PYTHIA_EVALS
 
-PYTHIA_EVALS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pythia-evals"
 # What each model name in the fixtures is, written out by hand.
 EXPECTED_RUNS = {
     "EleutherAI/pythia-v1.1-70m": ("polypythias", "70m", "standard"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -20,8 +19,8 @@ from polypythias.extract.lm_eval_tables import (
 from polypythias.extract.micro import eval_tasks
 from polypythias.extract.micro.language import Grammar
 from polypythias.extract.micro.tokenizer import build_tokenizer
+from shared_inputs import PYTHIA_EVALS
 
-PYTHIA_EVALS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pythia-evals"
 WHEN = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
