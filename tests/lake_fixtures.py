@@ -24,6 +24,19 @@ acc), plus ingested lm-eval files, and the traps of evaluation data:
 - a checkpoint the grid expects evals on that was never evaluated;
 - an ingested ``deduped`` twin in its own suite, without samples.
 
+With the probe datasets asked for (``PROBE_DATASETS``, not in the default), every
+checkpoint also gets a ``probes`` extraction: per task (one token-level, one
+sequence-level) and layer, accuracy and macro-F1 rows with codelengths, and the
+probe's label for each test item. Its traps:
+
+- a superseded older probes success whose rows are absurd (value 99, label ``ABSURD``);
+- a failed probes attempt, newer than the success, that wrote absurd rows;
+- probe rows in the orphan file (no manifest row);
+- at step 0 every seed's layer-0 probe of the sequence task says the majority label
+  throughout (κ undefined between seeds);
+- one run's probe at one checkpoint misses the last test item of the token task, so
+  shared-item sets differ between seed pairs.
+
 It returns a ``Truth``: the rows the marts are built from (the current ones only),
 so the tests can recompute every statistic independently with numpy.
 """
@@ -36,6 +49,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
+from sklearn.metrics import f1_score
 
 from polypythias.warehouse.lake import Lake
 from polypythias.warehouse.schemas import (
@@ -43,6 +57,8 @@ from polypythias.warehouse.schemas import (
     EVAL_RESULTS,
     EVAL_SAMPLES,
     MANIFEST,
+    PROBE_PREDICTIONS,
+    PROBE_RESULTS,
     SUITE_GRID,
     TOKEN_STATS,
     TRAINING_LOG,
@@ -105,6 +121,25 @@ DEDUPED_PATH = "/evals/pythia-14m-deduped/step100/results.json"
 #: A results value no real accuracy has: shows any leak of a superseded row.
 ABSURD = 99.0
 
+PROBE_DATASETS = ("probe_results", "probe_predictions")
+#: Probing tasks: name → (level, labels, n_train, n_test). The first label is the
+#: train split's most frequent one.
+PROBE_TASKS = {
+    "upos": ("token", ("NOUN", "VERB", "DET", "ADJ", "PRON"), 400, 24),
+    "antecedent": ("sequence", ("fem_sg", "masc_sg", "plural"), 120, 16),
+}
+PROBE_LAYERS = (0, 1, 2)
+#: (size, seed, step) with an older, superseded probes success (absurd rows).
+PROBE_SUPERSEDED = ("1.4b", 0, 10)
+#: (size, seed, step) with a failed probes attempt, newer than its success.
+PROBE_FAILED = ("14m", 2, 10)
+#: (size, seed, step) whose token-task probes miss the last test item.
+PROBE_SHORT = ("14m", 2, 100)
+#: At this step every seed's layer-0 probe of this task predicts the majority label.
+PROBE_CONSTANT = (0, 0, "antecedent")
+#: A label no task has: shows any leak of a superseded or failed probe row.
+ABSURD_LABEL = "ABSURD"
+
 _MATRICES = (  # tensor name, kind, layer, rows, cols
     ("layers.0.attention.query_key_value.weight[q]", "q", 0, 8, 8),
     ("layers.0.attention.query_key_value.weight[k]", "k", 0, 8, 8),
@@ -145,6 +180,12 @@ class Truth:
     superseded_evals: set[tuple] = field(default_factory=set)
     #: planted integrity findings: (finding, suite, size, seed, step, other_seed, path)
     eval_findings: set[tuple] = field(default_factory=set)
+    #: (suite, size, seed, step, task, layer, metric) → current probe_results row
+    probe_scores: dict[tuple, dict] = field(default_factory=dict)
+    #: (suite, size, seed, step, task, layer) → {item_id: predicted label}
+    probe_items: dict[tuple, dict[int, str]] = field(default_factory=dict)
+    #: (size, seed, step) → the id of its current probes extraction
+    probe_ids: dict[Checkpoint, str] = field(default_factory=dict)
 
 
 def _manifest(
@@ -271,6 +312,56 @@ def _eval_file(extraction: str, path: str, variant: str, step: int, evaluated_at
     }], schema=EVAL_FILES.schema)  # fmt: skip
 
 
+def _probe(rng, gold: dict[str, list[str]], size: str, seed: int, step: int, absurd=False):
+    """One checkpoint's probes: results rows and, per task × layer, {item_id: label}."""
+    results, items = [], {}
+    for task, (level, labels, n_train, n_test) in PROBE_TASKS.items():
+        uniform = float(n_train * np.log2(len(labels)))
+        majority = float(np.mean([g == labels[0] for g in gold[task]]))
+        for layer in PROBE_LAYERS:
+            # learnt sooner by some seeds than by others, so emergence steps differ
+            learnt = 1 - np.exp(-step / (4 + 12 * seed))
+            skill = min(0.95, 0.2 + 0.5 * learnt + 0.08 * layer
+                        + (0.1 if size == "1.4b" else 0.0) + float(rng.normal(0, 0.05)))
+            if absurd:
+                predicted = [ABSURD_LABEL] * n_test
+            elif (step, layer, task) == PROBE_CONSTANT:
+                predicted = [labels[0]] * n_test
+            else:
+                predicted = [
+                    g if rng.random() < skill else str(rng.choice([o for o in labels if o != g]))
+                    for g in gold[task]
+                ]
+            accuracy = float(np.mean(np.equal(predicted, gold[task])))
+            macro_f1 = float(f1_score(gold[task], predicted, average="macro", zero_division=0))
+            codelength = uniform * float(np.clip(1.1 - 0.8 * skill + rng.normal(0, 0.03), 0.05, 2))
+            for metric, value in (("accuracy", accuracy), ("macro_f1", macro_f1)):
+                results.append({
+                    "task": task, "level": level, "layer": layer, "metric": metric,
+                    "value": ABSURD if absurd else value,
+                    "codelength": codelength, "uniform_codelength": uniform,
+                    "majority_accuracy": majority, "n_classes": len(labels),
+                    "n_train": n_train, "n_test": n_test,
+                })  # fmt: skip
+            items[(task, layer)] = dict(enumerate(predicted))
+    return results, items
+
+
+def _probe_tables(extraction: str, results: list[dict], items: dict, gold: dict):
+    predictions = [
+        {"extraction_id": extraction, "task": task, "layer": layer, "item_id": item_id,
+         "gold": gold[task][item_id], "predicted": label}
+        for (task, layer), labels in items.items()
+        for item_id, label in labels.items()
+    ]  # fmt: skip
+    return (
+        pa.Table.from_pylist(
+            [{"extraction_id": extraction, **row} for row in results], schema=PROBE_RESULTS.schema
+        ),
+        pa.Table.from_pylist(predictions, schema=PROBE_PREDICTIONS.schema),
+    )
+
+
 def _started_at(extraction: str) -> datetime:
     return datetime.strptime(extraction[:21], "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
 
@@ -359,6 +450,9 @@ def write_lake(
     # the evals draw from their own stream: the other datasets stay as without them
     eval_rng = np.random.default_rng([seed, 1])
     evals = bool(wanted & set(EVAL_DATASETS))
+    # the probes too
+    probe_rng = np.random.default_rng([seed, 2])
+    probes = bool(wanted & set(PROBE_DATASETS))
     truth = Truth()
     serial = iter(range(1, 10_000))
 
@@ -367,7 +461,34 @@ def write_lake(
             lake.write(dataset, partition, extraction, table)
 
     def extractors_of(checkpoint: Checkpoint) -> tuple[str, ...]:
-        return (*EXTRACTORS, "evals") if evals and checkpoint != MISSING_EVALS else EXTRACTORS
+        names = (*EXTRACTORS, "evals") if evals and checkpoint != MISSING_EVALS else EXTRACTORS
+        return (*names, "probes") if probes else names
+
+    def write_probes(partition, extraction, checkpoint, status="success", absurd=False,
+                     manifest=True):
+        size, seed_, step = checkpoint
+        results, items = _probe(probe_rng, probe_gold, size, seed_, step, absurd=absurd)
+        if checkpoint == PROBE_SHORT and not absurd:
+            for layer in PROBE_LAYERS:
+                items[("upos", layer)].pop(len(probe_gold["upos"]) - 1)
+        results_table, predictions_table = _probe_tables(extraction, results, items, probe_gold)
+        write(PROBE_RESULTS, partition, extraction, results_table)
+        write(PROBE_PREDICTIONS, partition, extraction, predictions_table)
+        if manifest:
+            error = "probe did not converge" if status == "failed" else None
+            write(MANIFEST, partition, extraction,
+                  _manifest(extraction, status, error, ("probes",)))  # fmt: skip
+        return results, items
+
+    # The gold labels of each probing task's test split, the same for every checkpoint.
+    # The first label is the most frequent (40%), the others share the rest.
+    probe_gold = {
+        task: [
+            str(probe_rng.choice(labels, p=[0.4] + [0.6 / (len(labels) - 1)] * (len(labels) - 1)))
+            for _ in range(n_test)
+        ]
+        for task, (_level, labels, _n_train, n_test) in PROBE_TASKS.items()
+    }
 
     def record(suite, checkpoint, extraction, evaluation, origin, variant,
                tasks=tuple(EVAL_TASKS), with_samples=True):
@@ -439,6 +560,22 @@ def write_lake(
                       _manifest(current, "success", None, extractors_of(checkpoint)))  # fmt: skip
                 write(TOKEN_STATS, partition, current, _token_table(current, losses))
                 write(WEIGHT_STATS, partition, current, _weight_table(current, weights))
+                if probes:
+                    if checkpoint == PROBE_SUPERSEDED:
+                        older = extraction_id(20 + step, next(serial))
+                        write_probes(partition, older, checkpoint, absurd=True)
+                        truth.invisible_ids.add(older)
+                    results, items = write_probes(partition, current, checkpoint, manifest=False)
+                    for row in results:
+                        key = (SUITE, *checkpoint, row["task"], row["layer"], row["metric"])
+                        truth.probe_scores[key] = {**row, "extraction_id": current}
+                    for (task, layer), labels in items.items():
+                        truth.probe_items[(SUITE, *checkpoint, task, layer)] = labels
+                    truth.probe_ids[checkpoint] = current
+                    if checkpoint == PROBE_FAILED:
+                        failed = extraction_id(700, next(serial))
+                        write_probes(partition, failed, checkpoint, "failed", absurd=True)
+                        truth.invisible_ids.add(failed)
                 truth.token_losses[checkpoint] = losses
                 truth.weight_rows[checkpoint] = weights
                 truth.current_ids[checkpoint] = current
@@ -510,6 +647,8 @@ def write_lake(
                         write(EVAL_RESULTS, partition, orphan, absurd_results(orphan))
                     write(WEIGHT_STATS, partition, orphan,
                           _weight_table(orphan, _random_weight_rows(rng, 1e3)))  # fmt: skip
+                    if probes:
+                        write_probes(partition, orphan, checkpoint, absurd=True, manifest=False)
                     truth.invisible_ids.add(orphan)
 
             # The training log: an older file replaced by a newer one.
@@ -559,7 +698,8 @@ def write_lake(
         rows = [
             (size, seed_, step, name)
             for size in SIZES for seed_ in SEEDS for step in steps
-            for name in (*EXTRACTORS, "evals") if evals or name != "evals"
+            for name in (*EXTRACTORS, "evals", "probes")
+            if (evals or name != "evals") and (probes or name != "probes")
         ]  # fmt: skip
         write(SUITE_GRID, {"suite": SUITE}, extraction, pa.table({
             "extraction_id": [extraction] * len(rows),

@@ -244,10 +244,55 @@ EVAL_FILES = Dataset(
     ),
 )
 
+PROBE_RESULTS = Dataset(
+    name="probe_results",
+    description=(
+        "One row per probing task x layer x metric of one checkpoint: a linear probe's "
+        "test score and the labels' online (MDL) codelength under that layer's features."
+    ),
+    partition_by=CHECKPOINT_PARTITION,
+    sort_by=("task", "layer", "metric"),
+    schema=_schema(
+        pa.field("task", pa.string(), nullable=False),
+        # token (one label per word) | sequence (one label per text)
+        pa.field("level", pa.string(), nullable=False),
+        # 0 = the embeddings, i = the output of transformer block i.
+        pa.field("layer", pa.int32(), nullable=False),
+        # accuracy | macro_f1 (on the test split)
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        # Online codelength of the train labels, in bits (Voita & Titov 2020), and the
+        # uniform code's (n_train x log2 n_classes): compression = uniform / online.
+        pa.field("codelength", pa.float64(), nullable=False),
+        pa.field("uniform_codelength", pa.float64(), nullable=False),
+        # Test accuracy of always predicting the train split's most frequent label.
+        pa.field("majority_accuracy", pa.float64(), nullable=False),
+        pa.field("n_classes", pa.int32(), nullable=False),
+        pa.field("n_train", pa.int64(), nullable=False),
+        pa.field("n_test", pa.int64(), nullable=False),
+    ),
+)
+
+PROBE_PREDICTIONS = Dataset(
+    name="probe_predictions",
+    description="One row per probing task x layer x test item of one checkpoint: gold and predicted label.",
+    partition_by=CHECKPOINT_PARTITION,
+    sort_by=("task", "layer", "item_id"),
+    schema=_schema(
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("layer", pa.int32(), nullable=False),
+        # Position of the item (a word, or a text) in the task's test split: the
+        # same item in every checkpoint.
+        pa.field("item_id", pa.int64(), nullable=False),
+        pa.field("gold", pa.string(), nullable=False),
+        pa.field("predicted", pa.string(), nullable=False),
+    ),
+)
+
 DATASETS: dict[str, Dataset] = {
     d.name: d
     for d in (
         MANIFEST, TOKEN_STATS, WEIGHT_STATS, TRAINING_LOG, SUITE_GRID,
-        EVAL_RESULTS, EVAL_SAMPLES, EVAL_FILES,
+        EVAL_RESULTS, EVAL_SAMPLES, EVAL_FILES, PROBE_RESULTS, PROBE_PREDICTIONS,
     )
 }

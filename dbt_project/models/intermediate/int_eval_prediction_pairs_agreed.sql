@@ -1,14 +1,14 @@
 {#-
     Cohen's κ between two checkpoints' item-level predictions on the items both
-    answered (same task, filter, num_fewshot and doc_id):
+    answered (same task, filter, num_fewshot and doc_id), computed by the
+    `cohens_kappa` macro (macros/cohens_kappa.sql), which the probe agreement
+    shares:
 
         κ = (p_o − p_e) / (1 − p_e)
         p_o = share of shared items with equal predictions
         p_e = Σ_c p_a(c) · p_b(c), each checkpoint's label marginals over the shared items
 
-    With n shared items, a = agreeing items and S = Σ_c n_a(c) · n_b(c) (counts),
-    κ = (n·a − S) / (n² − S): integer arithmetic up to one division, null when
-    S = n² (p_e = 1: both predict one and the same label throughout).
+    null when p_e = 1 (both predict one and the same label throughout).
 -#}
 with
 
@@ -127,110 +127,23 @@ paired as (
 
 ),
 
-agreement as (
+agreed as (
 
-    select
-        comparison,
-        suite,
-        model_size,
-        task,
-        filter,
-        num_fewshot,
-        seed_a,
-        step_a,
-        seed_b,
-        step_b,
-        count(*) as n_items,
-        count(*) filter (where prediction_a = prediction_b) as n_agreeing
-    from paired
-    group by all
-
-),
-
-marginals_a as (
-
-    select
-        comparison, suite, model_size, task, filter, num_fewshot,
-        seed_a, step_a, seed_b, step_b,
-        prediction_a as label,
-        count(*) as n_label
-    from paired
-    group by all
-
-),
-
-marginals_b as (
-
-    select
-        comparison, suite, model_size, task, filter, num_fewshot,
-        seed_a, step_a, seed_b, step_b,
-        prediction_b as label,
-        count(*) as n_label
-    from paired
-    group by all
-
-),
-
-chance as (
-
-    -- S = Σ_c n_a(c) · n_b(c); a label only one side uses adds nothing
-    select
-        marginals_a.comparison,
-        marginals_a.suite,
-        marginals_a.model_size,
-        marginals_a.task,
-        marginals_a.filter,
-        marginals_a.num_fewshot,
-        marginals_a.seed_a,
-        marginals_a.step_a,
-        marginals_a.seed_b,
-        marginals_a.step_b,
-        sum(marginals_a.n_label * marginals_b.n_label) as n_chance_products
-    from marginals_a
-    inner join marginals_b
-        using (
-            comparison, suite, model_size, task, filter, num_fewshot,
-            seed_a, step_a, seed_b, step_b, label
-        )
-    group by all
+    {{ cohens_kappa(
+        'paired',
+        keys=[
+            'comparison', 'suite', 'model_size', 'task', 'filter', 'num_fewshot',
+            'seed_a', 'step_a', 'seed_b', 'step_b',
+        ],
+        label_a='prediction_a',
+        label_b='prediction_b',
+    ) }}
 
 ),
 
 final as (
 
-    select
-        ---------- keys
-        agreement.comparison,
-        agreement.suite,
-        agreement.model_size,
-        agreement.task,
-        agreement.filter,
-        agreement.num_fewshot,
-        agreement.seed_a,
-        agreement.step_a,
-        agreement.seed_b,
-        agreement.step_b,
-
-        ---------- agreement
-        agreement.n_items,
-        agreement.n_agreeing / agreement.n_items as observed_agreement,
-        cast(coalesce(chance.n_chance_products, 0) as double)
-        / (agreement.n_items * agreement.n_items) as expected_agreement,
-        case
-            when coalesce(chance.n_chance_products, 0) < agreement.n_items * agreement.n_items
-                then (
-                    agreement.n_items * agreement.n_agreeing
-                    - coalesce(chance.n_chance_products, 0)
-                )
-                / (agreement.n_items * agreement.n_items - coalesce(chance.n_chance_products, 0))
-        end as kappa
-
-    from agreement
-    left join chance
-        using (
-            comparison, suite, model_size, task, filter, num_fewshot,
-            seed_a, step_a, seed_b, step_b
-        )
+    select * from agreed
 
 )
 

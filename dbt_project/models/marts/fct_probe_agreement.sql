@@ -1,0 +1,102 @@
+with
+
+probe_predictions as (
+
+    select * from {{ ref('stg_lake__probe_predictions') }}
+
+),
+
+prediction_pairs as (
+
+    select * from {{ ref('int_probe_prediction_pairs_agreed') }}
+
+),
+
+reference_seeds as (
+
+    -- the run family's reference: its smallest seed (PolyPythias' seed 0, the original)
+    select
+        suite,
+        model_size,
+        min(seed) as reference_seed
+    from probe_predictions
+    group by suite, model_size
+
+),
+
+compared_seeds as (
+
+    -- every other seed whose probe predicted the task at the layer and step
+    select distinct
+        probe_predictions.suite,
+        probe_predictions.model_size,
+        probe_predictions.step,
+        probe_predictions.task,
+        probe_predictions.layer,
+        probe_predictions.seed,
+        reference_seeds.reference_seed
+    from probe_predictions
+    inner join reference_seeds
+        on probe_predictions.suite = reference_seeds.suite
+        and probe_predictions.model_size = reference_seeds.model_size
+    where probe_predictions.seed <> reference_seeds.reference_seed
+
+),
+
+all_pairs as (
+
+    -- pairs with an undefined κ (p_e = 1) are left out of the mean
+    select
+        suite,
+        model_size,
+        step,
+        task,
+        layer,
+        avg(kappa) as mean_pairwise_kappa,
+        count(kappa) as n_seed_pairs
+    from prediction_pairs
+    group by suite, model_size, step, task, layer
+
+),
+
+final as (
+
+    select
+        ---------- keys
+        compared_seeds.suite,
+        compared_seeds.model_size,
+        {{ nominal_parameters('compared_seeds.model_size') }} as nominal_parameters,
+        compared_seeds.step,
+        compared_seeds.task,
+        compared_seeds.layer,
+        compared_seeds.seed,
+        compared_seeds.reference_seed,
+
+        ---------- agreement with the reference seed (none when it did not predict)
+        coalesce(with_reference.n_items, 0) as n_items,
+        with_reference.observed_agreement,
+        with_reference.kappa,
+
+        ---------- agreement over every pair of seeds
+        all_pairs.mean_pairwise_kappa,
+        coalesce(all_pairs.n_seed_pairs, 0) as n_seed_pairs
+
+    from compared_seeds
+    left join prediction_pairs as with_reference
+        on compared_seeds.suite = with_reference.suite
+        and compared_seeds.model_size = with_reference.model_size
+        and compared_seeds.step = with_reference.step
+        and compared_seeds.task = with_reference.task
+        and compared_seeds.layer = with_reference.layer
+        and compared_seeds.reference_seed = with_reference.seed_a
+        and compared_seeds.seed = with_reference.seed_b
+    left join all_pairs
+        on compared_seeds.suite = all_pairs.suite
+        and compared_seeds.model_size = all_pairs.model_size
+        and compared_seeds.step = all_pairs.step
+        and compared_seeds.task = all_pairs.task
+        and compared_seeds.layer = all_pairs.layer
+
+)
+
+select * from final

@@ -1,0 +1,75 @@
+with
+
+source as (
+
+    select * from {{ lake_source('probe_results') }}
+
+),
+
+manifest as (
+
+    select * from {{ ref('stg_lake__manifest') }}
+
+),
+
+current_extractions as (
+
+    -- the latest successful probes attempt per checkpoint; rows of any other
+    -- attempt (superseded, failed, or never recorded in the manifest) are dropped
+    select
+        suite,
+        model_size,
+        seed,
+        step,
+        extraction_id
+    from manifest
+    where extractor = 'probes'
+        and is_latest_success
+
+),
+
+renamed as (
+
+    select
+        ---------- keys
+        cast(suite as varchar) as suite,
+        cast(model_size as varchar) as model_size,
+        cast(seed as bigint) as seed,
+        cast(step as bigint) as step,
+        cast(task as varchar) as task,
+        cast(layer as integer) as layer,
+        cast(metric as varchar) as metric,
+        cast(extraction_id as varchar) as extraction_id,
+
+        ---------- task
+        cast(level as varchar) as level,
+        cast(n_classes as integer) as n_classes,
+        cast(n_train as bigint) as n_train,
+        cast(n_test as bigint) as n_test,
+
+        ---------- probe score on the test split
+        cast(value as double) as value,
+        cast(majority_accuracy as double) as majority_accuracy,
+
+        ---------- description length of the train labels (bits)
+        cast(codelength as double) as codelength,
+        cast(uniform_codelength as double) as uniform_codelength
+
+    from source
+
+),
+
+final as (
+
+    select renamed.*
+    from renamed
+    inner join current_extractions
+        on renamed.suite = current_extractions.suite
+        and renamed.model_size = current_extractions.model_size
+        and renamed.seed = current_extractions.seed
+        and renamed.step = current_extractions.step
+        and renamed.extraction_id = current_extractions.extraction_id
+
+)
+
+select * from final
