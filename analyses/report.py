@@ -33,7 +33,7 @@ from typing import Any
 import altair as alt
 import duckdb
 
-from . import gender_bias, loss_curves, performance, theme
+from . import gender_bias, loss_curves, performance, probes, theme
 from .marts import AnyChart, WarehouseError, mart_schema
 
 INDEX_NAME = "index.html"
@@ -91,6 +91,22 @@ FIGURES: list[Figure] = [
         build=gender_bias.chart,
         needs="rows for " + ", ".join(f"{t} {m}" for t, m, _ in gender_bias.MEASURES),
     ),
+    Figure(
+        name=probes.NAME,
+        title=probes.TITLE,
+        description=probes.DESCRIPTION,
+        mart=probes.MART,
+        build=probes.chart,
+        needs=f"{probes.ACCURACY} rows",
+    ),
+    Figure(
+        name=probes.LAYERS_NAME,
+        title=probes.LAYERS_TITLE,
+        description=probes.LAYERS_DESCRIPTION,
+        mart=probes.MART,
+        build=probes.layer_chart,
+        needs=f"{probes.ACCURACY} rows",
+    ),
 ]
 
 
@@ -109,8 +125,8 @@ def build_report(
     """Render every figure from the warehouse at ``db_path`` into ``out_dir``.
 
     Returns the path of ``out_dir/index.html``. Raises WarehouseError, naming the
-    file, when the warehouse does not exist or cannot be opened. A figure whose mart is missing or empty is reported on the page as
-    "no data yet", not raised.
+    file, when the warehouse does not exist or cannot be opened. A figure whose mart
+    is missing or empty is reported on the page as "no data yet", not raised.
     """
     db_path = Path(db_path).expanduser().resolve()
     out_dir = Path(out_dir)

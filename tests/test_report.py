@@ -288,7 +288,7 @@ def test_several_suites_are_faceted(tmp_path):
 def test_registry_entries_are_well_formed():
     names = [figure.name for figure in report.FIGURES]
     assert "loss_curves" in names
-    assert {"performance", "gender_bias"} <= set(names)
+    assert {"performance", "gender_bias", "probe_accuracy", "probe_layers"} <= set(names)
     assert len(names) == len(set(names))
     for figure in report.FIGURES:
         assert figure.title and figure.description and figure.mart
