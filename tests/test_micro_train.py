@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 import yaml
+from polypythias.extract.micro import probe_tasks
 from polypythias.extract.micro.language import Grammar
 from polypythias.extract.micro.train import (
     LOG_SCHEMA,
@@ -84,7 +85,8 @@ def test_bad_config_is_refused(tmp_path):
     with pytest.raises(ValueError, match="known sizes: 200k, 1m"):
         TrainConfig(sizes=["70m"])
     for bad in [{"seeds": [0, 0]}, {"seeds": []}, {"seq_len": 1000},
-                {"eval_seed": 1234, "data_seed": 1234}, {"warmup_fraction": 1.0}]:
+                {"eval_seed": 1234, "data_seed": 1234}, {"warmup_fraction": 1.0},
+                {"probe_seed": 1234 - probe_tasks.SEED_OFFSETS["pos_test"]}]:
         with pytest.raises(ValueError):
             TrainConfig(**bad)
     config = TrainConfig()
@@ -127,8 +129,20 @@ def test_suite_layout(suite):
                 "include_defaults": False,
                 "batch_size": 64,
             },
+            "probes": {
+                "steps": "all",
+                "tasks": {
+                    "pos": {"format": "conllu", "field": "upos",
+                            "train": "probe/pos_train.conllu", "test": "probe/pos_test.conllu"},
+                    "antecedent": {"format": "jsonl-text", "pool": "last",
+                                   "train": "probe/antecedent_train.jsonl",
+                                   "test": "probe/antecedent_test.jsonl"},
+                },
+                "batch_size": 128,
+            },
         },
     }
+    assert sorted(p.name for p in (out / "probe").iterdir()) == sorted(probe_tasks.FILES)
     lines = (out / "eval" / "documents.jsonl").read_text().splitlines()
     documents = [json.loads(line) for line in lines]
     assert [d["doc_id"] for d in documents] == list(range(config.eval_docs))

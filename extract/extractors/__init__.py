@@ -59,15 +59,29 @@ class Extractor:
 
     def config_hash(self) -> str:
         """What the output depends on: extractor version, options, input file contents."""
-        files = {option: self._content_hash(getattr(self.options, option)) for option in self.file_options}
+        files = {name: self._content_hash(value) for name, value in self.input_files().items()}
         payload = {
             "extractor": self.name,
             "version": self.version,
-            "options": self.options.model_dump(exclude={"steps", *self.file_options}, mode="json"),
+            "options": self.hashed_options(),
             "files": files,
         }
         encoded = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(encoded).hexdigest()[:16]
+
+    def input_files(self) -> dict[str, str | None]:
+        """The input files or folders, by a name unique within the extractor (as
+        the suite file reached it), each as the suite file gives it: the config hash
+        covers their content. Default: the ``file_options``. An extractor whose
+        inputs are nested deeper in its options overrides this and
+        ``hashed_options`` together."""
+        return {option: getattr(self.options, option) for option in self.file_options}
+
+    def hashed_options(self) -> dict:
+        """The options the config hash covers as values: all but ``steps`` (which
+        checkpoints, not what is computed on one) and the input paths of
+        ``input_files`` (their content counts instead)."""
+        return self.options.model_dump(exclude={"steps", *self.file_options}, mode="json")
 
     def prepare(self) -> None:
         """One-time setup too slow for ``__init__`` (which ``polypythias status``
@@ -126,4 +140,4 @@ def get_extractor(name: str) -> type[Extractor]:
 
 
 # Importing the plugin modules registers them.
-from polypythias.extract.extractors import evals, token_stats, weight_stats  # noqa: E402,F401
+from polypythias.extract.extractors import evals, probes, token_stats, weight_stats  # noqa: E402,F401

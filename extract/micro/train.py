@@ -10,6 +10,7 @@ hub revisions, one self-contained folder per step:
       tokenizer/
       eval/documents.jsonl             held-out documents (another generator seed)
       eval/tasks/                      lm-eval task YAMLs + JSONL items (eval_tasks.py)
+      probe/                           probing tasks: CoNLL-U and JSONL (probe_tasks.py)
       {size}/seed{seed}/run.json       the run's configuration, written last
       {size}/seed{seed}/step{step}/    config.json, model.safetensors, tokenizer
 
@@ -52,7 +53,7 @@ from rich.progress import (
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
-from . import eval_tasks
+from . import eval_tasks, probe_tasks
 from .language import Grammar, generate_documents
 from .tokenizer import build_tokenizer
 
@@ -62,6 +63,7 @@ CONTEXT = 128
 TOKEN_STATS_TOP_K = 10
 TOKEN_STATS_BATCH_SIZE = 64
 EVALS_BATCH_SIZE = 64
+PROBES_BATCH_SIZE = 128
 ADAM_BETAS = (0.9, 0.95)  # Pythia's
 
 
@@ -151,6 +153,7 @@ class TrainConfig:
     eval_seed: int = 4321  # the held-out eval documents
     eval_task_items: int = eval_tasks.DEFAULT_ITEMS  # per micro lm-eval task
     eval_task_seed: int = eval_tasks.DEFAULT_SEED  # the micro lm-eval tasks' items
+    probe_seed: int = probe_tasks.DEFAULT_SEED  # the probing tasks' sentences and word split
     threads_per_run: int = 1  # part of the result: other counts give other bits
     workers: int | None = None  # parallel runs; None: one per threads_per_run cores
 
@@ -185,6 +188,13 @@ class TrainConfig:
             raise ValueError(
                 f"eval_task_seed {self.eval_task_seed} to {max(task_seeds)} must not include "
                 "data_seed or eval_seed (the task items must be fresh sentences)"
+            )
+        # The probing tasks draw from probe_seed + each of probe_tasks.SEED_OFFSETS.
+        probe_seeds = {self.probe_seed + o for o in probe_tasks.SEED_OFFSETS.values()}
+        if probe_seeds & (task_seeds | {self.data_seed, self.eval_seed}):
+            raise ValueError(
+                f"probe_seed {self.probe_seed} to {max(probe_seeds)} must not include data_seed, "
+                "eval_seed or the eval task seeds (each data set draws its own sentences)"
             )
 
     @property
@@ -253,6 +263,7 @@ def train_suite(
     _write_eval_documents(config, grammar, out_dir / "eval" / "documents.jsonl")
     eval_tasks.write_tasks(out_dir / "eval" / "tasks", config.eval_task_items,
                            config.eval_task_seed, grammar)
+    probe_tasks.write_probe_tasks(out_dir / "probe", config.probe_seed, grammar=grammar)
     corpus = _training_sequences(config, tokenizer, grammar)
 
     # Largest models first, so that parallel workers finish at about the same time.
@@ -314,6 +325,21 @@ def suite_document(config: TrainConfig) -> dict:
                 # Only the micro tasks: skip indexing lm-eval's ~14k built-in ones.
                 "include_defaults": False,
                 "batch_size": EVALS_BATCH_SIZE,
+            },
+            "probes": {
+                "steps": "all",
+                "tasks": {
+                    "pos": {
+                        "format": "conllu", "field": "upos",
+                        "train": "probe/pos_train.conllu", "test": "probe/pos_test.conllu",
+                    },
+                    "antecedent": {
+                        "format": "jsonl-text", "pool": "last",
+                        "train": "probe/antecedent_train.jsonl", "test": "probe/antecedent_test.jsonl",
+                    },
+                },
+                # Micro texts are ~8 tokens: a large batch is still a small one.
+                "batch_size": PROBES_BATCH_SIZE,
             },
         },
     }
