@@ -22,7 +22,15 @@ from typer.testing import CliRunner
 
 from polypythias.cli import app
 from polypythias.warehouse.lake import Lake
-from polypythias.warehouse.schemas import EVAL_RESULTS, EVAL_SAMPLES, TOKEN_STATS, TRAINING_LOG, WEIGHT_STATS
+from polypythias.warehouse.schemas import (
+    EVAL_RESULTS,
+    EVAL_SAMPLES,
+    PROBE_PREDICTIONS,
+    PROBE_RESULTS,
+    TOKEN_STATS,
+    TRAINING_LOG,
+    WEIGHT_STATS,
+)
 
 SIZES, SEEDS, STEPS = ("200k", "1m"), 3, 8
 
@@ -77,7 +85,7 @@ def test_broken_checkpoints_are_recorded_and_the_rest_is_extracted(pipeline):
     assert sorted(zip(missing["model_size"], missing["seed"], missing["step"])) == [
         ("1m", 1, 4), ("200k", 2, 8)
     ]
-    assert (missing["n_failed_attempts"] == 2 * 3).all()  # two attempts × three extractors
+    assert (missing["n_failed_attempts"] == 2 * 4).all()  # two attempts × four extractors
     assert missing["last_error"].str.len().min() > 0
     runs = _mart(pipeline["db"], "select * from dim_runs order by model_size, seed")
     assert len(runs) == len(SIZES) * SEEDS
@@ -261,3 +269,68 @@ def test_the_report_charts_the_evaluations(pipeline):
     for figure in ("performance", "gender_bias"):
         assert (pipeline["reports"] / f"{figure}.png").stat().st_size > 10_000
         assert f"{figure}.html" in index or figure in index
+
+
+def _probe_accuracy(lake):
+    results = lake.read(PROBE_RESULTS).to_pandas()
+    return results[results.metric == "accuracy"]
+
+
+def test_probe_accuracy_is_recomputed_from_the_predictions(pipeline):
+    predictions = pipeline["lake"].read(PROBE_PREDICTIONS).to_pandas()
+    predictions["correct"] = predictions["gold"] == predictions["predicted"]
+    recomputed = predictions.groupby(["model_size", "seed", "step", "task", "layer"])["correct"].mean()
+    accuracy = _probe_accuracy(pipeline["lake"])
+    assert set(accuracy["task"]) == {"pos", "antecedent"}
+    assert set(accuracy["layer"]) == {0, 1, 2, 3, 4}
+    stored = accuracy.set_index(["model_size", "seed", "step", "task", "layer"])["value"]
+    assert len(stored) == len(recomputed)
+    np.testing.assert_allclose(stored.sort_index(), recomputed.sort_index())
+
+
+def test_probe_marts_match_numpy_and_sklearn_on_the_lake(pipeline):
+    accuracy = _probe_accuracy(pipeline["lake"])
+    mart = _mart(pipeline["db"], "select * from fct_probe_consistency where metric = 'accuracy'")
+    assert len(mart) == len(accuracy[["model_size", "step", "task", "layer"]].drop_duplicates())
+    for row in mart.itertuples():
+        values = accuracy[(accuracy.model_size == row.model_size) & (accuracy.step == row.step)
+                          & (accuracy.task == row.task) & (accuracy.layer == row.layer)]["value"].to_numpy()
+        assert row.n_runs == len(values)
+        assert row.value_median == pytest.approx(np.median(values))
+        assert row.value_q25 == pytest.approx(np.percentile(values, 25))
+        assert row.value_q75 == pytest.approx(np.percentile(values, 75))
+
+    predictions = pipeline["lake"].read(PROBE_PREDICTIONS).to_pandas()
+    wide = predictions.pivot_table(index=["model_size", "step", "task", "layer", "item_id"],
+                                   columns="seed", values="predicted", aggfunc="first")
+    agreement = _mart(pipeline["db"], "select * from fct_probe_agreement")
+    checked = 0
+    for row in agreement.sample(n=min(60, len(agreement)), random_state=0).itertuples():
+        pair = wide.loc[(row.model_size, row.step, row.task, row.layer)][[row.reference_seed, row.seed]].dropna()
+        expected = cohen_kappa_score(pair[row.reference_seed], pair[row.seed])
+        assert row.n_items == len(pair)
+        if np.isnan(expected):
+            assert row.kappa is None or np.isnan(row.kappa)
+        else:
+            assert row.kappa == pytest.approx(expected, abs=1e-9)
+            checked += 1
+    assert checked > 0
+
+
+def test_the_larger_models_pos_probe_learns_part_of_speech(pipeline):
+    """Issue 4's expectation: at the final checkpoint the 1m model's best layer is
+    far above its step-0 score and above the majority-class baseline (on words the
+    probe never saw in training: the micro POS split is lexical)."""
+    pos = _probe_accuracy(pipeline["lake"])
+    pos = pos[(pos.task == "pos") & (pos.model_size == "1m")]
+    best = pos.groupby(["seed", "step"])["value"].max()
+    majority = pos["majority_accuracy"].iloc[0]
+    for seed in sorted(pos["seed"].unique()):
+        at_start, at_end = best.loc[(seed, 0)], best.loc[(seed, STEPS)]
+        assert at_end > majority
+        assert at_end > 2 * at_start, (seed, at_start, at_end)
+
+
+def test_the_report_charts_the_probes(pipeline):
+    for figure in ("probe_accuracy", "probe_layers"):
+        assert (pipeline["reports"] / f"{figure}.png").stat().st_size > 10_000
