@@ -35,7 +35,7 @@ create table fct_probe_scores (
     suite varchar, model_size varchar, nominal_parameters double, seed bigint, step bigint,
     task varchar, level varchar, layer integer, metric varchar, value double,
     majority_accuracy double, codelength double, uniform_codelength double,
-    n_classes bigint, n_train bigint, n_test bigint
+    n_classes integer, n_train bigint, n_test bigint, extraction_id varchar
 )
 """
 DDL = {"fct_probe_consistency": CONSISTENCY_DDL, "fct_probe_scores": SCORES_DDL}
