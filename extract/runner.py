@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from importlib import metadata
 from typing import TYPE_CHECKING
 
@@ -163,7 +164,9 @@ def write_suite_grid(suite: Suite, lake: Lake) -> None:
     lake.write(SUITE_GRID, {"suite": suite.name}, extraction_id, table)
 
 
+@cache
 def package_versions() -> dict[str, str]:
+    """The installed versions of the packages the output depends on (fixed for a process)."""
     versions = {}
     for package in _VERSIONED_PACKAGES:
         try:
@@ -189,7 +192,7 @@ class Runner:
         self.extractors = extractors
         self.device = device
         self.allow_pickle = allow_pickle
-        self.versions = package_versions()
+        self.versions = dict(package_versions())
         self.host = socket.gethostname()
         self.config_hashes = {name: e.config_hash() for name, e in extractors.items()}
         self._tokenizers: dict[str, object] = {}
@@ -273,7 +276,7 @@ class Runner:
             raise ExtractorError(f"{name} returned {sorted(tables)}, expected {sorted(expected)}")
         return {
             dataset: table.add_column(
-                0, "extraction_id", pa.array([extraction_id] * table.num_rows, pa.string())
+                0, "extraction_id", pa.repeat(pa.scalar(extraction_id, pa.string()), table.num_rows)
             )
             for dataset, table in tables.items()
         }
