@@ -14,7 +14,6 @@ Each measure uses the zero-shot, filter ``none`` rows when present (see
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import altair as alt
@@ -90,7 +89,7 @@ def gender_chart(rows: list[dict[str, Any]], panels: list[str]) -> AnyChart:
                 "panel_index:O",
                 title=None,
                 header=alt.Header(
-                    labelExpr=f"{json.dumps(panels)}[datum.value]",
+                    labelExpr=theme.labels_by_index(panels),
                     labelFontSize=13,
                     labelFontWeight="bold",
                 ),

@@ -21,7 +21,6 @@ as in the loss chart, and its title says so.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -372,7 +371,7 @@ def performance_chart(
                 "task_index:O",
                 title=None,
                 header=alt.Header(
-                    labelExpr=f"{json.dumps(task_labels)}[datum.value]",
+                    labelExpr=theme.labels_by_index(task_labels),
                     labelAngle=0,
                     labelAlign="left",
                     labelFontSize=12,
@@ -383,7 +382,7 @@ def performance_chart(
                 "panel_index:O",
                 title=None,
                 header=alt.Header(
-                    labelExpr=f"{json.dumps(panels)}[datum.value]",
+                    labelExpr=theme.labels_by_index(panels),
                     labelFontSize=13,
                     labelFontWeight="bold",
                 ),

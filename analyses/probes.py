@@ -31,7 +31,6 @@ a log scale), as in the loss and performance charts, and its title says so.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -310,7 +309,7 @@ def probe_chart(
                 "task_index:O",
                 title=None,
                 header=alt.Header(
-                    labelExpr=f"{json.dumps(task_labels, ensure_ascii=False)}[datum.value]",
+                    labelExpr=theme.labels_by_index(task_labels),
                     labelAngle=0,
                     labelAlign="left",
                     labelFontSize=12,
@@ -321,7 +320,7 @@ def probe_chart(
                 "panel_index:O",
                 title=None,
                 header=alt.Header(
-                    labelExpr=f"{json.dumps(panels, ensure_ascii=False)}[datum.value]",
+                    labelExpr=theme.labels_by_index(panels),
                     labelFontSize=13,
                     labelFontWeight="bold",
                 ),
@@ -431,7 +430,7 @@ def heatmap_chart(rows: list[dict[str, Any]], size: str, tasks: list[str]) -> An
             "suite_index:O",
             title=None,
             header=alt.Header(
-                labelExpr=f"{json.dumps(suite_labels, ensure_ascii=False)}[datum.value]",
+                labelExpr=theme.labels_by_index(suite_labels),
                 labelAngle=0,
                 labelAlign="left",
                 labelFontSize=12,
@@ -442,7 +441,7 @@ def heatmap_chart(rows: list[dict[str, Any]], size: str, tasks: list[str]) -> An
             "task_index:O",
             title=None,
             header=alt.Header(
-                labelExpr=f"{json.dumps(tasks, ensure_ascii=False)}[datum.value]",
+                labelExpr=theme.labels_by_index(tasks),
                 labelFontSize=13,
                 labelFontWeight="bold",
             ),

@@ -8,6 +8,9 @@ HTML, the PNG and the report page all look the same.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+
 import altair as alt
 
 THEME_NAME = "polypythias"
@@ -90,3 +93,12 @@ def polypythias_theme() -> alt.theme.ThemeConfig:
             "area": {"opacity": BAND_OPACITY},
         },
     }
+
+
+def labels_by_index(labels: Sequence) -> str:
+    """A header ``labelExpr`` naming facets laid out on integer indexes.
+
+    Facets are keyed by index, not by label, because vl-convert sorts string facet
+    values its own way; this turns index ``i`` back into ``labels[i]``.
+    """
+    return f"{json.dumps(list(labels), ensure_ascii=False)}[datum.value]"
