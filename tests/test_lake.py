@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from polypythias.warehouse.lake import Lake, LakeError, new_extraction_id, validate_partition_value
-from polypythias.warehouse.schemas import SCHEMA_VERSION_KEY, TRAINING_LOG
+from polypythias.warehouse.schemas import SCHEMA_VERSION_KEY, SUITE_GRID, TRAINING_LOG
 
 PARTITION = {"suite": "micro", "model_size": "1m", "seed": 3}
 
@@ -53,6 +53,24 @@ def test_write_is_hive_partitioned_sorted_and_leaves_no_temporary(tmp_path):
     table = lake.read(TRAINING_LOG)
     assert table.num_rows == 3
     assert set(table["model_size"].to_pylist()) == {"1m"}
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3, 4], [4, 2, 0, 3, 1]], ids=["in order", "shuffled"])
+def test_rows_are_sorted_by_every_key_column(tmp_path, order):
+    # suite_grid sorts by (model_size, seed, step, extractor): ties on the first keys.
+    rows = [("1m", 0, 0, "a"), ("1m", 0, 1, "a"), ("1m", 1, 0, "a"), ("1m", 1, 0, "b"), ("2m", 0, 0, "a")]
+    shuffled = [rows[i] for i in order]
+    table = pa.table({
+        "extraction_id": ["x"] * len(rows),
+        "model_size": [r[0] for r in shuffled],
+        "seed": [r[1] for r in shuffled],
+        "step": [r[2] for r in shuffled],
+        "extractor": [r[3] for r in shuffled],
+        "source": [f"{r}" for r in shuffled],
+    })
+    path = Lake(tmp_path).write(SUITE_GRID, {"suite": "micro"}, new_extraction_id(), table)
+    written = pq.read_table(path)
+    assert written["source"].to_pylist() == [f"{r}" for r in rows]
 
 
 def test_write_refuses_wrong_columns_and_types(tmp_path):
