@@ -14,6 +14,12 @@ hub revisions, one self-contained folder per step:
       {size}/seed{seed}/run.json       the run's configuration, written last
       {size}/seed{seed}/step{step}/    config.json, model.safetensors, tokenizer
 
+Instability can be injected into chosen runs (`Instability`, `TrainConfig.instabilities`):
+a learning-rate multiplier or a burst of batches whose tokens are shuffled, for a
+few steps. It touches nothing else: every other run stays bit-identical to a suite
+trained without it. The injected run's run.json lists it under
+"injected_instability"; the demo suite injects `DEMO_INSTABILITY`.
+
 A folder appears under its final name only once complete (it is written under a
 hidden temporary name, then renamed), so a crash never leaves a checkpoint that
 looks whole.
@@ -30,6 +36,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -133,6 +140,102 @@ def pythia_style_steps(total_steps: int, n_linear: int) -> list[int]:
     return steps + linear
 
 
+INSTABILITY_KINDS = ("lr_spike", "shuffled_tokens")
+INSTABILITY_SPEC_SYNTAX = "SIZE:SEED:KIND@START+STEPS[xFACTOR]"
+# Mixed into the seed of the token shuffles, so they draw differently from the batch order.
+SHUFFLE_SEED_SALT = 0x5EED_5A17
+_SPEC = re.compile(
+    r"(?P<size>[^:\s]+):(?P<seed>\d+):(?P<kind>[a-z_]+)@(?P<start>\d+)\+(?P<steps>\d+)"
+    r"(?:x(?P<factor>[0-9]*\.?[0-9]+(?:e[+-]?\d+)?))?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Instability:
+    """Instability injected into one run (`size` x `seed`) for `n_steps` optimiser
+    steps from `start_step` (1-based, as in the training log).
+
+    - ``lr_spike``: the learning rate is multiplied by `factor` (> 1).
+    - ``shuffled_tokens``: the token positions within each sequence of the batch are
+      shuffled (a fixed permutation per sequence, drawn from the run's seed and the
+      step), so the model trains on word salad; `factor` must stay 1.
+
+    As a spec (`parse` / `spec`): SIZE:SEED:KIND@START+STEPS[xFACTOR], e.g.
+    ``1m:4:lr_spike@96+16x30`` or ``200k:1:shuffled_tokens@64+32``.
+    """
+
+    size: str
+    seed: int
+    kind: str
+    start_step: int
+    n_steps: int
+    factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)):
+            raise TypeError(f"instability factor must be a number, got {self.factor!r}")
+        if self.size not in SIZES:
+            raise ValueError(
+                f"instability {self.spec()}: unknown model size {self.size!r}; "
+                f"known sizes: {', '.join(SIZES)}"
+            )
+        if self.kind not in INSTABILITY_KINDS:
+            raise ValueError(
+                f"unknown instability kind {self.kind!r} in {self.spec()}; "
+                f"known kinds: {', '.join(INSTABILITY_KINDS)}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"instability {self.spec()}: seed must be an integer >= 0")
+        for name in ("start_step", "n_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"instability {self.spec()}: {name} must be an integer >= 1, got {value!r}")
+        if not math.isfinite(self.factor):
+            raise ValueError(f"instability {self.spec()}: factor must be finite, got {self.factor}")
+        if self.kind == "lr_spike" and not self.factor > 1:
+            raise ValueError(
+                f"instability {self.spec()}: an lr_spike needs a learning-rate factor > 1 "
+                f"(write it as xFACTOR, e.g. {self.size}:{self.seed}:lr_spike@"
+                f"{self.start_step}+{self.n_steps}x30), got {self.factor:g}"
+            )
+        if self.kind == "shuffled_tokens" and self.factor != 1:
+            raise ValueError(
+                f"instability {self.spec()}: shuffled_tokens takes no factor (it has no strength), "
+                f"got {self.factor:g}"
+            )
+
+    @property
+    def end_step(self) -> int:
+        """The last step injected."""
+        return self.start_step + self.n_steps - 1
+
+    def active(self, step: int) -> bool:
+        return self.start_step <= step <= self.end_step
+
+    def spec(self) -> str:
+        factor = f"x{self.factor:g}" if self.factor != 1 else ""
+        return f"{self.size}:{self.seed}:{self.kind}@{self.start_step}+{self.n_steps}{factor}"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "end_step": self.end_step, "spec": self.spec()}
+
+    @classmethod
+    def parse(cls, spec: str) -> Instability:
+        """An Instability from its spec; ValueError naming the spec and the syntax."""
+        match = _SPEC.fullmatch(spec.strip())
+        if match is None:
+            raise ValueError(
+                f"bad instability spec {spec!r}: expected {INSTABILITY_SPEC_SYNTAX}, "
+                "e.g. 1m:4:lr_spike@96+16x30 or 200k:1:shuffled_tokens@64+32"
+            )
+        factor = match["factor"]
+        return cls(
+            size=match["size"], seed=int(match["seed"]), kind=match["kind"],
+            start_step=int(match["start"]), n_steps=int(match["steps"]),
+            factor=float(factor) if factor is not None else 1.0,
+        )
+
+
 @dataclass(slots=True)
 class TrainConfig:
     suite_name: str = "micro"
@@ -156,6 +259,8 @@ class TrainConfig:
     probe_seed: int = probe_tasks.DEFAULT_SEED  # the probing tasks' sentences and word split
     threads_per_run: int = 1  # part of the result: other counts give other bits
     workers: int | None = None  # parallel runs; None: one per threads_per_run cores
+    # Injected into the named runs only; the demo suite uses [DEMO_INSTABILITY].
+    instabilities: list[Instability] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -196,6 +301,47 @@ class TrainConfig:
                 f"probe_seed {self.probe_seed} to {max(probe_seeds)} must not include data_seed, "
                 "eval_seed or the eval task seeds (each data set draws its own sentences)"
             )
+        self._validate_instabilities()
+
+    def _validate_instabilities(self) -> None:
+        seen: list[Instability] = []
+        for item in self.instabilities:
+            if not isinstance(item, Instability):
+                raise TypeError(f"instabilities must be Instability objects, got {item!r}")
+            if item.size not in self.sizes:
+                raise ValueError(
+                    f"instability {item.spec()}: size {item.size!r} is not in the suite "
+                    f"(sizes: {', '.join(self.sizes)})"
+                )
+            if item.seed not in self.seeds:
+                raise ValueError(
+                    f"instability {item.spec()}: seed {item.seed} is not in the suite "
+                    f"(seeds: {', '.join(map(str, self.seeds))})"
+                )
+            if item.start_step > self.total_steps or item.end_step > self.total_steps:
+                raise ValueError(
+                    f"instability {item.spec()}: steps {item.start_step} to {item.end_step} must lie "
+                    f"within 1..{self.total_steps} (total_steps)"
+                )
+            for other in seen:
+                if ((other.size, other.seed, other.kind) == (item.size, item.seed, item.kind)
+                        and other.start_step <= item.end_step and item.start_step <= other.end_step):
+                    raise ValueError(
+                        f"instabilities {other.spec()} and {item.spec()} overlap in the same run"
+                    )
+            seen.append(item)
+
+    def instabilities_of(self, size: str, seed: int) -> list[Instability]:
+        """The injections into run `size` x `seed`, in the order given."""
+        return [i for i in self.instabilities if (i.size, i.seed) == (size, seed)]
+
+    def lr_factor_at(self, size: str, seed: int, step: int) -> float:
+        """The learning-rate multiplier of run `size` x `seed` at `step` (1 if none)."""
+        factor = 1.0
+        for item in self.instabilities_of(size, seed):
+            if item.kind == "lr_spike" and item.active(step):
+                factor *= item.factor
+        return factor
 
     @property
     def warmup_steps(self) -> int:
@@ -213,6 +359,14 @@ class TrainConfig:
         progress = (step - self.warmup_steps) / (self.total_steps - self.warmup_steps)
         cosine = 0.5 * (1 + math.cos(math.pi * progress))
         return self.learning_rate * (self.min_lr_ratio + (1 - self.min_lr_ratio) * cosine)
+
+
+# The demo suite's injected run (TrainConfig defaults: sizes 200k and 1m, seeds 0-4,
+# 256 steps): 16 steps at 50x the learning rate from step 96. Measured: the loss
+# jumps from 2.5 to 11 and ends at 3.6 against 2.33-2.49 for seeds 0-3 (held-out
+# loss 3.60 vs 2.35-2.44), and the weight matrices' norms jump about 12x and stay
+# there; the other runs are untouched.
+DEMO_INSTABILITY = Instability("1m", 4, "lr_spike", start_step=96, n_steps=16, factor=50.0)
 
 
 LOG_SCHEMA = pa.schema([
@@ -424,15 +578,22 @@ def _train_run(job: _Job, on_step: Callable[[], None]) -> pa.Table:
     order = _batch_order(len(corpus), config.total_steps, config.batch_size, job.seed)
     checkpoints = set(config.checkpoint_steps)
     rows: dict[str, list] = {name: [] for name in LOG_SCHEMA.names}
+    injected = config.instabilities_of(job.size, job.seed)
+    shuffled_steps = {s for i in injected if i.kind == "shuffled_tokens"
+                      for s in range(i.start_step, i.end_step + 1)}
 
     job.run_dir.mkdir(parents=True, exist_ok=True)
     if 0 in checkpoints:
         _save_checkpoint(model, job.tokenizer_dir, job.run_dir / "step0")
     for step in range(1, config.total_steps + 1):
         lr = config.lr_at(step)
+        if injected:
+            lr *= config.lr_factor_at(job.size, job.seed, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = corpus[order[step - 1]]
+        if step in shuffled_steps:
+            batch = _shuffle_tokens(batch, job.seed, step)
         loss = model(input_ids=batch, labels=batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -455,9 +616,11 @@ def _train_run(job: _Job, on_step: Callable[[], None]) -> pa.Table:
         "checkpoint_steps": config.checkpoint_steps,
         "final_loss": rows["loss"][-1],
         "train": {k: v for k, v in asdict(config).items()
-                  if k not in ("sizes", "seeds", "workers")},
+                  if k not in ("sizes", "seeds", "workers", "instabilities")},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
+    if injected:  # only the injected run says so; the others' run.json is unchanged
+        run_info["injected_instability"] = [i.to_dict() for i in injected]
     _atomic_write_text(job.run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
     return pa.Table.from_pydict(rows, schema=LOG_SCHEMA)
 
@@ -476,6 +639,13 @@ def _batch_order(n_sequences: int, total_steps: int, batch_size: int, seed: int)
     needed = total_steps * batch_size
     epochs = [rng.permutation(n_sequences) for _ in range(-(-needed // n_sequences))]
     return np.concatenate(epochs)[:needed].reshape(total_steps, batch_size)
+
+
+def _shuffle_tokens(batch: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+    """`batch` with the tokens of each sequence in a random order, drawn from the run's
+    seed and the step alone (numpy's generator: torch's RNG is left untouched)."""
+    rng = np.random.default_rng([SHUFFLE_SEED_SALT, seed, step])
+    return torch.from_numpy(rng.permuted(batch.numpy(), axis=1))
 
 
 def _save_checkpoint(model: GPTNeoXForCausalLM, tokenizer_dir: Path, folder: Path) -> None:
