@@ -16,21 +16,31 @@ parameter whose name ends in ``weight`` / ``bias`` (layer norms included);
 ``median`` is computed on these two rows only.
 ``weight_hash`` is a SHA-256 digest (first 128 bits) of the tensor's dtype, shape and bytes, so
 identical weights at different steps or runs can be found.
+
+``value_sample`` holds a fixed sample of each matrix's values: the values at
+``SAMPLE_SIZE`` distinct positions (all of them in a smaller matrix) drawn uniformly
+from a hash of the tensor's name and shape alone (``sample_positions``), so every
+checkpoint and run of a model shape is sampled at the same positions. The squared
+distance between two checkpoints' weights is then estimated from the lake alone,
+without bias: Σ over matrices of numel / m · Σ (a − b)² over the m sampled values.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from polypythias.extract.extractors import Extractor, register
+from polypythias.extract.extractors import Extractor, ExtractorOptions, register
 from polypythias.warehouse.schemas import WEIGHT_STATS
 
 if TYPE_CHECKING:
     import torch
+
+    from polypythias.extract.suite import Suite
 
 # Parameter name (after any "gpt_neox." prefix) → kind.
 _KINDS = (
@@ -45,6 +55,9 @@ _KINDS = (
 
 #: Most values stacked for one batch of matrix statistics (float64 working copy: 32 MiB).
 _STACK_ELEMENTS = 1 << 22
+
+#: Values sampled per matrix for the distance estimates of checkpoint integrity.
+SAMPLE_SIZE = 64
 
 
 def classify(name: str) -> tuple[str, int | None] | None:
@@ -70,6 +83,28 @@ def tensor_hash(tensor: torch.Tensor) -> str:
     digest = hashlib.sha256(f"{data.dtype}{tuple(data.shape)}".encode())
     digest.update(data.view(torch.uint8).numpy())
     return digest.hexdigest()[:32]
+
+
+def sample_positions(tensor_name: str, shape: tuple[int, ...], size: int = SAMPLE_SIZE) -> list[int]:
+    """Flat (row-major) positions of a matrix's value sample, ascending: ``size``
+    distinct positions drawn uniformly, or every position of a smaller matrix.
+
+    They depend on the tensor's name and shape only, through a BLAKE2b counter
+    stream (not Python's salted ``hash``, not a library's random generator whose
+    stream may change between versions), so they are the same in every process.
+    """
+    numel = math.prod(shape)
+    if numel <= size:
+        return list(range(numel))
+    key = f"{tensor_name}|{'x'.join(str(n) for n in shape)}|".encode()
+    chosen: set[int] = set()
+    counter = 0
+    while len(chosen) < size:
+        digest = hashlib.blake2b(key + counter.to_bytes(8, "little"), digest_size=8).digest()
+        # 64 random bits modulo numel: the bias is below numel / 2**64.
+        chosen.add(int.from_bytes(digest, "little") % numel)
+        counter += 1
+    return sorted(chosen)
 
 
 def median(values: torch.Tensor) -> float:
@@ -215,6 +250,25 @@ def batch_matrix_stats(weights: torch.Tensor) -> list[dict[str, float | None]]:
 class WeightStats(Extractor):
     name = "weight_stats"
     outputs = (WEIGHT_STATS,)
+    # 2: value_sample, the per-matrix value sample of the distance estimates.
+    version = 2
+
+    def __init__(self, options: ExtractorOptions, suite: Suite) -> None:
+        super().__init__(options, suite)
+        # (tensor names, shape, device) of a stack → its sample positions, [batch, m]:
+        # the same for every checkpoint of a model shape, so drawn once per job.
+        self._positions: dict[tuple, torch.Tensor] = {}
+
+    def _sample_positions(
+        self, names: tuple[str, ...], shape: tuple[int, ...], device: torch.device
+    ) -> torch.Tensor:
+        import torch
+
+        key = (names, shape, device)
+        if key not in self._positions:
+            positions = [sample_positions(name, shape) for name in names]
+            self._positions[key] = torch.tensor(positions, device=device)
+        return self._positions[key]
 
     def run(self, model, tokenizer, checkpoint, device) -> dict[str, pa.Table]:
         import torch
@@ -250,11 +304,18 @@ class WeightStats(Extractor):
                 chunks += [indices[i : i + size] for i in range(0, len(indices), size)]
             stats: dict[int, dict] = {}
             hashes: dict[int, str] = {}
+            samples: dict[int, list[float]] = {}
             for indices in chunks:
                 stack = torch.stack([matrices[i][3] for i in indices])
-                for i, matrix, row in zip(indices, stack, batch_matrix_stats(stack), strict=True):
+                names = tuple(matrices[i][0] for i in indices)
+                positions = self._sample_positions(names, tuple(stack.shape[1:]), stack.device)
+                # One gather for the stack's samples (float32 holds bf16/fp16 values exactly).
+                sampled = stack.reshape(len(indices), -1).gather(1, positions).float().tolist()
+                chunk_stats = batch_matrix_stats(stack)
+                for i, matrix, row, sample in zip(indices, stack, chunk_stats, sampled, strict=True):
                     stats[i] = row
                     hashes[i] = tensor_hash(matrix)
+                    samples[i] = sample
             rows = [
                 {
                     "tensor_name": tensor_name,
@@ -264,6 +325,7 @@ class WeightStats(Extractor):
                     "n_cols": matrix.shape[1],
                     **stats[i],
                     "weight_hash": hashes[i],
+                    "value_sample": samples[i],
                 }
                 for i, (tensor_name, kind, layer, matrix) in enumerate(matrices)
             ]

@@ -63,7 +63,10 @@ renamed as (
         cast(var as double) as value_var,
 
         ---------- identity
-        cast(weight_hash as varchar) as weight_hash
+        cast(weight_hash as varchar) as weight_hash,
+
+        ---------- values at fixed positions (null before weight_stats version 2)
+        cast(value_sample as double[]) as value_sample
 
     from source
 
