@@ -176,6 +176,9 @@ class Lake:
             return full_schema.empty_table()
         dataset_ = ds.dataset(
             directory,
+            # The schema of today's files: a column added since (nullable, at the
+            # end) reads as null from a file written before it.
+            schema=full_schema,
             filesystem=self.fs,
             format="parquet",
             partitioning=ds.partitioning(partition_schema, flavor="hive"),

@@ -126,6 +126,11 @@ WEIGHT_STATS = Dataset(
         pa.field("median", pa.float64()),
         pa.field("var", pa.float64(), nullable=False),
         pa.field("weight_hash", pa.string()),
+        # The matrix's values at fixed pseudo-random positions (same tensor name and
+        # shape → same positions in every checkpoint; see weight_stats.sample_positions),
+        # for estimating distances between checkpoints. Null on the aggregate rows and
+        # in files written before weight_stats version 2.
+        pa.field("value_sample", pa.list_(pa.float32())),
     ),
 )
 
@@ -289,10 +294,33 @@ PROBE_PREDICTIONS = Dataset(
     ),
 )
 
+TRAINING_MAP_STATES = Dataset(
+    name="training_map_states",
+    description=(
+        "One row per run x step of a training map computed elsewhere (its latent "
+        "state and optional 1-D score), from `polypythias ingest training-map`; "
+        "re-importing a suite x model_size replaces its partition."
+    ),
+    # One file covers the whole map of a size: the file imported.
+    partition_by=("suite", "model_size"),
+    sort_by=("seed", "step"),
+    schema=_schema(
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("state", pa.int32(), nullable=False),
+        pa.field("score", pa.float64()),
+        # The file imported (absolute path as given) and its content hash.
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_sha256", pa.string(), nullable=False),
+        pa.field("ingested_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ),
+)
+
 DATASETS: dict[str, Dataset] = {
     d.name: d
     for d in (
         MANIFEST, TOKEN_STATS, WEIGHT_STATS, TRAINING_LOG, SUITE_GRID,
         EVAL_RESULTS, EVAL_SAMPLES, EVAL_FILES, PROBE_RESULTS, PROBE_PREDICTIONS,
+        TRAINING_MAP_STATES,
     )
 }

@@ -78,6 +78,7 @@
             ('median', 'double'),
             ('var', 'double'),
             ('weight_hash', 'varchar'),
+            ('value_sample', 'float[]'),
         ] + checkpoint,
         'training_log': [
             ('extraction_id', 'varchar'),
@@ -159,6 +160,18 @@
             ('extractor', 'varchar'),
             ('source', 'varchar'),
             ('suite', 'varchar'),
+        ],
+        'training_map_states': [
+            ('extraction_id', 'varchar'),
+            ('seed', 'bigint'),
+            ('step', 'bigint'),
+            ('state', 'integer'),
+            ('score', 'double'),
+            ('source_file', 'varchar'),
+            ('source_sha256', 'varchar'),
+            ('ingested_at', 'timestamp with time zone'),
+            ('suite', 'varchar'),
+            ('model_size', 'varchar'),
         ],
     } -%}
     {%- if dataset not in columns -%}

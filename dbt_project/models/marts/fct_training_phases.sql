@@ -1,0 +1,55 @@
+{#-
+    The training map of every checkpoint: its state at the final horizon of its
+    map (the HMM fitted on every checkpoint of the size, or an imported map).
+-#}
+
+with
+
+map_states as (
+
+    select * from {{ ref('int_training_map_states') }}
+
+),
+
+final_horizons as (
+
+    select
+        suite,
+        model_size,
+        map_source,
+        max(horizon_step) as horizon_step
+    from map_states
+    group by suite, model_size, map_source
+
+),
+
+final as (
+
+    select
+        ---------- keys
+        map_states.suite,
+        map_states.model_size,
+        map_states.map_source,
+        map_states.seed,
+        map_states.step,
+
+        ---------- the checkpoint's state
+        map_states.state,
+        map_states.state_probability,
+        map_states.score,
+
+        ---------- the map
+        map_states.n_states,
+        map_states.horizon_step,
+        map_states.checkpoint_index
+
+    from map_states
+    inner join final_horizons
+        on map_states.suite = final_horizons.suite
+        and map_states.model_size = final_horizons.model_size
+        and map_states.map_source = final_horizons.map_source
+        and map_states.horizon_step = final_horizons.horizon_step
+
+)
+
+select * from final
