@@ -32,6 +32,7 @@ from polypythias.warehouse.dbt import PROJECT_DIR, DbtBuildError, build, state_d
 MARTS = [
     "dim_checkpoints",
     "dim_runs",
+    "fct_checkpoint_integrity",
     "fct_checkpoint_losses",
     "fct_eval_consistency",
     "fct_eval_integrity",
@@ -43,8 +44,12 @@ MARTS = [
     "fct_probe_consistency",
     "fct_probe_emergence",
     "fct_probe_scores",
+    "fct_run_outliers",
     "fct_self_consistency",
+    "fct_stability_forecast",
     "fct_token_loss_agreement",
+    "fct_training_map_transitions",
+    "fct_training_phases",
     "fct_weight_features",
 ]
 STAGING = [
@@ -57,15 +62,23 @@ STAGING = [
     "stg_lake__suite_grid",
     "stg_lake__token_stats",
     "stg_lake__training_log",
+    "stg_lake__training_map_states",
     "stg_lake__weight_stats",
 ]
 INTERMEDIATE = [
     "int_checkpoint_extractors_aggregated",
     "int_eval_items_predicted",
     "int_eval_prediction_pairs_agreed",
+    "int_outlier_checkpoints",
+    "int_outlier_loss_spikes",
+    "int_outlier_signals_by_step",
+    "int_outlier_training_map_departures",
+    "int_outlier_z_scores",
     "int_probe_prediction_pairs_agreed",
     "int_seed_pairs_correlated",
     "int_token_losses_aggregated_across_seeds",
+    "int_training_map_states",
+    "int_training_map_states_fitted",
 ]
 
 

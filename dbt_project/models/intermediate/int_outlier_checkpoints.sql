@@ -1,0 +1,105 @@
+{#-
+    The checkpoints the outlier signals are evaluated at: every step of a run that
+    has a successful extraction (any extractor) or a training-map state, with the
+    run's final step and the end of its warm-up.
+-#}
+{%- set settings = outlier_settings() -%}
+
+with
+
+checkpoint_extractors as (
+
+    select * from {{ ref('int_checkpoint_extractors_aggregated') }}
+
+),
+
+training_map_states as (
+
+    select * from {{ ref('int_training_map_states') }}
+
+),
+
+extracted as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        step
+    from checkpoint_extractors
+    group by suite, model_size, seed, step
+    having bool_or(has_success)
+
+),
+
+mapped as (
+
+    -- an imported training map may cover checkpoints the lake never extracted
+    select distinct
+        suite,
+        model_size,
+        seed,
+        step
+    from training_map_states
+
+),
+
+checkpoints as (
+
+    select * from extracted
+    union
+    select * from mapped
+
+),
+
+runs as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        max(step) as final_step
+    from checkpoints
+    group by suite, model_size, seed
+
+),
+
+sizes as (
+
+    select
+        suite,
+        model_size,
+        count(*) as n_seeds
+    from runs
+    group by suite, model_size
+
+),
+
+final as (
+
+    select
+        ---------- keys
+        checkpoints.suite,
+        checkpoints.model_size,
+        checkpoints.seed,
+        checkpoints.step,
+
+        ---------- the run
+        runs.final_step,
+        cast({{ settings.outlier_warmup_fraction }} as double) * runs.final_step as warmup_step,
+        checkpoints.step >= cast({{ settings.outlier_warmup_fraction }} as double) * runs.final_step
+            as is_after_warmup,
+        sizes.n_seeds
+
+    from checkpoints
+    inner join runs
+        on checkpoints.suite = runs.suite
+        and checkpoints.model_size = runs.model_size
+        and checkpoints.seed = runs.seed
+    inner join sizes
+        on checkpoints.suite = sizes.suite
+        and checkpoints.model_size = sizes.model_size
+
+)
+
+select * from final

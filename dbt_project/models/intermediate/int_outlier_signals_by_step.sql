@@ -1,0 +1,296 @@
+{#-
+    Every outlier signal of every run at every checkpoint t (int_outlier_checkpoints),
+    from data up to t only. Per signal: score, threshold, whether it flags the run
+    at t, and a plain-language detail of the score.
+
+    - training_map: the number of departures of the run's state path from the
+      other runs' (int_outlier_training_map_departures) in the latest map fitted on
+      checkpoints up to t (the greatest horizon_step ≤ t; the fitted map where a
+      size has both); flags at ≥ 1.
+    - performance, final_loss, agreement: the leave-one-out z-score of the run
+      against the other seeds at t (int_outlier_z_scores); performance and
+      agreement flag below `performance_z_threshold` / `agreement_z_threshold`,
+      final_loss (token loss: higher = worse) above `final_loss_z_threshold`.
+    - loss_spikes: the largest deviation, in robust deviations, of a training-log
+      step after warm-up and ≤ t (int_outlier_loss_spikes); flags when one of them
+      is a spike (above `loss_spike_k`).
+
+    No signal flags a checkpoint before the run's warm-up (step <
+    `outlier_warmup_fraction` × final step).
+-#}
+{%- set settings = outlier_settings() -%}
+
+with
+
+checkpoints as (
+
+    select * from {{ ref('int_outlier_checkpoints') }}
+
+),
+
+training_map_departures as (
+
+    select * from {{ ref('int_outlier_training_map_departures') }}
+
+),
+
+z_scores as (
+
+    select * from {{ ref('int_outlier_z_scores') }}
+
+),
+
+loss_spikes as (
+
+    select * from {{ ref('int_outlier_loss_spikes') }}
+
+),
+
+---------- training map
+
+preferred_maps as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        horizon_step,
+        cast(n_departures as double) as score,
+        n_runs,
+        map_source,
+        departures
+    from training_map_departures
+    where is_preferred_source
+
+),
+
+training_map as (
+
+    -- the latest map fitted on checkpoints up to t (a capped or imported map has
+    -- fewer horizons than checkpoints)
+    select
+        checkpoints.suite,
+        checkpoints.model_size,
+        checkpoints.seed,
+        checkpoints.step,
+        preferred_maps.horizon_step,
+        preferred_maps.score,
+        preferred_maps.n_runs,
+        preferred_maps.map_source,
+        preferred_maps.departures
+            || case when preferred_maps.horizon_step < checkpoints.step
+                then ' (' || preferred_maps.map_source || ' map fitted up to step '
+                    || preferred_maps.horizon_step || ')'
+                else ''
+            end as departures
+    from checkpoints
+    asof inner join preferred_maps
+        on checkpoints.suite = preferred_maps.suite
+        and checkpoints.model_size = preferred_maps.model_size
+        and checkpoints.seed = preferred_maps.seed
+        and checkpoints.step >= preferred_maps.horizon_step
+
+),
+
+---------- loss spikes
+
+loss_running as (
+
+    -- per logged step: what the log says up to it, after warm-up
+    select
+        suite,
+        model_size,
+        seed,
+        step as log_step,
+        max(deviation) filter (where is_after_warmup) over up_to_here as max_deviation,
+        arg_max(step, deviation) filter (where is_after_warmup) over up_to_here
+            as max_deviation_step,
+        count(*) filter (where is_spike) over up_to_here as n_spikes,
+        min(step) filter (where is_spike) over up_to_here as first_spike_step
+    from loss_spikes
+    window up_to_here as (
+        partition by suite, model_size, seed
+        order by step
+        rows between unbounded preceding and current row
+    )
+
+),
+
+loss_at_checkpoints as (
+
+    -- the log up to each checkpoint: its last logged step at or before it
+    select
+        checkpoints.suite,
+        checkpoints.model_size,
+        checkpoints.seed,
+        checkpoints.step,
+        loss_running.max_deviation,
+        loss_running.max_deviation_step,
+        loss_running.n_spikes,
+        loss_running.first_spike_step
+    from checkpoints
+    asof inner join loss_running
+        on checkpoints.suite = loss_running.suite
+        and checkpoints.model_size = loss_running.model_size
+        and checkpoints.seed = loss_running.seed
+        and checkpoints.step >= loss_running.log_step
+
+),
+
+loss_spike_signal as (
+
+    select
+        loss_at_checkpoints.*,
+        first_spike.loss as first_spike_loss,
+        first_spike.window_median as first_spike_median,
+        first_spike.deviation as first_spike_deviation
+    from loss_at_checkpoints
+    left join loss_spikes as first_spike
+        on loss_at_checkpoints.suite = first_spike.suite
+        and loss_at_checkpoints.model_size = first_spike.model_size
+        and loss_at_checkpoints.seed = first_spike.seed
+        and loss_at_checkpoints.first_spike_step = first_spike.step
+
+),
+
+---------- every signal at every checkpoint
+
+signals as (
+
+    select
+        checkpoints.*,
+        'training_map' as signal,
+        training_map.score,
+        cast(1 as double) as threshold,
+        training_map.score >= 1 as is_beyond,
+        case
+            when training_map.score > 0
+                then training_map.departures
+            when training_map.score = 0
+                then 'the state path follows the other runs'' ('
+                    || training_map.n_runs || ' runs, ' || training_map.map_source || ' map'
+                    || case when training_map.horizon_step < training_map.step
+                        then ' fitted up to step ' || training_map.horizon_step
+                        else ''
+                    end || ')'
+        end as detail
+    from checkpoints
+    left join training_map
+        on checkpoints.suite = training_map.suite
+        and checkpoints.model_size = training_map.model_size
+        and checkpoints.seed = training_map.seed
+        and checkpoints.step = training_map.step
+
+    union all
+
+    select
+        checkpoints.*,
+        'performance' as signal,
+        performance.score,
+        cast({{ settings.performance_z_threshold }} as double) as threshold,
+        performance.score < {{ settings.performance_z_threshold }} as is_beyond,
+        performance.detail
+    from checkpoints
+    left join z_scores as performance
+        on checkpoints.suite = performance.suite
+        and checkpoints.model_size = performance.model_size
+        and checkpoints.seed = performance.seed
+        and checkpoints.step = performance.step
+        and performance.signal = 'performance'
+
+    union all
+
+    select
+        checkpoints.*,
+        'loss_spikes' as signal,
+        loss_spike_signal.max_deviation as score,
+        cast({{ settings.loss_spike_k }} as double) as threshold,
+        loss_spike_signal.n_spikes > 0 as is_beyond,
+        case
+            when loss_spike_signal.n_spikes > 0
+                then loss_spike_signal.n_spikes
+                    || case when loss_spike_signal.n_spikes = 1
+                        then ' loss spike' else ' loss spikes'
+                    end
+                    || ' after warm-up; the first at step ' || loss_spike_signal.first_spike_step
+                    || ': loss ' || printf('%.4g', loss_spike_signal.first_spike_loss) || ', '
+                    || printf('%.1f', loss_spike_signal.first_spike_deviation)
+                    || ' robust deviations above the median '
+                    || printf('%.4g', loss_spike_signal.first_spike_median)
+                    || ' of the previous {{ settings.loss_spike_window }} steps; the largest '
+                    || printf('%.1f', loss_spike_signal.max_deviation) || ' at step '
+                    || loss_spike_signal.max_deviation_step
+            when loss_spike_signal.max_deviation is not null
+                then 'largest deviation ' || printf('%.1f', loss_spike_signal.max_deviation)
+                    || ' robust deviations, at step ' || loss_spike_signal.max_deviation_step
+        end as detail
+    from checkpoints
+    left join loss_spike_signal
+        on checkpoints.suite = loss_spike_signal.suite
+        and checkpoints.model_size = loss_spike_signal.model_size
+        and checkpoints.seed = loss_spike_signal.seed
+        and checkpoints.step = loss_spike_signal.step
+
+    union all
+
+    select
+        checkpoints.*,
+        'final_loss' as signal,
+        final_loss.score,
+        cast({{ settings.final_loss_z_threshold }} as double) as threshold,
+        final_loss.score > {{ settings.final_loss_z_threshold }} as is_beyond,
+        final_loss.detail
+    from checkpoints
+    left join z_scores as final_loss
+        on checkpoints.suite = final_loss.suite
+        and checkpoints.model_size = final_loss.model_size
+        and checkpoints.seed = final_loss.seed
+        and checkpoints.step = final_loss.step
+        and final_loss.signal = 'final_loss'
+
+    union all
+
+    select
+        checkpoints.*,
+        'agreement' as signal,
+        agreement.score,
+        cast({{ settings.agreement_z_threshold }} as double) as threshold,
+        agreement.score < {{ settings.agreement_z_threshold }} as is_beyond,
+        agreement.detail
+    from checkpoints
+    left join z_scores as agreement
+        on checkpoints.suite = agreement.suite
+        and checkpoints.model_size = agreement.model_size
+        and checkpoints.seed = agreement.seed
+        and checkpoints.step = agreement.step
+        and agreement.signal = 'agreement'
+
+),
+
+final as (
+
+    select
+        ---------- keys
+        suite,
+        model_size,
+        seed,
+        signal,
+        step,
+
+        ---------- the run
+        final_step,
+        warmup_step,
+        is_after_warmup,
+        n_seeds,
+
+        ---------- the signal at this checkpoint
+        score,
+        threshold,
+        coalesce(is_after_warmup and is_beyond, false) as flags,
+        detail
+
+    from signals
+
+)
+
+select * from final

@@ -1,0 +1,387 @@
+{#-
+    How each run's state path departs from the path most runs of its size take, at
+    every horizon of every training map (int_training_map_states).
+
+    Within one suite × model_size × map_source × horizon_step, with n runs and the
+    checkpoint index of a step its 0-based rank among the horizon's distinct steps,
+    a run departs each time it
+
+    - visits a rare state: one that fewer than `training_map_rare_fraction` × n of
+      the runs visit (the run itself counted);
+    - skips a state that every other run visits (n − 1 of them);
+    - enters the common states (those every run visits) in another order than the
+      majority: the order of first entries (ties: lower state first) that more
+      than half of the runs share; no majority, no departure;
+    - enters a common state more than `training_map_entry_shift` checkpoints
+      before or after the median run (median of the runs' entry indices, linear
+      interpolation).
+
+    n_departures counts them (each rare, skipped or shifted state once, the order
+    once); null when the horizon has fewer than 3 runs. `departures` says them in
+    plain words. is_preferred_source marks the map the outlier signal reads: the
+    fitted one ('hmm') where a size has both.
+-#}
+{%- set settings = outlier_settings() -%}
+
+with
+
+states as (
+
+    select * from {{ ref('int_training_map_states') }}
+
+),
+
+maps as (
+
+    select distinct
+        suite,
+        model_size,
+        map_source,
+        horizon_step
+    from states
+
+),
+
+grid as (
+
+    -- the checkpoint index of each step of a horizon
+    select
+        suite,
+        model_size,
+        map_source,
+        horizon_step,
+        step,
+        dense_rank() over (
+            partition by suite, model_size, map_source, horizon_step order by step
+        ) - 1 as checkpoint_index
+    from (select distinct suite, model_size, map_source, horizon_step, step from states)
+
+),
+
+runs as (
+
+    select distinct
+        suite,
+        model_size,
+        map_source,
+        horizon_step,
+        seed
+    from states
+
+),
+
+run_counts as (
+
+    select
+        suite,
+        model_size,
+        map_source,
+        horizon_step,
+        count(*) as n_runs
+    from runs
+    group by all
+
+),
+
+entries as (
+
+    -- each state a run visits, and when it first enters it
+    select
+        states.suite,
+        states.model_size,
+        states.map_source,
+        states.horizon_step,
+        states.seed,
+        states.state,
+        min(states.step) as entry_step,
+        min(grid.checkpoint_index) as entry_index
+    from states
+    inner join grid
+        on states.suite = grid.suite
+        and states.model_size = grid.model_size
+        and states.map_source = grid.map_source
+        and states.horizon_step = grid.horizon_step
+        and states.step = grid.step
+    group by all
+
+),
+
+state_visits as (
+
+    select
+        entries.suite,
+        entries.model_size,
+        entries.map_source,
+        entries.horizon_step,
+        entries.state,
+        count(*) as n_visiting_runs,
+        count(*) = any_value(run_counts.n_runs) as is_common,
+        quantile_cont(cast(entries.entry_index as double), 0.5) as median_entry_index,
+        quantile_cont(cast(entries.entry_step as double), 0.5) as median_entry_step,
+        any_value(run_counts.n_runs) as n_runs
+    from entries
+    inner join run_counts
+        on entries.suite = run_counts.suite
+        and entries.model_size = run_counts.model_size
+        and entries.map_source = run_counts.map_source
+        and entries.horizon_step = run_counts.horizon_step
+    group by all
+
+),
+
+rare_visits as (
+
+    select
+        entries.suite,
+        entries.model_size,
+        entries.map_source,
+        entries.horizon_step,
+        entries.seed,
+        1 as kind_order,
+        entries.state,
+        'visits state ' || entries.state || ', which ' || state_visits.n_visiting_runs
+            || ' of ' || state_visits.n_runs || ' runs of ' || entries.model_size || ' visit'
+            as departure
+    from entries
+    inner join state_visits
+        on entries.suite = state_visits.suite
+        and entries.model_size = state_visits.model_size
+        and entries.map_source = state_visits.map_source
+        and entries.horizon_step = state_visits.horizon_step
+        and entries.state = state_visits.state
+    where state_visits.n_visiting_runs
+        < cast({{ settings.training_map_rare_fraction }} as double) * state_visits.n_runs
+
+),
+
+skipped_states as (
+
+    select
+        runs.suite,
+        runs.model_size,
+        runs.map_source,
+        runs.horizon_step,
+        runs.seed,
+        2 as kind_order,
+        state_visits.state,
+        'never visits state ' || state_visits.state || ', which the other '
+            || state_visits.n_visiting_runs || ' runs visit' as departure
+    from runs
+    inner join state_visits
+        on runs.suite = state_visits.suite
+        and runs.model_size = state_visits.model_size
+        and runs.map_source = state_visits.map_source
+        and runs.horizon_step = state_visits.horizon_step
+        and state_visits.n_visiting_runs = state_visits.n_runs - 1
+    anti join entries
+        on runs.suite = entries.suite
+        and runs.model_size = entries.model_size
+        and runs.map_source = entries.map_source
+        and runs.horizon_step = entries.horizon_step
+        and runs.seed = entries.seed
+        and state_visits.state = entries.state
+
+),
+
+common_entries as (
+
+    select
+        entries.*,
+        state_visits.median_entry_index,
+        state_visits.median_entry_step
+    from entries
+    inner join state_visits
+        on entries.suite = state_visits.suite
+        and entries.model_size = state_visits.model_size
+        and entries.map_source = state_visits.map_source
+        and entries.horizon_step = state_visits.horizon_step
+        and entries.state = state_visits.state
+    where state_visits.is_common
+
+),
+
+orders as (
+
+    -- the order in which each run first enters the common states
+    select
+        runs.suite,
+        runs.model_size,
+        runs.map_source,
+        runs.horizon_step,
+        runs.seed,
+        coalesce(
+            list(common_entries.state order by common_entries.entry_index, common_entries.state)
+                filter (where common_entries.state is not null),
+            []
+        ) as entry_order
+    from runs
+    left join common_entries
+        on runs.suite = common_entries.suite
+        and runs.model_size = common_entries.model_size
+        and runs.map_source = common_entries.map_source
+        and runs.horizon_step = common_entries.horizon_step
+        and runs.seed = common_entries.seed
+    group by all
+
+),
+
+majority_orders as (
+
+    -- an order more than half of the runs share (at most one can)
+    select
+        orders.suite,
+        orders.model_size,
+        orders.map_source,
+        orders.horizon_step,
+        orders.entry_order as majority_order,
+        count(*) as n_majority_runs
+    from orders
+    inner join run_counts
+        on orders.suite = run_counts.suite
+        and orders.model_size = run_counts.model_size
+        and orders.map_source = run_counts.map_source
+        and orders.horizon_step = run_counts.horizon_step
+    group by all
+    having count(*) > any_value(run_counts.n_runs) / 2
+
+),
+
+reordered as (
+
+    select
+        orders.suite,
+        orders.model_size,
+        orders.map_source,
+        orders.horizon_step,
+        orders.seed,
+        3 as kind_order,
+        null::integer as state,
+        'enters states ' || array_to_string(orders.entry_order, ', ')
+            || ' in that order (' || majority_orders.n_majority_runs || ' of '
+            || run_counts.n_runs || ' runs: '
+            || array_to_string(majority_orders.majority_order, ', ') || ')' as departure
+    from orders
+    inner join majority_orders
+        on orders.suite = majority_orders.suite
+        and orders.model_size = majority_orders.model_size
+        and orders.map_source = majority_orders.map_source
+        and orders.horizon_step = majority_orders.horizon_step
+    inner join run_counts
+        on orders.suite = run_counts.suite
+        and orders.model_size = run_counts.model_size
+        and orders.map_source = run_counts.map_source
+        and orders.horizon_step = run_counts.horizon_step
+    where orders.entry_order <> majority_orders.majority_order
+
+),
+
+shifted_entries as (
+
+    select
+        suite,
+        model_size,
+        map_source,
+        horizon_step,
+        seed,
+        4 as kind_order,
+        state,
+        'enters state ' || state || ' at step ' || entry_step || ' (median step '
+            || printf('%g', median_entry_step) || '), '
+            || printf('%g', abs(entry_index - median_entry_index)) || ' checkpoints '
+            || case when entry_index > median_entry_index then 'later' else 'earlier' end
+            || ' than the median run' as departure
+    from common_entries
+    where abs(entry_index - median_entry_index) > {{ settings.training_map_entry_shift }}
+
+),
+
+departures as (
+
+    select * from rare_visits
+    union all
+    select * from skipped_states
+    union all
+    select * from reordered
+    union all
+    select * from shifted_entries
+
+),
+
+per_run as (
+
+    select
+        runs.suite,
+        runs.model_size,
+        runs.map_source,
+        runs.horizon_step,
+        runs.seed,
+        count(departures.kind_order) filter (where departures.kind_order = 1) as n_rare_states,
+        count(departures.kind_order) filter (where departures.kind_order = 2) as n_skipped_states,
+        count(departures.kind_order) filter (where departures.kind_order = 3) > 0
+            as is_order_departure,
+        count(departures.kind_order) filter (where departures.kind_order = 4)
+            as n_shifted_entries,
+        count(departures.kind_order) as n_departures,
+        string_agg(departures.departure, '; ' order by departures.kind_order, departures.state)
+            as departures
+    from runs
+    left join departures
+        on runs.suite = departures.suite
+        and runs.model_size = departures.model_size
+        and runs.map_source = departures.map_source
+        and runs.horizon_step = departures.horizon_step
+        and runs.seed = departures.seed
+    group by all
+
+),
+
+preferred_sources as (
+
+    -- the fitted map where a size has one, else the imported one
+    select
+        suite,
+        model_size,
+        case when bool_or(map_source = 'hmm') then 'hmm' else min(map_source) end as map_source
+    from maps
+    group by suite, model_size
+
+),
+
+final as (
+
+    select
+        ---------- keys
+        per_run.suite,
+        per_run.model_size,
+        per_run.map_source,
+        per_run.horizon_step,
+        per_run.seed,
+
+        ---------- the map at this horizon
+        run_counts.n_runs,
+        preferred_sources.map_source is not null as is_preferred_source,
+
+        ---------- the run's departures (null with fewer than 3 runs)
+        case when run_counts.n_runs >= 3 then per_run.n_rare_states end as n_rare_states,
+        case when run_counts.n_runs >= 3 then per_run.n_skipped_states end as n_skipped_states,
+        case when run_counts.n_runs >= 3 then per_run.is_order_departure end
+            as is_order_departure,
+        case when run_counts.n_runs >= 3 then per_run.n_shifted_entries end
+            as n_shifted_entries,
+        case when run_counts.n_runs >= 3 then per_run.n_departures end as n_departures,
+        case when run_counts.n_runs >= 3 then per_run.departures end as departures
+
+    from per_run
+    inner join run_counts
+        on per_run.suite = run_counts.suite
+        and per_run.model_size = run_counts.model_size
+        and per_run.map_source = run_counts.map_source
+        and per_run.horizon_step = run_counts.horizon_step
+    left join preferred_sources
+        on per_run.suite = preferred_sources.suite
+        and per_run.model_size = preferred_sources.model_size
+        and per_run.map_source = preferred_sources.map_source
+
+)
+
+select * from final

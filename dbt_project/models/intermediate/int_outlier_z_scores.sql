@@ -1,0 +1,256 @@
+{#-
+    The outlier signals that set a run against the other seeds of its size at
+    the same checkpoint, by leave-one-out z-scores (macro leave_one_out_z):
+
+    - performance: per task in `performance_tasks`, the z-score of the run's
+      `performance_metric` (fct_eval_scores) against the other seeds' at the same
+      step, task, metric, filter and num_fewshot; averaged over the task's
+      filter × num_fewshot rows, then over the tasks.
+    - final_loss: the z-score of the run's mean token loss (fct_checkpoint_losses)
+      against the other seeds' (higher = worse).
+    - agreement: the run's mean Cohen's κ with each other seed, per task ×
+      filter × num_fewshot (inter-seed pairs of int_eval_prediction_pairs_agreed;
+      pairs with an undefined κ left out), averaged over the tasks; its z-score
+      against the other runs' means.
+-#}
+{%- set settings = outlier_settings() -%}
+
+with
+
+eval_scores as (
+
+    select * from {{ ref('fct_eval_scores') }}
+
+),
+
+checkpoint_losses as (
+
+    select * from {{ ref('fct_checkpoint_losses') }}
+
+),
+
+prediction_pairs as (
+
+    select * from {{ ref('int_eval_prediction_pairs_agreed') }}
+
+),
+
+---------- performance
+
+performance_scores as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        step,
+        task,
+        metric,
+        filter,
+        num_fewshot,
+        value
+    from eval_scores
+    where task in {{ sql_string_list(settings.performance_tasks) }}
+        and metric = '{{ settings.performance_metric }}'
+
+),
+
+performance_z as (
+
+    {{ leave_one_out_z(
+        'performance_scores',
+        keys=['suite', 'model_size', 'step', 'task', 'metric', 'filter', 'num_fewshot'],
+    ) }}
+
+),
+
+performance_tasks as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        step,
+        task,
+        avg(z) as z,
+        max(n_units) as n_seeds
+    from performance_z
+    where z is not null
+    group by all
+
+),
+
+performance as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        step,
+        'performance' as signal,
+        avg(z) as score,
+        cast(null as double) as value,
+        max(n_seeds) as n_seeds,
+        cast(null as double) as others_mean,
+        cast(null as double) as others_std,
+        count(*) as n_tasks,
+        'mean z-score ' || printf('%.2f', avg(z)) || ' over ' || count(*)
+            || case when count(*) = 1 then ' task' else ' tasks' end
+            || ' at step ' || step || ' ('
+            || string_agg(task || ' ' || printf('%.2f', z), ', ' order by task) || ')'
+            as detail
+    from performance_tasks
+    group by suite, model_size, seed, step
+
+),
+
+---------- final loss
+
+final_loss_z as (
+
+    {{ leave_one_out_z(
+        'checkpoint_losses', keys=['suite', 'model_size', 'step'], value='mean_token_loss'
+    ) }}
+
+),
+
+final_loss as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        step,
+        'final_loss' as signal,
+        z as score,
+        mean_token_loss as value,
+        n_units as n_seeds,
+        others_mean,
+        others_std,
+        cast(null as bigint) as n_tasks,
+        'token loss ' || printf('%.4g', mean_token_loss) || ' at step ' || step
+            || ', z = ' || printf('%.2f', z) || ' against the other ' || (n_units - 1)
+            || ' seeds (mean ' || printf('%.4g', others_mean)
+            || ', sd ' || printf('%.2g', others_std) || ')' as detail
+    from final_loss_z
+    where z is not null
+
+),
+
+---------- agreement
+
+run_pairs as (
+
+    -- each inter-seed pair once from either side
+    select suite, model_size, step_a as step, task, filter, num_fewshot, seed_a as seed, kappa
+    from prediction_pairs
+    where comparison = 'inter_seed'
+    union all
+    select suite, model_size, step_a as step, task, filter, num_fewshot, seed_b as seed, kappa
+    from prediction_pairs
+    where comparison = 'inter_seed'
+
+),
+
+run_task_kappas as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        step,
+        task,
+        filter,
+        num_fewshot,
+        avg(kappa) as mean_kappa
+    from run_pairs
+    where kappa is not null
+    group by all
+
+),
+
+run_kappas as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        step,
+        avg(mean_kappa) as mean_kappa,
+        count(*) as n_tasks
+    from run_task_kappas
+    group by all
+
+),
+
+agreement_z as (
+
+    {{ leave_one_out_z('run_kappas', keys=['suite', 'model_size', 'step'], value='mean_kappa') }}
+
+),
+
+agreement as (
+
+    select
+        agreement_z.suite,
+        agreement_z.model_size,
+        agreement_z.seed,
+        agreement_z.step,
+        'agreement' as signal,
+        agreement_z.z as score,
+        agreement_z.mean_kappa as value,
+        agreement_z.n_units as n_seeds,
+        agreement_z.others_mean,
+        agreement_z.others_std,
+        run_kappas.n_tasks,
+        'mean κ ' || printf('%.3f', agreement_z.mean_kappa) || ' with the other seeds at step '
+            || agreement_z.step || ' over ' || run_kappas.n_tasks
+            || case when run_kappas.n_tasks = 1 then ' task' else ' tasks' end
+            || ', z = ' || printf('%.2f', agreement_z.z) || ' against the other '
+            || (agreement_z.n_units - 1) || ' seeds'' (mean '
+            || printf('%.3f', agreement_z.others_mean)
+            || ', sd ' || printf('%.2g', agreement_z.others_std) || ')' as detail
+    from agreement_z
+    inner join run_kappas
+        on agreement_z.suite = run_kappas.suite
+        and agreement_z.model_size = run_kappas.model_size
+        and agreement_z.seed = run_kappas.seed
+        and agreement_z.step = run_kappas.step
+    where agreement_z.z is not null
+
+),
+
+unioned as (
+
+    select * from performance
+    union all
+    select * from final_loss
+    union all
+    select * from agreement
+
+),
+
+final as (
+
+    select
+        ---------- keys
+        suite,
+        model_size,
+        seed,
+        step,
+        signal,
+
+        ---------- the score
+        score,
+        value,
+        others_mean,
+        others_std,
+        n_seeds,
+        cast(n_tasks as bigint) as n_tasks,
+        detail
+
+    from unioned
+
+)
+
+select * from final

@@ -1,0 +1,321 @@
+{#-
+    Which runs are outliers, by which signal, and why: per run and signal, the
+    score, its threshold, whether it fires and a plain-language reason
+    (int_outlier_signals_by_step holds the rules).
+
+    - training_map, final_loss, agreement: the signal at the run's last
+      checkpoint where it has a score (for a complete run: its final step).
+    - performance: the lowest mean z-score after warm-up; fires when any
+      checkpoint after warm-up is below the threshold.
+    - loss_spikes: the largest deviation of any logged step after warm-up (the
+      whole log, also past the last checkpoint); fires on any spike.
+
+    first_step is the first step at which the signal fires, from data up to that
+    step: the first flagged checkpoint, for loss_spikes the first spike's logged
+    step; null when the signal does not fire.
+-#}
+{%- set settings = outlier_settings() -%}
+
+with
+
+signals_by_step as (
+
+    select * from {{ ref('int_outlier_signals_by_step') }}
+
+),
+
+loss_spikes as (
+
+    select * from {{ ref('int_outlier_loss_spikes') }}
+
+),
+
+checkpoints as (
+
+    select * from {{ ref('int_outlier_checkpoints') }}
+
+),
+
+signal_names as (
+
+    select unnest(['training_map', 'performance', 'loss_spikes', 'final_loss', 'agreement'])
+        as signal
+
+),
+
+logged_runs as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        max(final_step) as final_step
+    from loss_spikes
+    group by suite, model_size, seed
+
+),
+
+runs as (
+
+    -- every run with a checkpoint or a training log
+    select
+        coalesce(checkpoint_runs.suite, logged_runs.suite) as suite,
+        coalesce(checkpoint_runs.model_size, logged_runs.model_size) as model_size,
+        coalesce(checkpoint_runs.seed, logged_runs.seed) as seed,
+        coalesce(checkpoint_runs.final_step, logged_runs.final_step) as final_step
+    from (
+        select suite, model_size, seed, max(final_step) as final_step
+        from checkpoints
+        group by suite, model_size, seed
+    ) as checkpoint_runs
+    full outer join logged_runs
+        on checkpoint_runs.suite = logged_runs.suite
+        and checkpoint_runs.model_size = logged_runs.model_size
+        and checkpoint_runs.seed = logged_runs.seed
+
+),
+
+size_seeds as (
+
+    select
+        suite,
+        model_size,
+        count(*) as n_seeds
+    from runs
+    group by suite, model_size
+
+),
+
+---------- the signals read at the run's last scored checkpoint
+
+at_end as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        signal,
+        arg_max(score, step) as score,
+        any_value(threshold) as threshold,
+        arg_max(flags, step) as fires,
+        arg_max(detail, step) as detail
+    from signals_by_step
+    where signal in ('training_map', 'final_loss', 'agreement')
+        and score is not null
+    group by all
+
+),
+
+---------- performance: its worst checkpoint after warm-up
+
+performance as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        signal,
+        min(score) as score,
+        any_value(threshold) as threshold,
+        bool_or(flags) as fires,
+        arg_min(step, score) as lowest_step,
+        min(step) filter (where flags) as first_flag_step,
+        arg_min(detail, step) filter (where flags) as first_flag_detail
+    from signals_by_step
+    where signal = 'performance'
+        and is_after_warmup
+        and score is not null
+    group by all
+
+),
+
+---------- loss spikes: the whole log after warm-up
+
+loss_log as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        max(deviation) as score,
+        arg_max(step, deviation) as max_deviation_step,
+        count(*) filter (where is_spike) as n_spikes,
+        min(step) filter (where is_spike) as first_spike_step,
+        arg_min(loss, step) filter (where is_spike) as first_spike_loss,
+        arg_min(window_median, step) filter (where is_spike) as first_spike_median,
+        arg_min(deviation, step) filter (where is_spike) as first_spike_deviation
+    from loss_spikes
+    where is_after_warmup
+        and deviation is not null
+    group by all
+
+),
+
+first_flags as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        signal,
+        min(step) filter (where flags) as first_flag_step
+    from signals_by_step
+    group by all
+
+),
+
+---------- one row per run × signal
+
+scored as (
+
+    select
+        runs.suite,
+        runs.model_size,
+        runs.seed,
+        signal_names.signal,
+        size_seeds.n_seeds,
+        case signal_names.signal
+            when 'performance' then performance.score
+            when 'loss_spikes' then loss_log.score
+            else at_end.score
+        end as score,
+        case signal_names.signal
+            when 'training_map' then cast(1 as double)
+            when 'performance' then cast({{ settings.performance_z_threshold }} as double)
+            when 'loss_spikes' then cast({{ settings.loss_spike_k }} as double)
+            when 'final_loss' then cast({{ settings.final_loss_z_threshold }} as double)
+            when 'agreement' then cast({{ settings.agreement_z_threshold }} as double)
+        end as threshold,
+        coalesce(
+            case signal_names.signal
+                when 'performance' then performance.fires
+                when 'loss_spikes' then loss_log.n_spikes > 0
+                else at_end.fires
+            end,
+            false
+        ) as fires,
+        case signal_names.signal
+            when 'performance' then performance.first_flag_step
+            when 'loss_spikes' then loss_log.first_spike_step
+            else first_flags.first_flag_step
+        end as first_fire_step,
+        at_end.detail as end_detail,
+        performance.lowest_step as performance_lowest_step,
+        performance.first_flag_detail as performance_first_detail,
+        loss_log.max_deviation_step,
+        loss_log.n_spikes,
+        loss_log.first_spike_loss,
+        loss_log.first_spike_median,
+        loss_log.first_spike_deviation
+    from runs
+    cross join signal_names
+    inner join size_seeds
+        on runs.suite = size_seeds.suite
+        and runs.model_size = size_seeds.model_size
+    left join at_end
+        on runs.suite = at_end.suite
+        and runs.model_size = at_end.model_size
+        and runs.seed = at_end.seed
+        and signal_names.signal = at_end.signal
+    left join performance
+        on runs.suite = performance.suite
+        and runs.model_size = performance.model_size
+        and runs.seed = performance.seed
+        and signal_names.signal = performance.signal
+    left join loss_log
+        on runs.suite = loss_log.suite
+        and runs.model_size = loss_log.model_size
+        and runs.seed = loss_log.seed
+    left join first_flags
+        on runs.suite = first_flags.suite
+        and runs.model_size = first_flags.model_size
+        and runs.seed = first_flags.seed
+        and signal_names.signal = first_flags.signal
+
+),
+
+reasoned as (
+
+    select
+        *,
+        case
+            ---------- no score
+            when score is null and signal <> 'loss_spikes' and n_seeds < 3
+                then 'no score: ' || n_seeds || ' seed'
+                    || case when n_seeds = 1 then '' else 's' end
+                    || ' of ' || model_size || ', a comparison needs 3'
+            when score is null
+                then 'no score: ' || case signal
+                    when 'training_map' then 'the run is in no training map of 3 runs or more'
+                    when 'performance' then 'no ' || '{{ settings.performance_metric }}'
+                        || ' of the performance tasks after warm-up with 3 seeds'
+                    when 'loss_spikes' then 'no training-log step after warm-up with a full window'
+                    when 'final_loss' then 'no token losses with 3 seeds'
+                    when 'agreement' then 'no item-level predictions with 3 seeds'
+                end
+
+            ---------- fires
+            when fires and signal = 'performance'
+                then performance_first_detail || ', first below ' || printf('%g', threshold)
+                    || ' after warm-up; lowest ' || printf('%.2f', score) || ' at step '
+                    || performance_lowest_step
+            when fires and signal = 'loss_spikes'
+                then n_spikes || case when n_spikes = 1 then ' loss spike' else ' loss spikes' end
+                    || ' after warm-up; the first at step ' || first_fire_step || ': loss '
+                    || printf('%.4g', first_spike_loss) || ', '
+                    || printf('%.1f', first_spike_deviation)
+                    || ' robust deviations above the median '
+                    || printf('%.4g', first_spike_median)
+                    || ' of the previous {{ settings.loss_spike_window }} steps; the largest '
+                    || printf('%.1f', score) || ' at step ' || max_deviation_step
+            when fires
+                then end_detail
+
+            ---------- within threshold
+            when signal = 'training_map'
+                then 'within threshold: ' || end_detail
+            when signal = 'performance'
+                then 'within threshold: lowest mean z-score ' || printf('%.2f', score)
+                    || ' after warm-up, at step ' || performance_lowest_step
+                    || ' (fires below ' || printf('%g', threshold) || ')'
+            when signal = 'loss_spikes'
+                then 'within threshold: largest deviation ' || printf('%.1f', score)
+                    || ' robust deviations after warm-up, at step ' || max_deviation_step
+                    || ' (fires above ' || printf('%g', threshold) || ')'
+            when signal = 'final_loss'
+                then 'within threshold: ' || end_detail || ' (fires above '
+                    || printf('%g', threshold) || ')'
+            when signal = 'agreement'
+                then 'within threshold: ' || end_detail || ' (fires below '
+                    || printf('%g', threshold) || ')'
+        end as reason
+    from scored
+
+),
+
+final as (
+
+    select
+        ---------- keys
+        suite,
+        model_size,
+        seed,
+        signal,
+
+        ---------- the signal
+        score,
+        threshold,
+        fires,
+        case when fires then first_fire_step end as first_step,
+        reason,
+
+        ---------- the run
+        bool_or(fires) over run_signals as is_outlier,
+        cast(count(*) filter (where fires) over run_signals as integer) as n_signals_firing
+
+    from reasoned
+    window run_signals as (partition by suite, model_size, seed)
+
+)
+
+select * from final
