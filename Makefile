@@ -4,7 +4,10 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 # Nothing here may reach a model hub or phone home.
-OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 DBT_SEND_ANONYMOUS_USAGE_STATS=false TOKENIZERS_PARALLELISM=false
+# The report's browser test drives Debian's Chromium (through Playwright, which must
+# not download a browser of its own).
+CHROMIUM := /usr/bin/chromium
+OFFLINE := PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 DBT_SEND_ANONYMOUS_USAGE_STATS=false TOKENIZERS_PARALLELISM=false
 
 .PHONY: install demo test bench bench-evals clean
 
@@ -19,8 +22,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(OFFLINE) $(VENV)/bin/polypythias demo
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(OFFLINE) $(PYTHON) -m pytest
+
+# Installed only when missing; CI runs as root.
+$(CHROMIUM):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 
 bench: $(STAMP)
 	$(OFFLINE) $(PYTHON) bench/extract_overhead.py

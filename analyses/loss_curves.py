@@ -1,5 +1,6 @@
-"""Loss over training, per model size, with the spread across seeds.
+"""Loss over training: two figures.
 
+``loss_curves`` — loss over training, per model size, with the spread across seeds.
 Reads the mart ``fct_loss_consistency`` (grain: suite × model size × step; the seed
 statistics are computed there). The chart draws the rows as they are — it never
 aggregates: a ``mark_line`` of the median over seeds, on top of a ``mark_area`` band
@@ -7,6 +8,17 @@ from the 25th to the 75th percentile.
 
 The step axis is logarithmic. Step 0 cannot sit on a log scale, so the chart plots
 ``step + 1`` (a ``calculate`` transform in the spec) and says so in the axis title.
+
+``loss_spikes`` — each run's training loss at every logged step, one facet row per
+suite × model size, outlier runs (``fct_run_outliers``) in colour, with the loss-spike
+signal of ``fct_stability_forecast`` marked: a red triangle at each checkpoint step
+where the signal starts flagging the run (its first flagged step, or the first after
+unflagged ones), at the logged loss of that step, and a shaded band over the interval
+since the run's previous checkpoint, where the spike lies. No mart keeps the loss per
+optimiser step, so this figure reads the staging view ``stg_lake__training_log``; a
+run's log is thinned to about ``MAX_POINTS_PER_RUN`` points on a log-spaced grid of
+steps, keeping each bin's first step and its highest loss so that spikes stay drawn
+(a selection of rows, not an aggregate). Log steps as above.
 """
 
 from __future__ import annotations
@@ -18,7 +30,16 @@ import altair as alt
 import duckdb
 
 from . import theme
-from .marts import AnyChart, read_mart, size_order
+from .marts import (
+    AnyChart,
+    MartError,
+    database_path,
+    mart_relation,
+    query_rows,
+    read_mart,
+    size_order,
+    sizes_by_name,
+)
 
 NAME = "loss_curves"
 TITLE = "Training loss across seeds"
@@ -129,3 +150,277 @@ def loss_chart(rows: list[dict[str, Any]]) -> AnyChart:
             columns=2,
         ).properties(title=title)
     return layered.properties(title=title)
+
+
+# ---------- training loss per run, with loss spikes marked
+
+SPIKES_NAME = "loss_spikes"
+SPIKES_TITLE = "Training loss per run, with loss spikes marked"
+SPIKES_DESCRIPTION = (
+    "Each run's training loss (from its training log) against training step, one panel per "
+    "model size, outlier runs highlighted; red marks where the loss-spike signal starts "
+    "flagging the run, the shading the checkpoint interval the spike lies in."
+)
+TRAINING_LOG = "stg_lake__training_log"
+FORECAST_MART = "fct_stability_forecast"
+OUTLIERS_MART = "fct_run_outliers"
+SPIKE_SIGNAL = "loss_spikes"
+
+LOG_COLUMNS = ("suite", "model_size", "seed", "step", "loss")
+FORECAST_COLUMNS = ("suite", "model_size", "seed", "signal", "step", "score", "threshold", "flags")
+RUN_OUTLIER_COLUMNS = ("suite", "model_size", "seed", "is_outlier")
+# A run's log is thinned to about this many points on a log-spaced grid of steps,
+# keeping each bin's first step and its highest loss (so spikes stay visible).
+MAX_POINTS_PER_RUN = 400
+SPIKE_COLOR = theme.CATEGORY[4]  # vermillion
+RUN_COLORS = {"stable run": "#9a9a9a", "outlier run": theme.CATEGORY[0], "run": "#7a7a7a"}
+SPIKES_HEIGHT = 170
+
+
+def spikes_chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
+    """Per-run training loss with the loss-spike flags, or None when the training log
+    (the staging view ``stg_lake__training_log``) is missing or empty.
+
+    Reads the staging view because no mart keeps the loss at every logged step; the
+    flags come from ``fct_stability_forecast`` (signal ``loss_spikes``) and which runs
+    are outliers from ``fct_run_outliers``, when those exist.
+    """
+    log = mart_relation(con, TRAINING_LOG, LOG_COLUMNS)
+    if log is None:
+        return None
+    forecast = mart_relation(con, FORECAST_MART, FORECAST_COLUMNS)
+    outliers = mart_relation(con, OUTLIERS_MART, RUN_OUTLIER_COLUMNS)
+    if outliers is None:
+        status, join = "'run'", ""
+    else:
+        status = (
+            "case when o.is_outlier then 'outlier run' "
+            "when not o.is_outlier then 'stable run' else 'run' end"
+        )
+        join = f"""
+        left join (
+            select suite, model_size, seed, bool_or(is_outlier) as is_outlier
+            from {outliers}
+            group by suite, model_size, seed
+        ) as o
+            on t.suite = o.suite and t.model_size = o.model_size and t.seed = o.seed
+        """
+    try:
+        rows = query_rows(
+            con,
+            f"""
+            with log as (
+                select suite, model_size, seed, step, loss
+                from {log}
+                where suite is not null and model_size is not null and seed is not null
+                  and step is not null and loss is not null
+            ),
+            counted as (
+                select *,
+                       count(*) over run as n_rows,
+                       max(step) over run as last_step
+                from log
+                window run as (partition by suite, model_size, seed)
+            ),
+            binned as (
+                select *,
+                       case when n_rows <= {MAX_POINTS_PER_RUN} then step
+                            else cast(floor(
+                                ln(greatest(step, 0) + 1) / ln(greatest(last_step, 1) + 1)
+                                * {MAX_POINTS_PER_RUN}
+                            ) as bigint)
+                       end as bin
+                from counted
+            ),
+            ranked as (
+                select *,
+                       row_number() over (
+                           partition by suite, model_size, seed, bin order by loss desc, step
+                       ) as by_loss,
+                       row_number() over (
+                           partition by suite, model_size, seed, bin order by step
+                       ) as by_step
+                from binned
+            )
+            select t.suite, t.model_size, t.seed, t.step, t.loss, {status} as status
+            from ranked as t
+            {join}
+            where t.by_loss = 1 or t.by_step = 1 or t.step = t.last_step
+            order by t.suite, t.model_size, t.seed, t.step
+            """,
+        )
+        flags: list[dict[str, Any]] = []
+        if rows and forecast is not None:
+            flags = query_rows(
+                con,
+                f"""
+                with spikes as (
+                    select suite, model_size, seed, step, score, threshold, flags,
+                           lag(step) over run as previous_step,
+                           lag(flags) over run as previous_flags
+                    from {forecast}
+                    where signal = '{SPIKE_SIGNAL}'
+                      and suite is not null and model_size is not null
+                      and seed is not null and step is not null
+                    window run as (partition by suite, model_size, seed order by step)
+                ),
+                raised as (
+                    -- the steps where the flag goes up: the first flagged step of a run,
+                    -- or the first after unflagged ones
+                    select * from spikes
+                    where flags and not coalesce(previous_flags, false)
+                ),
+                log as (
+                    select suite, model_size, seed, step, loss from {log}
+                    where loss is not null
+                )
+                select r.suite, r.model_size, r.seed, r.step, r.previous_step, r.score,
+                       r.threshold, log.loss, log.step as log_step
+                from raised as r
+                asof left join log
+                    on r.suite = log.suite and r.model_size = log.model_size
+                    and r.seed = log.seed and r.step >= log.step
+                order by r.suite, r.model_size, r.seed, r.step
+                """,
+            )
+    except duckdb.IOException as exc:
+        raise MartError(
+            f"the training log view {TRAINING_LOG} in {database_path(con)} cannot read the "
+            f"lake ({exc}); rebuild the warehouse (`polypythias build`) against the lake"
+        ) from exc
+    if not rows:
+        return None
+    return loss_spikes_chart(rows, flags, spikes_assessed=forecast is not None)
+
+
+def loss_spikes_chart(
+    rows: list[dict[str, Any]], flags: list[dict[str, Any]], *, spikes_assessed: bool = True
+) -> AnyChart:
+    """``rows``: a run's logged (thinned) loss per step with its ``status``; ``flags``:
+    the steps where the loss-spike signal starts flagging a run (``previous_step`` = the
+    run's checkpoint before it, ``loss`` = the logged loss at or before the step)."""
+    suites = sorted({r["suite"] for r in rows})
+    sizes = sizes_by_name(rows)
+    panels = sorted({(r["suite"], r["model_size"]) for r in rows},
+                    key=lambda p: (suites.index(p[0]), sizes.index(p[1])))  # fmt: skip
+    labels = [f"{suite} · {size}" for suite, size in panels]
+    panel_of = {p: i for i, p in enumerate(panels)}
+    data = [
+        {**r, "kind": "log", "panel_index": panel_of[(r["suite"], r["model_size"])]} for r in rows
+    ]
+    for f in flags:
+        key = (f["suite"], f["model_size"])
+        if key not in panel_of:
+            continue  # flags of a run without a training log: nothing to mark them on
+        data.append({**f, "kind": "flag", "panel_index": panel_of[key]})
+    statuses = [s for s in RUN_COLORS if any(r["status"] == s for r in rows)]
+    last = max(r["step"] for r in rows)
+    decades = [10**k for k in range(0, max(1, math.ceil(math.log10(last + 1))) + 1)]
+    x_scale = alt.Scale(type="log", nice=False, padding=6)
+    x_axis = alt.Axis(values=decades, format="~s", labelFlush=True)
+    x_title = "training step + 1 (log scale)"
+    x = alt.X("step_plus_one:Q", title=x_title, scale=x_scale, axis=x_axis)
+    y = alt.Y("loss:Q", title="training loss (nats)", scale=alt.Scale(zero=False))
+    run_tooltip = [
+        alt.Tooltip("suite:N", title="suite"),
+        alt.Tooltip("model_size:N", title="model size"),
+        alt.Tooltip("seed:Q", title="seed"),
+        alt.Tooltip("status:N", title="run"),
+        alt.Tooltip("step:Q", title="step", format=","),
+        alt.Tooltip("loss:Q", title="loss (nats)", format=".3f"),
+    ]
+    flag_tooltip = [
+        alt.Tooltip("suite:N", title="suite"),
+        alt.Tooltip("model_size:N", title="model size"),
+        alt.Tooltip("seed:Q", title="seed"),
+        alt.Tooltip("step:Q", title="flagged from step", format=","),
+        alt.Tooltip("previous_step:Q", title="previous checkpoint", format=","),
+        alt.Tooltip("score:Q", title="spike score", format=".3g"),
+        alt.Tooltip("threshold:Q", title="threshold", format=".3g"),
+        alt.Tooltip("loss:Q", title="loss at the step (nats)", format=".3f"),
+    ]
+    interval = (
+        alt.Chart()
+        .mark_rect(color=SPIKE_COLOR, opacity=0.12)
+        .encode(
+            x=alt.X("previous_plus_one:Q", scale=x_scale, axis=x_axis, title=x_title),
+            x2="step_plus_one:Q",
+            tooltip=flag_tooltip,
+        )
+        .transform_filter("datum.kind === 'flag' && isValid(datum.previous_step)")
+    )
+    lines = (
+        alt.Chart()
+        .mark_line(strokeWidth=1.2)
+        .encode(
+            x=x,
+            y=y,
+            detail="seed:N",
+            color=alt.Color(
+                "status:N",
+                title="run",
+                scale=alt.Scale(domain=statuses, range=[RUN_COLORS[s] for s in statuses]),
+                sort=statuses,
+                legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=3),
+            ),
+            opacity=alt.condition("datum.status === 'outlier run'", alt.value(1.0), alt.value(0.6)),
+            tooltip=run_tooltip,
+        )
+        .transform_filter("datum.kind === 'log'")
+    )
+    marks = (
+        alt.Chart()
+        .mark_point(
+            shape="triangle-down", filled=True, size=120, color=SPIKE_COLOR, opacity=1,
+            stroke="white", strokeWidth=0.8,
+        )
+        .encode(x=x, y=y, tooltip=flag_tooltip)
+        .transform_filter("datum.kind === 'flag' && isValid(datum.loss)")
+    )  # fmt: skip
+    layered = (
+        alt.layer(interval, lines, marks, data=alt.Data(values=data))
+        .transform_calculate(
+            step_plus_one="datum.step + 1",
+            previous_plus_one="datum.previous_step + 1",
+        )
+        .properties(width=theme.WIDTH, height=SPIKES_HEIGHT)
+    )
+    if not spikes_assessed:
+        note = "fct_stability_forecast is not built yet: no spike flags to mark."
+    elif not flags:
+        note = "The loss-spike signal flags no run."
+    else:
+        n_runs = len({(f["suite"], f["model_size"], f["seed"]) for f in flags})
+        note = (
+            f"Red triangles: the loss-spike signal starts flagging a run ({n_runs} "
+            f"run{'s' if n_runs != 1 else ''}); shading: the checkpoint interval the spike "
+            "lies in."
+        )
+    return (
+        layered.facet(
+            row=alt.Row(
+                "panel_index:O",
+                title=None,
+                header=alt.Header(
+                    labelExpr=theme.labels_by_index(labels),
+                    labelAngle=0,
+                    labelAlign="left",
+                    labelFontSize=12,
+                    labelFontWeight="bold",
+                ),
+            ),
+            spacing={"row": 14},
+        )
+        .resolve_scale(y="independent")
+        .properties(
+            title=alt.Title(
+                SPIKES_TITLE,
+                subtitle=[
+                    "One line per run (its training log, thinned to about "
+                    f"{MAX_POINTS_PER_RUN} points on log-spaced steps keeping each bin's "
+                    "highest loss).",
+                    note,
+                ],
+            )
+        )
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import altair as alt
@@ -127,3 +128,24 @@ def size_order(rows: list[dict[str, Any]]) -> list[str]:
         if size not in params or (n is not None and (params[size] is None or n < params[size])):
             params[size] = n
     return sorted(params, key=lambda s: (params[s] is None, params[s] or 0.0, s))
+
+
+_SIZE_NAME = re.compile(r"([0-9]+(?:\.[0-9]+)?)([kmbt])")
+_SIZE_SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
+
+
+def nominal_parameters(model_size: str) -> float | None:
+    """Parameters a size's name states ("410m" → 4.1e8, "1.4b" → 1.4e9), else None.
+
+    The same rule as the dbt macro ``nominal_parameters``, for marts without the column.
+    """
+    match = _SIZE_NAME.fullmatch(model_size.lower())
+    return float(match[1]) * _SIZE_SUFFIX[match[2]] if match else None
+
+
+def sizes_by_name(rows: list[dict[str, Any]]) -> list[str]:
+    """``size_order`` for rows without ``nominal_parameters``: parsed from the size name."""
+    return size_order(
+        [{"model_size": r["model_size"], "nominal_parameters": nominal_parameters(r["model_size"])}
+         for r in rows]
+    )  # fmt: skip

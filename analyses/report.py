@@ -33,14 +33,25 @@ from typing import Any
 import altair as alt
 import duckdb
 
-from . import gender_bias, loss_curves, performance, probes, theme
+from . import (
+    gender_bias,
+    integrity,
+    loss_curves,
+    outliers,
+    performance,
+    probes,
+    theme,
+    training_maps,
+)
 from .marts import AnyChart, WarehouseError, mart_schema
 
 INDEX_NAME = "index.html"
 PNG_SCALE = 2.0
 # Export buttons only: the "open in editor" and "view source" actions go online.
+# SVG, not canvas: the marks are elements of the page (crisp text, countable by tests).
 EMBED_OPTIONS: dict[str, Any] = {
     "mode": "vega-lite",
+    "renderer": "svg",
     "actions": {"export": True, "source": False, "compiled": False, "editor": False},
 }
 
@@ -77,6 +88,13 @@ FIGURES: list[Figure] = [
         build=loss_curves.chart,
     ),
     Figure(
+        name=loss_curves.SPIKES_NAME,
+        title=loss_curves.SPIKES_TITLE,
+        description=loss_curves.SPIKES_DESCRIPTION,
+        mart=loss_curves.TRAINING_LOG,
+        build=loss_curves.spikes_chart,
+    ),
+    Figure(
         name=performance.NAME,
         title=performance.TITLE,
         description=performance.DESCRIPTION,
@@ -106,6 +124,35 @@ FIGURES: list[Figure] = [
         mart=probes.MART,
         build=probes.layer_chart,
         needs=f"{probes.ACCURACY} rows",
+    ),
+    Figure(
+        name=training_maps.NAME,
+        title=training_maps.TITLE,
+        description=training_maps.DESCRIPTION,
+        mart=training_maps.MART,
+        build=training_maps.chart,
+    ),
+    Figure(
+        name=outliers.NAME,
+        title=outliers.TITLE,
+        description=outliers.DESCRIPTION,
+        mart=outliers.MART,
+        build=outliers.chart,
+    ),
+    Figure(
+        name=outliers.LEAD_NAME,
+        title=outliers.LEAD_TITLE,
+        description=outliers.LEAD_DESCRIPTION,
+        mart=outliers.FORECAST_MART,
+        build=outliers.lead_chart,
+        needs="run that is an outlier at the end (is_outlier_at_end)",
+    ),
+    Figure(
+        name=integrity.NAME,
+        title=integrity.TITLE,
+        description=integrity.DESCRIPTION,
+        mart=integrity.MART,
+        build=integrity.chart,
     ),
 ]
 
@@ -289,10 +336,17 @@ def _index_html(
             + "</script>\n<script>\n"
             + "  const specs = JSON.parse(document.getElementById('figure-specs').textContent);\n"
             + f"  const embedOptions = {_script_json(EMBED_OPTIONS)};\n"
+            # data-rendered on each chart ("ok" or "error") and window.vegaViews tell a
+            # test (tests/browser.py) when every chart is drawn and let it count marks.
+            + "  window.vegaViews = {};\n"
             + "  for (const [name, spec] of Object.entries(specs)) {\n"
             + "    const el = document.getElementById('vis-' + name);\n"
-            + "    vegaEmbed(el, spec, embedOptions).catch((err) => {\n"
+            + "    vegaEmbed(el, spec, embedOptions).then((result) => {\n"
+            + "      window.vegaViews[name] = result.view;\n"
+            + "      el.dataset.rendered = 'ok';\n"
+            + "    }).catch((err) => {\n"
             + "      el.textContent = 'Could not draw this chart: ' + err;\n"
+            + "      el.dataset.rendered = 'error';\n"
             + "      console.error(err);\n"
             + "    });\n"
             + "  }\n</script>\n"

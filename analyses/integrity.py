@@ -1,0 +1,220 @@
+"""Checkpoint integrity findings: duplicated weights, missing checkpoints, lineage breaks.
+
+One row per run (suite · size · seed) that has a finding, training step across (log
+scale over ``step + 1``, as in the other charts): a mark per finding at its checkpoint,
+shape and colour by kind. A duplicate is joined by a dashed line to its twin (open
+mark: the checkpoint with the same weights, possibly in another run, which then gets a
+row too); the mart lists both checkpoints of an identical pair, so both ends are
+findings. A lineage break is joined to the previous step it is compared with. The
+tooltip carries the mart's plain-language detail, the score and the threshold.
+
+Mart: ``fct_checkpoint_integrity`` (grain: one row per finding). The mart holds only
+findings, so an empty mart — nothing found, or nothing checked yet — shows "no data
+yet" with the reason, like the other figures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import altair as alt
+import duckdb
+
+from . import theme
+from .marts import AnyChart, mart_relation, query_rows, sizes_by_name
+
+NAME = "checkpoint_integrity"
+TITLE = "Checkpoint integrity findings"
+DESCRIPTION = (
+    "Checkpoints whose weights duplicate another checkpoint's, checkpoints the suite expects "
+    "but does not have, and breaks in lineage (a step much farther from the previous one than "
+    "the run's trend allows), per run against training step."
+)
+MART = "fct_checkpoint_integrity"
+
+COLUMNS = (
+    "finding",
+    "suite",
+    "model_size",
+    "seed",
+    "step",
+    "other_model_size",
+    "other_seed",
+    "other_step",
+    "score",
+    "threshold",
+    "detail",
+)
+
+FINDINGS = ("duplicate_weights", "missing_checkpoint", "lineage_break")
+FINDING_LABELS = {
+    "duplicate_weights": "duplicate weights",
+    "missing_checkpoint": "missing checkpoint",
+    "lineage_break": "lineage break",
+}
+FINDING_COLORS = [theme.CATEGORY[0], theme.CATEGORY[1], theme.CATEGORY[4]]
+FINDING_SHAPES = ["circle", "square", "triangle-up"]
+ROW_HEIGHT = 26
+MIN_HEIGHT = 90
+
+
+def chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
+    """The findings chart, or None when ``fct_checkpoint_integrity`` is missing or empty."""
+    relation = mart_relation(con, MART, COLUMNS)
+    if relation is None:
+        return None
+    rows = query_rows(
+        con,
+        f"""
+        select {", ".join(COLUMNS)}
+        from {relation}
+        where finding is not null and suite is not null and model_size is not null
+        order by suite, model_size, seed nulls first, step nulls first, finding
+        """,
+    )
+    if not rows:
+        return None
+    return findings_chart(rows)
+
+
+def _run(suite: str, size: str | None, seed: Any) -> str:
+    parts = [suite, size or "?"]
+    parts.append("all seeds" if seed is None else f"seed {seed}")
+    return " · ".join(parts)
+
+
+def findings_chart(rows: list[dict[str, Any]]) -> AnyChart:
+    """Rows are fct_checkpoint_integrity rows (one per finding)."""
+    kinds = [f for f in FINDINGS if any(r["finding"] == f for r in rows)]
+    kinds += sorted({r["finding"] for r in rows} - set(FINDINGS))
+    labels = [FINDING_LABELS.get(k, k) for k in kinds]
+
+    drawn, links = [], []
+    for r in rows:
+        run = _run(r["suite"], r["model_size"], r["seed"])
+        label = FINDING_LABELS.get(r["finding"], r["finding"])
+        base = {**r, "run": run, "finding_label": label}
+        if r["step"] is not None:
+            drawn.append(base)
+        if r["other_step"] is None:
+            continue
+        if r["finding"] == "lineage_break" or (
+            r["other_model_size"] is None and r["other_seed"] is None
+        ):
+            other_run = run  # the previous step of the same run
+        else:
+            other_run = _run(
+                r["suite"],
+                r["other_model_size"] or r["model_size"],
+                r["other_seed"] if r["other_seed"] is not None else r["seed"],
+            )
+        if r["step"] is not None:
+            links.append({**base, "other_run": other_run})
+
+    all_runs = {(r["suite"], r["model_size"], r["seed"]) for r in drawn}
+    for link in links:
+        other_seed = link["other_seed"] if link["other_seed"] is not None else link["seed"]
+        all_runs.add((link["suite"], link["other_model_size"] or link["model_size"], other_seed))
+    sizes = sizes_by_name([{"model_size": size or "?"} for _, size, _ in all_runs])
+    runs = [
+        _run(*key)
+        for key in sorted(
+            all_runs, key=lambda k: (k[0], sizes.index(k[1] or "?"), k[2] is not None, k[2] or 0)
+        )
+    ]
+    steps = [r["step"] for r in drawn] + [link["other_step"] for link in links]
+    last = max(steps) if steps else 1
+    decades = [10**k for k in range(0, max(1, math.ceil(math.log10(last + 1))) + 1)]
+    # From step 0: where in training a finding sits matters.
+    x_scale = alt.Scale(type="log", domain=[1, last + 1], nice=False, padding=12)
+    x_axis = alt.Axis(values=decades, format="~s", labelFlush=True)
+    x_title = "training step + 1 (log scale)"
+    x = alt.X("step_plus_one:Q", title=x_title, scale=x_scale, axis=x_axis)
+    y_scale = alt.Scale(domain=runs)
+    y_axis = alt.Axis(labelLimit=260, ticks=False)
+    y = alt.Y("run:N", title=None, sort=runs, scale=y_scale, axis=y_axis)
+    color_scale = alt.Scale(
+        domain=labels, range=(FINDING_COLORS + theme.CATEGORY[5:])[: len(labels)]
+    )
+    color = alt.Color("finding_label:N", title="finding", scale=color_scale, sort=labels)
+    shape_scale = alt.Scale(
+        domain=labels, range=(FINDING_SHAPES + ["diamond", "cross"])[: len(labels)]
+    )
+    shape = alt.Shape("finding_label:N", title="finding", scale=shape_scale, sort=labels)
+    tooltip = [
+        alt.Tooltip("finding_label:N", title="finding"),
+        alt.Tooltip("run:N", title="run"),
+        alt.Tooltip("step:Q", title="step", format=","),
+        alt.Tooltip("other:N", title="compared with"),
+        alt.Tooltip("score:Q", title="score", format=".4g"),
+        alt.Tooltip("threshold:Q", title="threshold", format=".4g"),
+        alt.Tooltip("detail:N", title="detail"),
+    ]
+    other_text = (
+        "isValid(datum.other_step) ? "
+        "(isValid(datum.other_model_size) ? datum.other_model_size + ' · ' : '')"
+        " + (isValid(datum.other_seed) ? 'seed ' + datum.other_seed + ' · ' : '')"
+        " + 'step ' + format(datum.other_step, ',') : '–'"
+    )
+    points = (
+        alt.Chart(alt.Data(values=drawn))
+        .mark_point(filled=True, size=110, opacity=0.9, stroke="white", strokeWidth=0.8)
+        .encode(x=x, y=y, color=color, shape=shape, tooltip=tooltip)
+        .transform_calculate(step_plus_one="datum.step + 1", other=other_text)
+    )
+    layers = [points]
+    if links:
+        link = (
+            alt.Chart(alt.Data(values=links))
+            .mark_rule(strokeWidth=1.5, opacity=0.6, strokeDash=[4, 3])
+            .encode(
+                x=x,
+                x2="other_plus_one:Q",
+                y=y,
+                y2="other_run:N",
+                color=alt.Color("finding_label:N", title="finding", scale=color_scale, sort=labels),
+                tooltip=tooltip,
+            )
+            .transform_calculate(
+                step_plus_one="datum.step + 1",
+                other_plus_one="datum.other_step + 1",
+                other=other_text,
+            )
+        )
+        twin = (
+            alt.Chart(alt.Data(values=links))
+            .mark_point(filled=False, size=90, strokeWidth=1.5, opacity=0.9)
+            .encode(
+                x=alt.X("other_plus_one:Q", title=x_title, scale=x_scale, axis=x_axis),
+                y=alt.Y("other_run:N", title=None, sort=runs, scale=y_scale, axis=y_axis),
+                color=alt.Color("finding_label:N", title="finding", scale=color_scale, sort=labels),
+                shape=alt.Shape("finding_label:N", title="finding", scale=shape_scale, sort=labels),
+                tooltip=tooltip,
+            )
+            .transform_calculate(
+                step_plus_one="datum.step + 1",
+                other_plus_one="datum.other_step + 1",
+                other=other_text,
+            )
+        )
+        layers[:0] = [link, twin]
+    counts = Counter(r["finding"] for r in rows)
+    summary = ", ".join(
+        f"{counts[k]} {FINDING_LABELS.get(k, k)}"
+        + (" (both checkpoints of each identical pair)" if k == "duplicate_weights" else "")
+        for k in kinds
+    )
+    unplaced = sum(1 for r in rows if r["step"] is None)
+    subtitle = [
+        f"{len(rows)} finding{'s' if len(rows) != 1 else ''}: {summary}. Dashed lines join a "
+        "duplicate to its twin (open mark) and a lineage break to the step it is compared with.",
+    ]
+    if unplaced:
+        subtitle.append(f"{unplaced} finding(s) without a step are not drawn; see {MART}.")
+    return alt.layer(*layers).properties(
+        width=theme.WIDTH,
+        height=max(MIN_HEIGHT, ROW_HEIGHT * len(runs)),
+        title=alt.Title(TITLE, subtitle=subtitle),
+    )
