@@ -49,7 +49,7 @@ LakeOption = Annotated[
     typer.Option(
         "--lake",
         envvar="POLYPYTHIAS_LAKE",
-        help="Lake root: a folder or an s3:// / gs:// URI. [default: the suite's lake, else ./lake]",
+        help="Lake root: a folder or an s3:// / gs:// URI. \\[default: the suite's lake, else ./lake]",
         show_default=False,
     ),
 ]
@@ -186,15 +186,33 @@ def micro_train(
     steps: Annotated[int | None, typer.Option(help="Optimiser steps per run; default from TrainConfig.", min=1)] = None,
     lake: LakeOption = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    inject: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--inject",
+            metavar="SPEC",
+            help=(
+                "Inject instability into one run (repeatable): SIZE:SEED:KIND@START+STEPS\\[xFACTOR], "
+                "KIND lr_spike (learning rate times FACTOR > 1) or shuffled_tokens (each sequence's "
+                "tokens shuffled; no FACTOR), for STEPS optimiser steps from step START. "
+                "E.g. --inject 1m:4:lr_spike@96+16x30 --inject 200k:1:shuffled_tokens@64+32. "
+                "Recorded in that run's run.json (injected_instability); other runs are unchanged."
+            ),
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train a micro suite; its training logs go to the lake's training_log dataset."""
     _quiet_libraries()
-    suite_file = _train_micro(out, sizes, seeds, steps, _lake(lake), progress)
+    suite_file = _train_micro(out, sizes, seeds, steps, _lake(lake), progress, inject or [])
     console.print(f"micro suite written; suite file: [bold]{suite_file}[/bold]")
 
 
-def _train_micro(out: Path, sizes: str, seeds: int | None, steps: int | None, lake, progress: bool) -> Path:
-    from polypythias.extract.micro.train import TrainConfig, train_suite
+def _train_micro(
+    out: Path, sizes: str, seeds: int | None, steps: int | None, lake, progress: bool, instabilities=(),
+) -> Path:
+    """`instabilities`: Instability objects or their specs (SIZE:SEED:KIND@START+STEPS[xFACTOR])."""
+    from polypythias.extract.micro.train import Instability, TrainConfig, train_suite
     from polypythias.warehouse.lake import new_extraction_id
     from polypythias.warehouse.schemas import TRAINING_LOG
 
@@ -205,6 +223,15 @@ def _train_micro(out: Path, sizes: str, seeds: int | None, steps: int | None, la
         config.seeds = list(range(seeds))
     if steps:
         config.total_steps = steps
+    try:
+        config.instabilities = [i if isinstance(i, Instability) else Instability.parse(i) for i in instabilities]
+        config.validate()
+    except ValueError as error:
+        from rich.markup import escape
+
+        _fail(escape(str(error)))  # the spec syntax has [brackets]
+    for item in config.instabilities:
+        console.print(f"injecting instability into {item.size}/seed{item.seed}: {item.spec()}")
 
     def record(size: str, seed: int, log) -> None:
         import pyarrow as pa
@@ -285,6 +312,44 @@ def ingest_lm_eval(
         err.print(f"[red]failed[/red] {escape(outcome.error or str(outcome.path))}", soft_wrap=True)
     if not summary.ok:
         raise typer.Exit(1)
+
+
+@ingest_app.command("training-map")
+def ingest_training_map(
+    file: Annotated[
+        Path,
+        typer.Argument(help="TSV or CSV with a header: step, seed, state and optionally score.", show_default=False),
+    ],
+    suite: Annotated[str, typer.Option("--suite", help="Suite the map belongs to.", show_default=False)],
+    model_size: Annotated[str, typer.Option("--model-size", help="Model size the map belongs to.", show_default=False)],
+    lake: LakeOption = None,
+) -> None:
+    """Import a training map computed elsewhere (per run and step: a state, optionally a score).
+
+    Tab- or comma-separated (.tsv/.csv, else judged by the header line). Rows are
+    checked (non-negative integer step, seed and state; a finite score or empty; no
+    seed × step twice) and any error names the file and line. The map replaces any
+    earlier import of the same suite and size; `polypythias build` puts it into
+    fct_training_phases with map_source 'imported'.
+    """
+    from rich.markup import escape
+
+    from polypythias.extract.ingest_training_map import TrainingMapError, ingest_training_map as run_import
+    from polypythias.warehouse.lake import LakeError
+
+    the_lake = _lake(lake)
+    try:
+        imported = run_import(file, the_lake, suite, model_size)
+    except (TrainingMapError, LakeError) as error:
+        err.print(f"[red]failed[/red] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    the_map = imported.map
+    replaced = f"; replaced {imported.replaced} earlier import(s)" if imported.replaced else ""
+    console.print(
+        f"training map of [bold]{escape(suite)}/{escape(model_size)}[/bold]: {the_map.n_rows} checkpoints of "
+        f"{the_map.n_runs} run(s), {the_map.n_states} state(s){replaced}; lake: {escape(the_lake.uri)}",
+        soft_wrap=True,
+    )
 
 
 @contextmanager
@@ -400,7 +465,9 @@ def demo(
         console.print(f"[bold]1/4[/bold] reusing the micro suite in {micro_dir} (delete it to retrain)")
     else:
         console.print(f"[bold]1/4[/bold] training the micro suite into {micro_dir}")
-        _train_micro(micro_dir, "", None, None, the_lake, progress=True)
+        from polypythias.extract.micro.train import DEMO_INSTABILITY
+
+        _train_micro(micro_dir, "", None, None, the_lake, progress=True, instabilities=[DEMO_INSTABILITY])
     console.print("[bold]2/4[/bold] extracting")
     summary = run_extraction(_load_suite(str(suite_file)), the_lake)
     if summary.failures:
@@ -409,13 +476,41 @@ def demo(
     _build(the_lake, db)
     console.print("[bold]4/4[/bold] writing the report")
     index = build_report(db, out)
+    _print_flagged_runs(db)
     shell = Path(sys.executable).parent / "duckdb"
     console.print(
         f"\nlake:      {the_lake.uri}\nwarehouse: {db}\nreport:    {index}\n\n"
-        "Try:\n  polypythias sql \"select model_size, step, n_seeds, loss_median, loss_q25, loss_q75 "
-        "from fct_loss_consistency order by model_size, step\"\n"
+        "Try:\n  polypythias sql \"select model_size, seed, signal, score, threshold, reason "
+        "from fct_run_outliers where fires order by all\"\n"
         f"  {shell} -readonly {db}"
     )
+
+
+FLAGGED_RUNS_SQL = """
+select model_size, seed, signal, first_step, reason
+from fct_run_outliers
+where fires
+order by suite, model_size, seed, signal
+"""
+
+
+def _print_flagged_runs(db: Path) -> None:
+    """The runs some outlier signal flags, each signal with its reason."""
+    from polypythias.warehouse.sql import query
+
+    _, rows = query(db, FLAGGED_RUNS_SQL)
+    if not rows:
+        console.print("\nNo run is flagged as an outlier by any signal.")
+        return
+    runs: dict[tuple[str, int], list[tuple]] = {}
+    for size, seed, *signal in rows:
+        runs.setdefault((size, seed), []).append(signal)
+    console.print(f"\n[bold]{len(runs)} run{'s' if len(runs) != 1 else ''} flagged as outliers[/bold]")
+    for (size, seed), signals in runs.items():
+        console.print(f"{size} seed {seed}: {len(signals)} signal{'s' if len(signals) != 1 else ''}")
+        for signal, first_step, reason in signals:
+            since = "" if first_step is None else f" (from step {first_step})"
+            console.print(f"  - {signal}{since}: {reason}", markup=False, highlight=False)
 
 
 def main() -> None:
