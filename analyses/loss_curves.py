@@ -10,15 +10,14 @@ The step axis is logarithmic. Step 0 cannot sit on a log scale, so the chart plo
 ``step + 1`` (a ``calculate`` transform in the spec) and says so in the axis title.
 
 ``loss_spikes`` — each run's training loss at every logged step, one facet row per
-suite × model size, outlier runs (``fct_run_outliers``) in colour, with the loss-spike
-signal of ``fct_stability_forecast`` marked: a red triangle at each checkpoint step
-where the signal starts flagging the run (its first flagged step, or the first after
-unflagged ones), at the logged loss of that step, and a shaded band over the interval
-since the run's previous checkpoint, where the spike lies. No mart keeps the loss per
-optimiser step, so this figure reads the staging view ``stg_lake__training_log``; a
-run's log is thinned to about ``MAX_POINTS_PER_RUN`` points on a log-spaced grid of
-steps, keeping each bin's first step and its highest loss so that spikes stay drawn
-(a selection of rows, not an aggregate). Log steps as above.
+suite × model size, outlier runs (``fct_run_outliers``) in colour, with every loss
+spike marked: a red dot at the spike's own logged step and loss, one per row of
+``fct_loss_spikes`` (grain: one row per logged step that is a spike; the rule is
+int_outlier_loss_spikes'). No mart keeps the loss per optimiser step, so the lines
+read the staging view ``stg_lake__training_log``; a run's log is thinned to about
+``MAX_POINTS_PER_RUN`` points on a log-spaced grid of steps, keeping each bin's first
+step, its highest loss and every spike step, so that the line passes through each
+marked spike (a selection of rows, not an aggregate). Log steps as above.
 """
 
 from __future__ import annotations
@@ -158,19 +157,21 @@ SPIKES_NAME = "loss_spikes"
 SPIKES_TITLE = "Training loss per run, with loss spikes marked"
 SPIKES_DESCRIPTION = (
     "Each run's training loss (from its training log) against training step, one panel per "
-    "model size, outlier runs highlighted; red marks where the loss-spike signal starts "
-    "flagging the run, the shading the checkpoint interval the spike lies in."
+    "model size, outlier runs highlighted; a red dot marks every loss spike at its own step "
+    "and loss."
 )
 TRAINING_LOG = "stg_lake__training_log"
-FORECAST_MART = "fct_stability_forecast"
+SPIKES_MART = "fct_loss_spikes"
 OUTLIERS_MART = "fct_run_outliers"
-SPIKE_SIGNAL = "loss_spikes"
 
 LOG_COLUMNS = ("suite", "model_size", "seed", "step", "loss")
-FORECAST_COLUMNS = ("suite", "model_size", "seed", "signal", "step", "score", "threshold", "flags")
+SPIKE_COLUMNS = (
+    "suite", "model_size", "seed", "step", "loss", "window_median", "robust_deviation",
+    "deviation", "threshold",
+)  # fmt: skip
 RUN_OUTLIER_COLUMNS = ("suite", "model_size", "seed", "is_outlier")
 # A run's log is thinned to about this many points on a log-spaced grid of steps,
-# keeping each bin's first step and its highest loss (so spikes stay visible).
+# keeping each bin's first step and its highest loss, and every spike step.
 MAX_POINTS_PER_RUN = 400
 SPIKE_COLOR = theme.CATEGORY[4]  # vermillion
 RUN_COLORS = {"stable run": "#9a9a9a", "outlier run": theme.CATEGORY[0], "run": "#7a7a7a"}
@@ -178,17 +179,18 @@ SPIKES_HEIGHT = 170
 
 
 def spikes_chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
-    """Per-run training loss with the loss-spike flags, or None when the training log
+    """Per-run training loss with every loss spike marked, or None when the training log
     (the staging view ``stg_lake__training_log``) is missing or empty.
 
-    Reads the staging view because no mart keeps the loss at every logged step; the
-    flags come from ``fct_stability_forecast`` (signal ``loss_spikes``) and which runs
-    are outliers from ``fct_run_outliers``, when those exist.
+    The lines read the staging view because no mart keeps the loss at every logged
+    step; the spikes, each at its own step and loss, come from ``fct_loss_spikes`` (one
+    row per spike, few), and which runs are outliers from ``fct_run_outliers``, when
+    those exist.
     """
     log = mart_relation(con, TRAINING_LOG, LOG_COLUMNS)
     if log is None:
         return None
-    forecast = mart_relation(con, FORECAST_MART, FORECAST_COLUMNS)
+    spikes_relation = mart_relation(con, SPIKES_MART, SPIKE_COLUMNS)
     outliers = mart_relation(con, OUTLIERS_MART, RUN_OUTLIER_COLUMNS)
     if outliers is None:
         status, join = "'run'", ""
@@ -205,6 +207,13 @@ def spikes_chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
         ) as o
             on t.suite = o.suite and t.model_size = o.model_size and t.seed = o.seed
         """
+    # The spike steps, kept in the thinned lines (none without fct_loss_spikes).
+    spike_steps = (
+        f"select distinct suite, model_size, seed, step from {spikes_relation}"
+        if spikes_relation is not None
+        else "select null::varchar as suite, null::varchar as model_size, "
+        "null::bigint as seed, null::bigint as step where false"
+    )
     try:
         rows = query_rows(
             con,
@@ -215,12 +224,17 @@ def spikes_chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
                 where suite is not null and model_size is not null and seed is not null
                   and step is not null and loss is not null
             ),
+            spike_steps as ({spike_steps}),
             counted as (
-                select *,
+                select log.*,
+                       spike_steps.step is not null as is_spike,
                        count(*) over run as n_rows,
-                       max(step) over run as last_step
+                       max(log.step) over run as last_step
                 from log
-                window run as (partition by suite, model_size, seed)
+                left join spike_steps
+                    on log.suite = spike_steps.suite and log.model_size = spike_steps.model_size
+                    and log.seed = spike_steps.seed and log.step = spike_steps.step
+                window run as (partition by log.suite, log.model_size, log.seed)
             ),
             binned as (
                 select *,
@@ -245,44 +259,10 @@ def spikes_chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
             select t.suite, t.model_size, t.seed, t.step, t.loss, {status} as status
             from ranked as t
             {join}
-            where t.by_loss = 1 or t.by_step = 1 or t.step = t.last_step
+            where t.by_loss = 1 or t.by_step = 1 or t.step = t.last_step or t.is_spike
             order by t.suite, t.model_size, t.seed, t.step
             """,
         )
-        flags: list[dict[str, Any]] = []
-        if rows and forecast is not None:
-            flags = query_rows(
-                con,
-                f"""
-                with spikes as (
-                    select suite, model_size, seed, step, score, threshold, flags,
-                           lag(step) over run as previous_step,
-                           lag(flags) over run as previous_flags
-                    from {forecast}
-                    where signal = '{SPIKE_SIGNAL}'
-                      and suite is not null and model_size is not null
-                      and seed is not null and step is not null
-                    window run as (partition by suite, model_size, seed order by step)
-                ),
-                raised as (
-                    -- the steps where the flag goes up: the first flagged step of a run,
-                    -- or the first after unflagged ones
-                    select * from spikes
-                    where flags and not coalesce(previous_flags, false)
-                ),
-                log as (
-                    select suite, model_size, seed, step, loss from {log}
-                    where loss is not null
-                )
-                select r.suite, r.model_size, r.seed, r.step, r.previous_step, r.score,
-                       r.threshold, log.loss, log.step as log_step
-                from raised as r
-                asof left join log
-                    on r.suite = log.suite and r.model_size = log.model_size
-                    and r.seed = log.seed and r.step >= log.step
-                order by r.suite, r.model_size, r.seed, r.step
-                """,
-            )
     except duckdb.IOException as exc:
         raise MartError(
             f"the training log view {TRAINING_LOG} in {database_path(con)} cannot read the "
@@ -290,29 +270,42 @@ def spikes_chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
         ) from exc
     if not rows:
         return None
-    return loss_spikes_chart(rows, flags, spikes_assessed=forecast is not None)
+    spikes: list[dict[str, Any]] = []
+    if spikes_relation is not None:
+        spikes = query_rows(
+            con,
+            f"""
+            select {", ".join(SPIKE_COLUMNS)}
+            from {spikes_relation}
+            where suite is not null and model_size is not null and seed is not null
+              and step is not null and loss is not null
+            order by suite, model_size, seed, step
+            """,
+        )
+    return loss_spikes_chart(rows, spikes, spikes_assessed=spikes_relation is not None)
 
 
 def loss_spikes_chart(
-    rows: list[dict[str, Any]], flags: list[dict[str, Any]], *, spikes_assessed: bool = True
+    rows: list[dict[str, Any]], spikes: list[dict[str, Any]], *, spikes_assessed: bool = True
 ) -> AnyChart:
-    """``rows``: a run's logged (thinned) loss per step with its ``status``; ``flags``:
-    the steps where the loss-spike signal starts flagging a run (``previous_step`` = the
-    run's checkpoint before it, ``loss`` = the logged loss at or before the step)."""
+    """``rows``: a run's logged (thinned) loss per step with its ``status``; ``spikes``:
+    ``fct_loss_spikes`` rows, each marked at its own ``step`` and ``loss``. A spike of a
+    run without a training log has no line to sit on and is left out."""
     suites = sorted({r["suite"] for r in rows})
     sizes = sizes_by_name(rows)
     panels = sorted({(r["suite"], r["model_size"]) for r in rows},
                     key=lambda p: (suites.index(p[0]), sizes.index(p[1])))  # fmt: skip
     labels = [f"{suite} · {size}" for suite, size in panels]
     panel_of = {p: i for i, p in enumerate(panels)}
+    logged_runs = {(r["suite"], r["model_size"], r["seed"]) for r in rows}
     data = [
         {**r, "kind": "log", "panel_index": panel_of[(r["suite"], r["model_size"])]} for r in rows
     ]
-    for f in flags:
-        key = (f["suite"], f["model_size"])
-        if key not in panel_of:
-            continue  # flags of a run without a training log: nothing to mark them on
-        data.append({**f, "kind": "flag", "panel_index": panel_of[key]})
+    marked = [s for s in spikes if (s["suite"], s["model_size"], s["seed"]) in logged_runs]
+    data += [
+        {**s, "kind": "spike", "panel_index": panel_of[(s["suite"], s["model_size"])]}
+        for s in marked
+    ]
     statuses = [s for s in RUN_COLORS if any(r["status"] == s for r in rows)]
     last = max(r["step"] for r in rows)
     decades = [10**k for k in range(0, max(1, math.ceil(math.log10(last + 1))) + 1)]
@@ -329,26 +322,17 @@ def loss_spikes_chart(
         alt.Tooltip("step:Q", title="step", format=","),
         alt.Tooltip("loss:Q", title="loss (nats)", format=".3f"),
     ]
-    flag_tooltip = [
+    spike_tooltip = [
         alt.Tooltip("suite:N", title="suite"),
         alt.Tooltip("model_size:N", title="model size"),
         alt.Tooltip("seed:Q", title="seed"),
-        alt.Tooltip("step:Q", title="flagged from step", format=","),
-        alt.Tooltip("previous_step:Q", title="previous checkpoint", format=","),
-        alt.Tooltip("score:Q", title="spike score", format=".3g"),
+        alt.Tooltip("step:Q", title="loss spike at step", format=","),
+        alt.Tooltip("loss:Q", title="loss (nats)", format=".3f"),
+        alt.Tooltip("window_median:Q", title="median of the previous steps", format=".3f"),
+        alt.Tooltip("robust_deviation:Q", title="robust deviation (1.4826 × MAD)", format=".3g"),
+        alt.Tooltip("deviation:Q", title="robust deviations above the median", format=".3g"),
         alt.Tooltip("threshold:Q", title="threshold", format=".3g"),
-        alt.Tooltip("loss:Q", title="loss at the step (nats)", format=".3f"),
     ]
-    interval = (
-        alt.Chart()
-        .mark_rect(color=SPIKE_COLOR, opacity=0.12)
-        .encode(
-            x=alt.X("previous_plus_one:Q", scale=x_scale, axis=x_axis, title=x_title),
-            x2="step_plus_one:Q",
-            tooltip=flag_tooltip,
-        )
-        .transform_filter("datum.kind === 'flag' && isValid(datum.previous_step)")
-    )
     lines = (
         alt.Chart()
         .mark_line(strokeWidth=1.2)
@@ -371,31 +355,31 @@ def loss_spikes_chart(
     marks = (
         alt.Chart()
         .mark_point(
-            shape="triangle-down", filled=True, size=120, color=SPIKE_COLOR, opacity=1,
-            stroke="white", strokeWidth=0.8,
+            shape="circle", filled=True, size=36, color=SPIKE_COLOR, opacity=1,
+            stroke="white", strokeWidth=0.6,
         )
-        .encode(x=x, y=y, tooltip=flag_tooltip)
-        .transform_filter("datum.kind === 'flag' && isValid(datum.loss)")
+        .encode(x=x, y=y, tooltip=spike_tooltip)
+        .transform_filter("datum.kind === 'spike'")
     )  # fmt: skip
     layered = (
-        alt.layer(interval, lines, marks, data=alt.Data(values=data))
-        .transform_calculate(
-            step_plus_one="datum.step + 1",
-            previous_plus_one="datum.previous_step + 1",
-        )
+        alt.layer(lines, marks, data=alt.Data(values=data))
+        .transform_calculate(step_plus_one="datum.step + 1")
         .properties(width=theme.WIDTH, height=SPIKES_HEIGHT)
     )
     if not spikes_assessed:
-        note = "fct_stability_forecast is not built yet: no spike flags to mark."
-    elif not flags:
-        note = "The loss-spike signal flags no run."
+        notes = [f"{SPIKES_MART} is not built yet: no loss spikes to mark."]
+    elif not marked:
+        notes = ["No run has a loss spike."]
     else:
-        n_runs = len({(f["suite"], f["model_size"], f["seed"]) for f in flags})
-        note = (
-            f"Red triangles: the loss-spike signal starts flagging a run ({n_runs} "
-            f"run{'s' if n_runs != 1 else ''}); shading: the checkpoint interval the spike "
-            "lies in."
-        )
+        n_runs = len({(s["suite"], s["model_size"], s["seed"]) for s in marked})
+        thresholds = sorted({s["threshold"] for s in marked if s["threshold"] is not None})
+        k = f"{thresholds[0]:g}" if len(thresholds) == 1 else "loss_spike_k"
+        notes = [
+            f"Red dots: the {len(marked)} loss spike{'s' if len(marked) != 1 else ''} of "
+            f"{n_runs} run{'s' if n_runs != 1 else ''}, each at its own step and loss.",
+            f"A spike: after warm-up, a loss more than {k} robust deviations (1.4826 × MAD) "
+            "above the median of the steps before.",
+        ]
     return (
         layered.facet(
             row=alt.Row(
@@ -418,8 +402,8 @@ def loss_spikes_chart(
                 subtitle=[
                     "One line per run (its training log, thinned to about "
                     f"{MAX_POINTS_PER_RUN} points on log-spaced steps keeping each bin's "
-                    "highest loss).",
-                    note,
+                    "highest loss and every spike).",
+                    *notes,
                 ],
             )
         )

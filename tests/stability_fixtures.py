@@ -3,9 +3,10 @@ the chart and browser tests, in the contract's columns and DuckDB types.
 
 A micro-like suite: sizes 200k and 1m (alphabetical order is not size order), five
 seeds, the micro checkpoint schedule. Seed 3 of 1m is the outlier: its training loss
-spikes at step 100, it visits a state the other runs never visit, and three signals
-flag it. Seed 1 of 200k is a false alarm of the performance signal at step 8. The
-training log is a staging view in schema ``staging``, as dbt builds it.
+spikes at steps 100–102 (its fct_loss_spikes rows), it visits a state the other runs
+never visit, and three signals flag it. Seed 1 of 200k is a false alarm of the
+performance signal at step 8. The training log is a staging view in schema
+``staging``, as dbt builds it.
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ DDL = {
             finding varchar, suite varchar, model_size varchar, seed bigint, step bigint,
             other_model_size varchar, other_seed bigint, other_step bigint, score double,
             threshold double, detail varchar
+        )""",
+    "fct_loss_spikes": """
+        create table fct_loss_spikes (
+            suite varchar, model_size varchar, seed bigint, step bigint, loss double,
+            window_median double, robust_deviation double, deviation double,
+            threshold double, is_after_warmup boolean
         )""",
     "stg_lake__training_log": """
         create schema if not exists staging;
@@ -204,14 +211,40 @@ def training_log(rng: np.random.Generator) -> list[dict[str, Any]]:
     return rows
 
 
+SPIKE_WINDOW = 32
+SPIKE_K = 8.0
+
+
+def loss_spikes(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """fct_loss_spikes rows for the outlier's spikes: each loss against the median and
+    1.4826 × MAD of the previous SPIKE_WINDOW logged losses of its run."""
+    losses = {r["step"]: r["loss"] for r in log if (r["model_size"], r["seed"]) == OUTLIER}
+    steps = sorted(losses)
+    rows = []
+    for step in SPIKE_STEPS:
+        i = steps.index(step)
+        window = np.array([losses[s] for s in steps[i - SPIKE_WINDOW : i]])
+        median = float(np.median(window))
+        robust = 1.4826 * float(np.median(np.abs(window - median)))
+        rows.append(dict(
+            suite=SUITE, model_size=OUTLIER[0], seed=OUTLIER[1], step=step, loss=losses[step],
+            window_median=median, robust_deviation=robust,
+            deviation=(losses[step] - median) / robust, threshold=SPIKE_K, is_after_warmup=True,
+        ))  # fmt: skip
+    return rows
+
+
 def stability_marts(seed: int = 5) -> dict[str, list[dict[str, Any]]]:
     rng = np.random.default_rng(seed)
+    phases = training_phases(rng)
+    log = training_log(rng)
     return {
-        "fct_training_phases": training_phases(rng),
+        "fct_training_phases": phases,
         "fct_run_outliers": run_outliers(),
         "fct_stability_forecast": stability_forecast(),
         "fct_checkpoint_integrity": [dict(r) for r in INTEGRITY],
-        "stg_lake__training_log": training_log(rng),
+        "fct_loss_spikes": loss_spikes(log),
+        "stg_lake__training_log": log,
     }
 
 

@@ -40,6 +40,7 @@ MARTS = [
     "fct_inter_seed_agreement",
     "fct_item_stability",
     "fct_loss_consistency",
+    "fct_loss_spikes",
     "fct_probe_agreement",
     "fct_probe_consistency",
     "fct_probe_emergence",

@@ -160,18 +160,30 @@ class Expected:
     def _loss_spikes(self, truth):
         window, k = self.settings["loss_spike_window"], self.settings["loss_spike_k"]
         self.deviations: dict[tuple[str, int], pd.Series] = {}
+        # (size, seed, step) → the spike's loss, window median, robust deviation, deviation
+        self.spikes: dict[tuple[str, int, int], dict[str, float]] = {}
         for run in self.runs:
             loss = pd.Series(truth.training_losses[run]).sort_index()
             deviation = pd.Series(np.nan, index=loss.index)
+            window_median = pd.Series(np.nan, index=loss.index)
+            robust = pd.Series(np.nan, index=loss.index)
             for i in range(window, len(loss)):
                 previous = loss.iloc[i - window:i].to_numpy()
                 median = np.median(previous)
                 mad = np.median(np.abs(previous - median))
+                window_median.iloc[i], robust.iloc[i] = median, 1.4826 * mad
                 if mad > 0:
                     deviation.iloc[i] = (loss.iloc[i] - median) / (1.4826 * mad)
             after = deviation[deviation.index >= self.warmup].dropna()
             self.deviations[run] = after
             spikes = after[after > k]
+            for step, score in spikes.items():
+                self.spikes[(*run, int(step))] = {
+                    "loss": float(loss[step]),
+                    "window_median": float(window_median[step]),
+                    "robust_deviation": float(robust[step]),
+                    "deviation": float(score),
+                }
             for step in STEPS:
                 seen = after[after.index <= step]
                 self.scores[(*run, "loss_spikes", step)] = float(seen.max()) if len(seen) else None
@@ -345,6 +357,21 @@ def test_lead_time_and_false_alarms_match_an_independent_computation(built, expe
     assert false_alarms == sorted(
         key for key, flag in expected.flags.items() if flag and not expected.is_outlier[key[:2]]
     )
+
+
+def test_loss_spikes_mart_holds_every_spike_of_an_independent_computation(built, expected):
+    rows = query(built[0], "select * from fct_loss_spikes")
+    found = {(r["model_size"], r["seed"], r["step"]): r for r in rows}
+    assert set(found) == set(expected.spikes)
+    assert {r["suite"] for r in rows} == {SUITE}
+    # the planted run's spikes, and no other run's
+    assert sorted(found) == [(*OUTLIER, step) for step in SPIKE_STEPS]
+    for key, spike in expected.spikes.items():
+        row = found[key]
+        for column, value in spike.items():
+            assert row[column] == approx(value), (key, column)
+        assert row["threshold"] == expected.settings["loss_spike_k"]
+        assert row["is_after_warmup"] is True
 
 
 def test_nothing_flags_before_warm_up(built, expected):

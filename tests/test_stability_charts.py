@@ -218,12 +218,12 @@ def test_lead_time_needs_an_outlier_run(tmp_path):
 # ---------- loss spikes
 
 
-def test_loss_spikes_marked_where_the_signal_starts_flagging(warehouse):
+def test_every_loss_spike_is_marked_at_its_own_step_and_loss(warehouse):
     db, rows = warehouse
     spec = spec_of(db, loss_curves.spikes_chart)
     data = values_of(spec)
     log = [r for r in data if r["kind"] == "log"]
-    flags = [r for r in data if r["kind"] == "flag"]
+    marked = [r for r in data if r["kind"] == "spike"]
     # The micro log is short: every row is drawn, with its run's status.
     assert len(log) == len(rows["stg_lake__training_log"])
     assert {r["status"] for r in log if (r["model_size"], r["seed"]) == fx.OUTLIER} == {
@@ -232,29 +232,32 @@ def test_loss_spikes_marked_where_the_signal_starts_flagging(warehouse):
     assert {r["status"] for r in log if (r["model_size"], r["seed"]) != fx.OUTLIER} == {
         "stable run"
     }
-    # One flag: the outlier's first loss_spikes step (128), after checkpoint 96.
-    (flag,) = flags
-    first = fx.OUTLIER_FIRST_FLAG["loss_spikes"]
-    assert (flag["model_size"], flag["seed"], flag["step"]) == (*fx.OUTLIER, first)
-    assert flag["previous_step"] == fx.STEPS[fx.STEPS.index(first) - 1]
+    # One mark per fct_loss_spikes row: the outlier's spikes at steps 100, 101, 102, each
+    # at its logged loss, with the mart's window and score for the tooltip.
+    assert [(r["model_size"], r["seed"], r["step"]) for r in marked] == [
+        (*fx.OUTLIER, step) for step in fx.SPIKE_STEPS
+    ]
     logged = {
         (r["model_size"], r["seed"], r["step"]): r["loss"] for r in rows["stg_lake__training_log"]
     }
-    assert flag["loss"] == logged[(*fx.OUTLIER, first)]
-    # The spike itself (step 100) lies in the shaded interval.
-    assert flag["previous_step"] < fx.SPIKE_STEPS[0] <= flag["step"]
+    inserted = {r["step"]: r for r in rows["fct_loss_spikes"]}
+    for mark in marked:
+        assert mark["loss"] == logged[(*fx.OUTLIER, mark["step"])]
+        for column in ("window_median", "robust_deviation", "deviation", "threshold"):
+            assert mark[column] == inserted[mark["step"]][column]
     labels = header_labels(spec["facet"]["row"])
     assert labels == ["micro · 200k", "micro · 1m"]
-    interval, lines, marks = spec["spec"]["layer"]
-    assert interval["mark"]["type"] == "rect" and marks["mark"]["type"] == "point"
+    lines, marks = spec["spec"]["layer"]
+    assert lines["mark"]["type"] == "line" and marks["mark"]["type"] == "point"
+    assert marks["transform"] == [{"filter": "datum.kind === 'spike'"}]
+    assert marks["encoding"]["x"]["field"] == "step_plus_one"
+    assert marks["encoding"]["y"]["field"] == "loss"
     assert_log_step_axis(lines["encoding"]["x"])
-
-
-def forecast_row(seed: int, step: int, flags: bool) -> dict[str, Any]:
-    return dict(suite="s", model_size="1m", seed=seed, signal="loss_spikes", step=step,
-                score=5.0 if flags else 1.0, threshold=3.0, flags=flags, final_step=40,
-                is_outlier_at_end=True, first_flag_step=None, lead_steps=None,
-                is_false_alarm=False)  # fmt: skip
+    assert spec["title"]["subtitle"][1:] == [
+        "Red dots: the 3 loss spikes of 1 run, each at its own step and loss.",
+        "A spike: after warm-up, a loss more than 8 robust deviations (1.4826 × MAD) above the "
+        "median of the steps before.",
+    ]
 
 
 def log_row(seed: int, step: int, loss: float) -> dict[str, Any]:
@@ -262,43 +265,78 @@ def log_row(seed: int, step: int, loss: float) -> dict[str, Any]:
                 lr=0.001, grad_norm=None, tokens_seen=None)  # fmt: skip
 
 
-def test_loss_spike_flags_rise_again_after_unflagged_steps(tmp_path):
-    # Flags at 10 (rise), 20 (still up), 30 (down), 40 (rise again); run 1 is flagged
-    # at its first row (no previous checkpoint). The log has odd steps only, so a flag
-    # takes the loss logged at the step before it.
-    forecast = [
-        forecast_row(0, s, f)
-        for s, f in ((0, False), (10, True), (20, True), (30, False), (40, True))
-    ]
-    forecast += [forecast_row(1, 0, True), forecast_row(1, 10, True)]
-    log = [log_row(seed, s, 100.0 * seed + s) for seed in (0, 1) for s in range(1, 41, 2)]
+def spike_row(seed: int, step: int, loss: float, size: str = "1m") -> dict[str, Any]:
+    return dict(suite="s", model_size=size, seed=seed, step=step, loss=loss, window_median=3.0,
+                robust_deviation=0.1, deviation=(loss - 3.0) / 0.1, threshold=8.0,
+                is_after_warmup=True)  # fmt: skip
+
+
+def test_spikes_without_a_log_or_a_spike_mart(tmp_path):
+    log = [log_row(seed, s, 3.0 + seed + 1.0 / s) for seed in (0, 1) for s in range(1, 41)]
+    # Run 1 spikes twice; a 7m run has spikes but no training log: nothing to mark them on.
+    spikes = [spike_row(1, 20, 9.0), spike_row(1, 33, 8.5), spike_row(0, 25, 7.0, size="7m")]
     db = fx.make_stability_warehouse(tmp_path / "w.duckdb", {
-        "fct_stability_forecast": forecast, "stg_lake__training_log": log,
+        "fct_loss_spikes": spikes, "stg_lake__training_log": log,
     })  # fmt: skip
-    flags = [r for r in values_of(spec_of(db, loss_curves.spikes_chart)) if r["kind"] == "flag"]
-    got = [(r["seed"], r["step"], r["previous_step"], r["log_step"], r["loss"]) for r in flags]
-    assert got == [
-        (0, 10, 0, 9, 9.0),
-        (0, 40, 30, 39, 39.0),
-        (1, 0, None, None, None),  # before the first logged step: no loss to sit on
-    ]
+    spec = spec_of(db, loss_curves.spikes_chart)
+    data = values_of(spec)
+    marked = [(r["model_size"], r["seed"], r["step"], r["loss"])
+              for r in data if r["kind"] == "spike"]  # fmt: skip
+    assert marked == [("1m", 1, 20, 9.0), ("1m", 1, 33, 8.5)]
     # Without fct_run_outliers every run is just "run".
-    assert {r["status"] for r in values_of(spec_of(db, loss_curves.spikes_chart))
-            if r["kind"] == "log"} == {"run"}  # fmt: skip
+    assert {r["status"] for r in data if r["kind"] == "log"} == {"run"}
+    assert spec["title"]["subtitle"][1] == (
+        "Red dots: the 2 loss spikes of 1 run, each at its own step and loss."
+    )
+
+    # No spike: the lines alone, and the subtitle says so.
+    none = fx.make_stability_warehouse(tmp_path / "n.duckdb", {
+        "fct_loss_spikes": [], "stg_lake__training_log": log,
+    })  # fmt: skip
+    spec = spec_of(none, loss_curves.spikes_chart)
+    assert not [r for r in values_of(spec) if r["kind"] == "spike"]
+    assert spec["title"]["subtitle"][1:] == ["No run has a loss spike."]
+
+    # fct_loss_spikes not built: the lines alone, and the subtitle names the mart.
+    missing = fx.make_stability_warehouse(tmp_path / "m.duckdb", {"stg_lake__training_log": log})
+    spec = spec_of(missing, loss_curves.spikes_chart)
+    assert len(values_of(spec)) == len(log)
+    assert spec["title"]["subtitle"][1:] == [
+        "fct_loss_spikes is not built yet: no loss spikes to mark."
+    ]
+
+    # fct_loss_spikes without its columns: an error naming the warehouse file.
+    stale = fx.make_stability_warehouse(tmp_path / "s.duckdb", {"stg_lake__training_log": log})
+    con = duckdb.connect(str(stale))
+    con.execute("create table fct_loss_spikes (suite varchar, model_size varchar)")
+    con.close()
+    with pytest.raises(marts.MartError, match=r"fct_loss_spikes in .*s\.duckdb lacks column"):
+        spec_of(stale, loss_curves.spikes_chart)
 
 
 def test_long_logs_are_thinned_keeping_spikes_and_ends(tmp_path):
     n = 20_000
     spike = 12_345
-    log = [log_row(0, s, 10.0 if s == spike else 3.0 + 1.0 / s) for s in range(1, n + 1)]
-    db = fx.make_stability_warehouse(tmp_path / "w.duckdb", {"stg_lake__training_log": log})
-    drawn = [r for r in values_of(spec_of(db, loss_curves.spikes_chart)) if r["kind"] == "log"]
+    # Two spikes in the same bin: the bin's highest loss is kept anyway, the lower
+    # spike because it is in fct_loss_spikes.
+    log = [
+        log_row(0, s, 10.0 if s == spike else 9.0 if s == spike + 1 else 3.0 + 1.0 / s)
+        for s in range(1, n + 1)
+    ]
+    spikes = [spike_row(0, spike, 10.0), spike_row(0, spike + 1, 9.0)]
+    db = fx.make_stability_warehouse(tmp_path / "w.duckdb", {
+        "fct_loss_spikes": spikes, "stg_lake__training_log": log,
+    })  # fmt: skip
+    data = values_of(spec_of(db, loss_curves.spikes_chart))
+    drawn = [r for r in data if r["kind"] == "log"]
     steps = [r["step"] for r in drawn]
     assert len(steps) == len(set(steps))
-    # At most two rows per bin plus the last step.
-    assert len(steps) <= 2 * loss_curves.MAX_POINTS_PER_RUN + 1
-    assert {1, spike, n} <= set(steps)
+    # At most two rows per bin plus the last step and the spikes.
+    assert len(steps) <= 2 * loss_curves.MAX_POINTS_PER_RUN + 1 + len(spikes)
+    assert {1, spike, spike + 1, n} <= set(steps)
     assert next(r["loss"] for r in drawn if r["step"] == spike) == 10.0
+    assert next(r["loss"] for r in drawn if r["step"] == spike + 1) == 9.0
+    assert [r["step"] for r in data if r["kind"] == "spike"] == [spike, spike + 1]
 
 
 def test_training_log_view_that_cannot_read_the_lake_names_the_warehouse(tmp_path):
@@ -375,6 +413,17 @@ def test_empty_or_missing_marts_are_no_data_yet(tmp_path):
     for mart in ("fct_training_phases", "fct_run_outliers", "fct_stability_forecast",
                  "fct_checkpoint_integrity", "stg_lake__training_log"):  # fmt: skip
         assert f"mart {mart} is not in the warehouse" in text
+
+
+def test_integrity_without_findings_says_how_many_checkpoints_were_checked(tmp_path):
+    db = fx.make_stability_warehouse(tmp_path / "w.duckdb", {"fct_checkpoint_integrity": []})
+    con = duckdb.connect(str(db))
+    con.execute("create table dim_checkpoints (step bigint, is_present boolean)")
+    con.execute("insert into dim_checkpoints values (0, true), (1, true), (2, false), (4, true)")
+    con.close()
+    spec = spec_of(db, integrity.chart)
+    [line] = values_of(spec)
+    assert line["text"].startswith("No findings: none of the 3 checkpoints present")
 
 
 def test_lead_time_without_outliers_says_what_is_missing(tmp_path):
