@@ -33,6 +33,7 @@ DESCRIPTION = (
     "the run's trend allows), per run against training step."
 )
 MART = "fct_checkpoint_integrity"
+CHECKED_MART = "dim_checkpoints"  # the checkpoints the suite expects or has
 
 COLUMNS = (
     "finding",
@@ -61,7 +62,8 @@ MIN_HEIGHT = 90
 
 
 def chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
-    """The findings chart, or None when ``fct_checkpoint_integrity`` is missing or empty."""
+    """The findings chart; a one-line "no findings" chart when the mart is empty but
+    checkpoints were checked; None when the mart is missing or nothing was checked."""
     relation = mart_relation(con, MART, COLUMNS)
     if relation is None:
         return None
@@ -74,9 +76,27 @@ def chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
         order by suite, model_size, seed nulls first, step nulls first, finding
         """,
     )
-    if not rows:
+    if rows:
+        return findings_chart(rows)
+    checked = mart_relation(con, CHECKED_MART, ("is_present",))
+    if checked is None:
         return None
-    return findings_chart(rows)
+    n_checked = query_rows(con, f"select count(*) filter (where is_present) as n from {checked}")[0]["n"]
+    return no_findings_chart(n_checked) if n_checked else None
+
+
+def no_findings_chart(n_checkpoints: int) -> AnyChart:
+    """One line saying the checked checkpoints had no finding (an empty mart is a result)."""
+    text = (
+        f"No findings: none of the {n_checkpoints} checkpoints present duplicates another's weights "
+        "or breaks its run's lineage, and no expected checkpoint is missing."
+    )
+    return (
+        alt.Chart(alt.Data(values=[{"text": text}]))
+        .mark_text(align="left", baseline="middle", fontSize=14)
+        .encode(text="text:N")
+        .properties(title=TITLE, width=900, height=30)
+    )
 
 
 def _run(suite: str, size: str | None, seed: Any) -> str:
