@@ -11,7 +11,7 @@ The step axis is logarithmic. Step 0 cannot sit on a log scale, so the chart plo
 
 ``loss_spikes`` — each run's training loss at every logged step, one facet row per
 suite × model size, outlier runs (``fct_run_outliers``) in colour, with every loss
-spike marked: a red dot at the spike's own logged step and loss, one per row of
+spike marked: a dot at the spike's own logged step and loss, one per row of
 ``fct_loss_spikes`` (grain: one row per logged step that is a spike; the rule is
 int_outlier_loss_spikes'). No mart keeps the loss per optimiser step, so the lines
 read the staging view ``stg_lake__training_log``; a run's log is thinned to about
@@ -157,7 +157,7 @@ SPIKES_NAME = "loss_spikes"
 SPIKES_TITLE = "Training loss per run, with loss spikes marked"
 SPIKES_DESCRIPTION = (
     "Each run's training loss (from its training log) against training step, one panel per "
-    "model size, outlier runs highlighted; a red dot marks every loss spike at its own step "
+    "model size, outlier runs highlighted; a dot marks every loss spike at its own step "
     "and loss."
 )
 TRAINING_LOG = "stg_lake__training_log"
@@ -375,7 +375,7 @@ def loss_spikes_chart(
         thresholds = sorted({s["threshold"] for s in marked if s["threshold"] is not None})
         k = f"{thresholds[0]:g}" if len(thresholds) == 1 else "loss_spike_k"
         notes = [
-            f"Red dots: the {len(marked)} loss spike{'s' if len(marked) != 1 else ''} of "
+            f"Dots: the {len(marked)} loss spike{'s' if len(marked) != 1 else ''} of "
             f"{n_runs} run{'s' if n_runs != 1 else ''}, each at its own step and loss.",
             f"A spike: after warm-up, a loss more than {k} robust deviations (1.4826 × MAD) "
             "above the median of the steps before.",

@@ -254,7 +254,7 @@ def test_every_loss_spike_is_marked_at_its_own_step_and_loss(warehouse):
     assert marks["encoding"]["y"]["field"] == "loss"
     assert_log_step_axis(lines["encoding"]["x"])
     assert spec["title"]["subtitle"][1:] == [
-        "Red dots: the 3 loss spikes of 1 run, each at its own step and loss.",
+        "Dots: the 3 loss spikes of 1 run, each at its own step and loss.",
         "A spike: after warm-up, a loss more than 8 robust deviations (1.4826 × MAD) above the "
         "median of the steps before.",
     ]
@@ -286,7 +286,7 @@ def test_spikes_without_a_log_or_a_spike_mart(tmp_path):
     # Without fct_run_outliers every run is just "run".
     assert {r["status"] for r in data if r["kind"] == "log"} == {"run"}
     assert spec["title"]["subtitle"][1] == (
-        "Red dots: the 2 loss spikes of 1 run, each at its own step and loss."
+        "Dots: the 2 loss spikes of 1 run, each at its own step and loss."
     )
 
     # No spike: the lines alone, and the subtitle says so.
