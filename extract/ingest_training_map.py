@@ -14,9 +14,9 @@ the model size are given on the command line (a file does not say them) and are
 checked like every partition value of the lake.
 
 The map becomes the ``training_map_states`` partition of that suite × model_size,
-written as one new file (atomically: a temporary name renamed into place); the
-partition's older files are deleted afterwards, so re-importing replaces the map.
-Until they are, staging already reads only the newest file.
+written as one new file (atomically: a temporary name renamed into place). The lake
+is append-only: a re-import adds a newer file, which supersedes the earlier ones
+(staging reads only the newest).
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ class Imported:
     suite: str
     model_size: str
     file: str
-    #: Older files of the partition that the import replaced (deleted).
-    replaced: int
+    #: Earlier imports of the partition the new one supersedes (they stay in the
+    #: append-only lake; staging reads the newest).
+    superseded: int
 
 
 def read_training_map(path: Path) -> TrainingMap:
@@ -197,7 +198,8 @@ def _score(path: Path, number: int, text: str) -> float | None:
 
 
 def ingest_training_map(path: Path, lake: Lake, suite: str, model_size: str) -> Imported:
-    """Import one training-map file as the suite × model_size's map, replacing any older one.
+    """Import one training-map file as the suite × model_size's map; it supersedes any
+    earlier import, which stays in the lake (append-only) but is no longer read.
 
     Raises TrainingMapError (bad file, suite or size) or LakeError (the lake refused).
     """
@@ -224,21 +226,15 @@ def ingest_training_map(path: Path, lake: Lake, suite: str, model_size: str) -> 
         },
         schema=TRAINING_MAP_STATES.schema,
     )
+    superseded = _n_imports(lake, lake.partition_dir(TRAINING_MAP_STATES, partition))
     written = lake.write(TRAINING_MAP_STATES, partition, extraction_id, table)
-    replaced = _delete_older_files(lake, lake.partition_dir(TRAINING_MAP_STATES, partition), written)
-    return Imported(the_map, suite, model_size, written, replaced)
+    return Imported(the_map, suite, model_size, written, superseded)
 
 
-def _delete_older_files(lake: Lake, directory: str, keep: str) -> int:
-    """Delete the partition's other Parquet files (older imports); returns how many."""
+def _n_imports(lake: Lake, directory: str) -> int:
+    """How many imports the partition already holds."""
     selector = pafs.FileSelector(directory, allow_not_found=True)
-    older = [
-        info.path for info in lake.fs.get_file_info(selector)
-        if info.type == pafs.FileType.File and info.path.endswith(".parquet") and info.path != keep
-    ]
-    for file in older:
-        try:
-            lake.fs.delete_file(file)
-        except OSError as error:
-            raise LakeError(f"imported {keep}, but cannot delete the older import {file}: {error}") from error
-    return len(older)
+    return sum(
+        info.type == pafs.FileType.File and info.path.endswith(".parquet")
+        for info in lake.fs.get_file_info(selector)
+    )

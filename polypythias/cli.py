@@ -328,8 +328,8 @@ def ingest_training_map(
 
     Tab- or comma-separated (.tsv/.csv, else judged by the header line). Rows are
     checked (non-negative integer step, seed and state; a finite score or empty; no
-    seed × step twice) and any error names the file and line. The map replaces any
-    earlier import of the same suite and size; `polypythias build` puts it into
+    seed × step twice) and any error names the file and line. The map supersedes any
+    earlier import of the same suite and size (kept in the lake, no longer read); `polypythias build` puts it into
     fct_training_phases with map_source 'imported'.
     """
     from rich.markup import escape
@@ -344,7 +344,7 @@ def ingest_training_map(
         err.print(f"[red]failed[/red] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(1) from None
     the_map = imported.map
-    replaced = f"; replaced {imported.replaced} earlier import(s)" if imported.replaced else ""
+    replaced = f"; supersedes {imported.superseded} earlier import(s)" if imported.superseded else ""
     console.print(
         f"training map of [bold]{escape(suite)}/{escape(model_size)}[/bold]: {the_map.n_rows} checkpoints of "
         f"{the_map.n_runs} run(s), {the_map.n_states} state(s){replaced}; lake: {escape(the_lake.uri)}",

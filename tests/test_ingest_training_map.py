@@ -30,6 +30,15 @@ def rows_of(lake: Lake, suite: str, size: str) -> list[tuple]:
     return sorted(zip(*(table[c].to_pylist() for c in ("seed", "step", "state", "score")), strict=True))
 
 
+def newest_rows(lake: Lake, suite: str, size: str) -> list[tuple]:
+    """The rows of the partition's newest import (what staging reads)."""
+    table = lake.read(TRAINING_MAP_STATES)
+    table = table.filter(pc.and_(pc.equal(table["suite"], suite), pc.equal(table["model_size"], size)))
+    newest = pc.max(table["extraction_id"]).as_py()
+    table = table.filter(pc.equal(table["extraction_id"], newest))
+    return sorted(zip(*(table[c].to_pylist() for c in ("seed", "step", "state", "score")), strict=True))
+
+
 def partition_files(lake_root: Path, suite: str, size: str) -> list[Path]:
     return sorted((lake_root / "training_map_states" / f"suite={suite}" / f"model_size={size}").glob("*.parquet"))
 
@@ -45,7 +54,7 @@ def test_a_tsv_map_with_scores(tmp_path):
     lake = Lake(tmp_path / "lake")
     imported = ingest_training_map(file, lake, "pythia", "410m")
     assert rows_of(lake, "pythia", "410m") == [(0, 0, 1, None), (0, 10, 2, -0.5), (1, 0, 0, 0.001)]
-    assert (imported.map.n_rows, imported.map.n_runs, imported.map.n_states, imported.replaced) == (3, 2, 3, 0)
+    assert (imported.map.n_rows, imported.map.n_runs, imported.map.n_states, imported.superseded) == (3, 2, 3, 0)
     table = lake.read(TRAINING_MAP_STATES)
     assert set(table["source_file"].to_pylist()) == {str(file.absolute())}
     assert set(table["source_sha256"].to_pylist()) == {hashlib.sha256(file.read_bytes()).hexdigest()}
@@ -131,25 +140,29 @@ def test_unsafe_suite_or_size_is_refused(tmp_path, suite, size, option):
 # -- re-importing ---------------------------------------------------------------------
 
 
-def test_a_reimport_replaces_the_map_of_its_size_only(tmp_path):
+def test_a_reimport_supersedes_the_map_of_its_size_only(tmp_path):
     lake = Lake(tmp_path / "lake")
     first, second, other = tmp_path / "first.csv", tmp_path / "second.csv", tmp_path / "other.csv"
     first.write_text("step,seed,state\n0,0,0\n10,0,1\n20,0,2\n")
     second.write_text("step,seed,state,score\n0,5,1,0.5\n")
     other.write_text("step,seed,state\n0,0,7\n")
-    ingest_training_map(first, lake, "pythia", "70m")
+    earlier = ingest_training_map(first, lake, "pythia", "70m")
     ingest_training_map(other, lake, "pythia", "160m")
     imported = ingest_training_map(second, lake, "pythia", "70m")
-    assert imported.replaced == 1
-    assert rows_of(lake, "pythia", "70m") == [(5, 0, 1, 0.5)]
-    assert partition_files(tmp_path / "lake", "pythia", "70m") == [Path(imported.file)]
+    assert imported.superseded == 1
+    # The lake is append-only: the earlier import stays, the newest id is the map.
+    files = partition_files(tmp_path / "lake", "pythia", "70m")
+    assert files == sorted([Path(earlier.file), Path(imported.file)])
+    assert max(files, key=lambda f: f.stem) == Path(imported.file)
+    assert newest_rows(lake, "pythia", "70m") == [(5, 0, 1, 0.5)]
     assert rows_of(lake, "pythia", "160m") == [(0, 0, 7, None)]
     # a bad file leaves the current map as it was
     bad = tmp_path / "bad.csv"
     bad.write_text("step,seed,state\n0,0,x\n")
     with pytest.raises(TrainingMapError):
         ingest_training_map(bad, lake, "pythia", "70m")
-    assert rows_of(lake, "pythia", "70m") == [(5, 0, 1, 0.5)]
+    assert len(partition_files(tmp_path / "lake", "pythia", "70m")) == 2
+    assert newest_rows(lake, "pythia", "70m") == [(5, 0, 1, 0.5)]
 
 
 # -- the command line -----------------------------------------------------------------
@@ -167,7 +180,7 @@ def test_the_command_line(tmp_path):
     assert result.exit_code == 0, result.output
     assert "pythia/70m" in result.output and "3 checkpoints of 2 run(s), 2 state(s)" in result.output
     again = runner.invoke(app, arguments)
-    assert again.exit_code == 0 and "replaced 1 earlier import(s)" in again.output
+    assert again.exit_code == 0 and "supersedes 1 earlier import(s)" in again.output
     file.write_text("step\tseed\tstate\n0\t0\t0\n0\t0\t1\n")
     failed = runner.invoke(app, arguments)
     assert failed.exit_code == 1

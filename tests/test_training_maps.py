@@ -49,6 +49,10 @@ def maps(tmp_path_factory) -> Maps:
     imported.write_text("seed\tstep\tstate\tscore\n" + "".join(
         f"{seed}\t{step}\t{state}\t{'' if score is None else score}\n" for seed, step, state, score in IMPORTED
     ))
+    # A decoy imported first: the marts must read only the newest import.
+    decoy = tmp / "decoy.tsv"
+    decoy.write_text("seed\tstep\tstate\n0\t0\t9\n")
+    ingest_training_map(decoy, Lake(tmp / "lake"), SUITE, "a")
     ingest_training_map(imported, Lake(tmp / "lake"), SUITE, "a")
     db = tmp / "warehouse" / "polypythias.duckdb"
     with pytest.MonkeyPatch.context() as patch:

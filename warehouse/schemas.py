@@ -299,7 +299,7 @@ TRAINING_MAP_STATES = Dataset(
     description=(
         "One row per run x step of a training map computed elsewhere (its latent "
         "state and optional 1-D score), from `polypythias ingest training-map`; "
-        "re-importing a suite x model_size replaces its partition."
+        "re-importing a suite x model_size adds a newer file that supersedes the earlier ones."
     ),
     # One file covers the whole map of a size: the file imported.
     partition_by=("suite", "model_size"),

@@ -31,8 +31,8 @@ renamed as (
 
 latest_files as (
 
-    -- one file per suite × model_size; a re-import supersedes it (and deletes it
-    -- once the new file is in place): keep the greatest extraction id
+    -- a re-import of a suite × model_size supersedes the earlier ones, which stay
+    -- in the append-only lake: keep the greatest extraction id
     select
         suite,
         model_size,
