@@ -1,11 +1,13 @@
 """The extraction job: the suite's missing work, one model load per checkpoint.
 
-Work = expected (checkpoint, extractor) pairs minus those with a successful
-manifest row under the extractor's current config hash. Each checkpoint is
-loaded once and every pending extractor runs on it. Data partitions are written
-first and the checkpoint's manifest rows last, so an attempt that dies half-way
-leaves files no reader ever sees (staging keeps only extractions with a success
-row). A failure is recorded against its checkpoint and the job moves on.
+Work = expected (checkpoint, extractor) pairs minus those settled (a success or
+diverged manifest row) under the extractor's current config hash. Each checkpoint
+is claimed (extract/claims.py: concurrent jobs never share work), loaded once, and
+every pending extractor runs on it. Data partitions are written first and the
+checkpoint's manifest rows last, so an attempt that dies half-way leaves files no
+reader ever sees (staging keeps only extractions with a manifest row). A failure is
+recorded against its checkpoint and the job moves on; so is a diverged checkpoint
+(NaN or inf weights or outputs), with what could still be computed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -29,8 +31,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from polypythias.extract.checkpoints import CheckpointError, load_model, load_tokenizer
-from polypythias.extract.extractors import Extractor, ExtractorError, get_extractor
-from polypythias.extract.status import successful_extractions
+from polypythias.extract.claims import DEFAULT_LEASE_S, Claim, ClaimStore
+from polypythias.extract.extractors import Diverged, Extractor, ExtractorError, get_extractor
+from polypythias.extract.status import SETTLED, settled_extractions
 from polypythias.extract.suite import CheckpointId, Suite
 from polypythias.warehouse.lake import Lake, LakeError, new_extraction_id
 from polypythias.warehouse.schemas import MANIFEST, SUITE_GRID
@@ -60,6 +63,8 @@ class Loaded:
     model: PreTrainedModel | None = None
     tokenizer: PreTrainedTokenizerBase | None = None
     error: str | None = None
+    #: Why the weights count as diverged (some are NaN or inf), else None.
+    diverged: str | None = None
 
 
 @dataclass(slots=True)
@@ -77,9 +82,12 @@ class Attempt:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
+    """A (checkpoint, extractor) pair that did not succeed: "failed" or "diverged"."""
+
     checkpoint: CheckpointId
     extractor: str
     error: str
+    status: str = "failed"
 
 
 @dataclass(slots=True)
@@ -87,6 +95,10 @@ class Summary:
     checkpoints: int = 0
     succeeded: int = 0
     failures: list[Failure] = field(default_factory=list)
+    #: (checkpoint, extractor) pairs recorded as diverged: settled, not failures.
+    diverged: list[Failure] = field(default_factory=list)
+    #: Checkpoints another live job had claimed (it extracts them).
+    held_elsewhere: int = 0
 
     @property
     def ok(self) -> bool:
@@ -124,19 +136,32 @@ def plan(
     lake: Lake,
     extractors: dict[str, Extractor],
     shard: tuple[int, int] = (0, 1),
+    process: tuple[int, int] = (0, 1),
 ) -> list[Task]:
-    """The pending work of this shard, one task per checkpoint, in a stable order."""
-    done = successful_extractions(lake.read(MANIFEST), suite.name)
+    """The pending work of this shard (and of this process within it), one task per
+    checkpoint, in a stable order.
+
+    A checkpoint belongs to a shard by its position in the suite's whole grid, not
+    among what is still pending: jobs that plan at different times (a SLURM array
+    whose tasks start minutes apart) still split the grid the same way.
+    """
+    settled = settled_extractions(lake.read(MANIFEST), suite.name)
     pending: dict[CheckpointId, list[str]] = defaultdict(list)
+    grid: set[CheckpointId] = set()
     for name, extractor in extractors.items():
         config_hash = extractor.config_hash()
         for checkpoint in suite.checkpoints_for(name):
+            grid.add(checkpoint)
             key = (checkpoint.model_size, checkpoint.seed, checkpoint.step, name, config_hash)
-            if key not in done:
+            if key not in settled:
                 pending[checkpoint].append(name)
-    tasks = [Task(c, tuple(pending[c])) for c in sorted(pending)]
-    index, count = shard
-    return tasks[index::count]
+    (index, count), (rank, ranks) = shard, process
+    mine = {
+        checkpoint
+        for position, checkpoint in enumerate(sorted(grid))
+        if position % count == index and (position // count) % ranks == rank
+    }
+    return [Task(c, tuple(pending[c])) for c in sorted(pending) if c in mine]
 
 
 def write_suite_grid(suite: Suite, lake: Lake) -> None:
@@ -197,14 +222,33 @@ class Runner:
         self.config_hashes = {name: e.config_hash() for name, e in extractors.items()}
         self._tokenizers: dict[str, object] = {}
 
+    def still_pending(self, task: Task) -> Task:
+        """The task less what another job settled since planning (read once claimed)."""
+        manifest = self.lake.read_partition(MANIFEST, task.checkpoint.partition())
+        settled = {
+            (row["extractor"], row["config_hash"])
+            for row in manifest.select(["extractor", "config_hash", "status"]).to_pylist()
+            if row["status"] in SETTLED
+        }
+        return Task(
+            task.checkpoint,
+            tuple(n for n in task.extractors if (n, self.config_hashes[n]) not in settled),
+        )
+
     def load(self, task: Task) -> Loaded:
         """Load the checkpoint's model and tokenizer, or the reason it cannot be."""
         started = datetime.now(UTC)
         try:
             model = load_model(self.suite, task.checkpoint, self.device, self.allow_pickle)
-            return Loaded(started, model, self._tokenizer(task.checkpoint))
+            loaded = Loaded(started, model, self._tokenizer(task.checkpoint))
         except CheckpointError as error:
             return Loaded(started, error=str(error))
+        nonfinite, total = _nonfinite_parameters(model)
+        if nonfinite:
+            loaded.diverged = (
+                f"weights not finite: {nonfinite} of {total} parameter values are NaN or inf"
+            )
+        return loaded
 
     def extract(self, task: Task, loaded: Loaded) -> Attempt:
         """Run every pending extractor on the loaded checkpoint."""
@@ -214,25 +258,35 @@ class Runner:
         attempt = Attempt(checkpoint, new_extraction_id(), self.suite.source_of(checkpoint))
         if loaded.error is not None:
             for name in task.extractors:
-                attempt.records[name] = self._record(attempt, name, loaded.started, loaded.error)
+                attempt.records[name] = self._record(
+                    attempt, name, loaded.started, "failed", loaded.error
+                )
             return attempt
         for name in task.extractors:
             extractor_started = datetime.now(UTC)
-            error = None
+            if loaded.diverged and not self.extractors[name].runs_on_diverged:
+                attempt.records[name] = self._record(
+                    attempt, name, extractor_started, "diverged", loaded.diverged
+                )
+                continue
+            status, error = ("diverged", loaded.diverged) if loaded.diverged else ("success", None)
             try:
                 tables = self.extractors[name].run(loaded.model, loaded.tokenizer, checkpoint, self.device)
                 attempt.outputs[name] = self._with_extraction_id(name, attempt.extraction_id, tables)
+            except Diverged as exc:
+                status, error = "diverged", str(exc)
             except Exception as exc:  # one extractor's failure must not stop the rest
                 log.debug("extractor %s failed on %s:\n%s", name, checkpoint, traceback.format_exc())
-                error = f"{type(exc).__name__}: {exc}"
-            attempt.records[name] = self._record(attempt, name, extractor_started, error)
+                status, error = "failed", f"{type(exc).__name__}: {exc}"
+            attempt.records[name] = self._record(attempt, name, extractor_started, status, error)
         loaded.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         return attempt
 
     def write(self, attempt: Attempt) -> list[Failure]:
-        """Write the attempt's data partitions, then its manifest rows; returns failures.
+        """Write the attempt's data partitions, then its manifest rows; returns the
+        pairs that did not succeed (failed or diverged).
 
         An extractor whose data cannot be written is recorded as failed. If the
         manifest itself cannot be written the LakeError propagates: nothing of the
@@ -250,7 +304,7 @@ class Runner:
         table = pa.Table.from_pylist(list(attempt.records.values()), schema=MANIFEST.schema)
         self.lake.write(MANIFEST, partition, attempt.extraction_id, table)
         return [
-            Failure(attempt.checkpoint, r["extractor"], r["error"])
+            Failure(attempt.checkpoint, r["extractor"], r["error"], r["status"])
             for r in attempt.records.values()
             if r["status"] != "success"
         ]
@@ -281,12 +335,14 @@ class Runner:
             for dataset, table in tables.items()
         }
 
-    def _record(self, attempt: Attempt, name: str, started: datetime, error: str | None) -> dict:
+    def _record(
+        self, attempt: Attempt, name: str, started: datetime, status: str, error: str | None
+    ) -> dict:
         finished = datetime.now(UTC)
         return {
             "extraction_id": attempt.extraction_id,
             "extractor": name,
-            "status": "failed" if error else "success",
+            "status": status,
             "started_at": started,
             "finished_at": finished,
             "duration_s": (finished - started).total_seconds(),
@@ -307,46 +363,87 @@ def run_extraction(
     shard: tuple[int, int] = (0, 1),
     allow_pickle: bool = False,
     progress: bool = True,
+    lease_s: float = DEFAULT_LEASE_S,
 ) -> Summary:
-    """Plan and run this process's share of the suite's missing work."""
-    from accelerate import PartialState
+    """Plan and run this process's share of the suite's missing work.
 
-    state = PartialState()
+    On a POSIX lake every checkpoint is claimed before it is loaded, so jobs that
+    overlap (cron, SLURM arrays, `accelerate launch` processes) never do the same
+    work; a checkpoint another live job holds is left to it.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    # PartialState reads ACCELERATE_USE_CPU (set by `accelerate launch --cpu`) only
+    # when told: without it, torchrun processes on a machine with no GPU would not
+    # form a group and each would plan the whole suite.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     extractors = build_extractors(suite, extractor_names)
     if state.is_main_process:
         write_suite_grid(suite, lake)
-    tasks = plan(suite, lake, extractors, shard)
-    # Under `accelerate launch`, each process takes every num_processes-th task.
-    tasks = tasks[state.process_index :: state.num_processes]
+    # Under `accelerate launch`, the processes split the shard's checkpoints.
+    tasks = plan(suite, lake, extractors, shard, (state.process_index, state.num_processes))
     for name in sorted({name for task in tasks for name in task.extractors}):
         extractors[name].prepare()
     runner = Runner(suite, lake, extractors, state.device, allow_pickle)
+    claims = ClaimStore(lake, suite.name, lease_s) if lake.is_local else None
     summary = Summary()
     with (
         _fewer_garbage_collections(),
         _progress(progress, len(tasks), state) as advance,
+        claims or nullcontext(),
         ThreadPoolExecutor(1) as writer,
     ):
 
-        def finish(task: Task, written: Future) -> None:
-            failures = written.result()
+        def finish(task: Task, claim: Claim | None, written: Future) -> None:
+            outcomes = written.result()
+            if claim:
+                claims.release(claim)
+            failures = [o for o in outcomes if o.status == "failed"]
             summary.checkpoints += 1
-            summary.succeeded += len(task.extractors) - len(failures)
+            summary.succeeded += len(task.extractors) - len(outcomes)
             summary.failures.extend(failures)
-            advance(task, failures)
+            summary.diverged.extend(o for o in outcomes if o.status == "diverged")
+            advance(task, "failed" if failures else "diverged" if outcomes else "")
 
         # The previous checkpoint is written while this one is extracted; at most
         # one waits, so memory stays bounded. (Prefetching the next load in a
         # thread was measured slower on CPU: it contends for the GIL.)
-        in_flight: tuple[Task, Future] | None = None
+        in_flight: tuple[Task, Claim | None, Future] | None = None
         for task in tasks:
+            claim = None
+            if claims:
+                claim = claims.acquire(task.checkpoint)
+                if claim is None:
+                    summary.held_elsewhere += 1
+                    advance(task, "held by another job")
+                    continue
+                task = runner.still_pending(task)
+                if not task.extractors:
+                    claims.release(claim)
+                    advance(task, "done by another job")
+                    continue
             attempt = runner.extract(task, runner.load(task))
             if in_flight:
                 finish(*in_flight)
-            in_flight = (task, writer.submit(runner.write, attempt))
+            in_flight = (task, claim, writer.submit(runner.write, attempt))
         if in_flight:
             finish(*in_flight)
     return summary
+
+
+def _nonfinite_parameters(model: PreTrainedModel) -> tuple[int, int]:
+    """(NaN or inf parameter values, all parameter values) of a model."""
+    import torch
+
+    nonfinite = total = 0
+    with torch.no_grad():
+        for parameter in model.parameters():
+            total += parameter.numel()
+            # One reduction per tensor; counting only where something is wrong.
+            if not torch.isfinite(parameter).all():
+                nonfinite += int((~torch.isfinite(parameter)).sum())
+    return nonfinite, total
 
 
 @contextmanager
@@ -368,11 +465,15 @@ def _fewer_garbage_collections() -> Iterator[None]:
         gc.unfreeze()
 
 
+_OUTCOME_COLOURS = {"failed": "red", "diverged": "yellow"}
+
+
 @contextmanager
-def _progress(enabled: bool, total: int, state) -> Iterator[Callable[[Task, list[Failure]], None]]:
-    """A rich progress bar over checkpoints; yields the function that advances it."""
+def _progress(enabled: bool, total: int, state) -> Iterator[Callable[[Task, str], None]]:
+    """A rich progress bar over checkpoints; yields the function that advances it
+    with a checkpoint and its outcome ("" when everything succeeded)."""
     if not enabled:
-        yield lambda task, failures: None
+        yield lambda task, outcome: None
         return
     from rich.progress import (
         BarColumn,
@@ -398,11 +499,11 @@ def _progress(enabled: bool, total: int, state) -> Iterator[Callable[[Task, list
     started = time.monotonic()
     done = 0
 
-    def advance(task: Task, failures: list[Failure]) -> None:
+    def advance(task: Task, outcome: str) -> None:
         nonlocal done
         done += 1
         rate = done / max(time.monotonic() - started, 1e-9)
-        mark = " [red]failed[/red]" if failures else ""
+        mark = f" [{_OUTCOME_COLOURS.get(outcome, 'dim')}]{outcome}[/]" if outcome else ""
         bar.update(bar_task, advance=1, rate=f"{rate:.2f} ckpt/s", current=f"{task.checkpoint}{mark}")
 
     with bar:

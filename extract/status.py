@@ -3,7 +3,9 @@
 Each expected (checkpoint, extractor) pair is exactly one of:
 
 - ``done``: a successful extraction under the extractor's current configuration;
-- ``stale``: successful only under another configuration (it will be redone);
+- ``diverged``: settled under the current configuration as diverged (NaN or inf
+  weights or outputs): final, not retried;
+- ``stale``: settled only under another configuration (it will be redone);
 - ``failed``: the latest attempt failed and there is no current success;
 - ``missing``: never attempted.
 """
@@ -21,7 +23,9 @@ from polypythias.extract.suite import Suite
 from polypythias.warehouse.lake import Lake
 from polypythias.warehouse.schemas import MANIFEST
 
-STATES = ("done", "stale", "failed", "missing")
+STATES = ("done", "diverged", "stale", "failed", "missing")
+#: Manifest statuses that settle a (checkpoint, extractor) pair: it is not redone.
+SETTLED = ("success", "diverged")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,18 +37,23 @@ class RunStatus:
     errors: tuple[str, ...]
 
 
-def successful_extractions(manifest: pa.Table, suite: str) -> set[tuple]:
-    """(model_size, seed, step, extractor, config_hash) of every successful extraction."""
+def settled_extractions(manifest: pa.Table, suite: str) -> dict[tuple, str]:
+    """(model_size, seed, step, extractor, config_hash) → status ("success" or
+    "diverged") of every settled extraction; success wins over diverged."""
     manifest = manifest.filter(
-        pc.and_(pc.equal(manifest["suite"], suite), pc.equal(manifest["status"], "success"))
+        pc.and_(pc.equal(manifest["suite"], suite), pc.is_in(manifest["status"], pa.array(SETTLED)))
     )
     columns = ["model_size", "seed", "step", "extractor", "config_hash"]
-    return set(zip(*(manifest[c].to_pylist() for c in columns), strict=True))
+    settled: dict[tuple, str] = {}
+    for *key, status in zip(*(manifest[c].to_pylist() for c in [*columns, "status"]), strict=True):
+        if settled.get(tuple(key)) != "success":
+            settled[tuple(key)] = status
+    return settled
 
 
 def suite_status(suite: Suite, lake: Lake, extractors: dict[str, Extractor]) -> list[RunStatus]:
     manifest = lake.read(MANIFEST)
-    done = successful_extractions(manifest, suite.name)
+    settled = settled_extractions(manifest, suite.name)
     hashes = {name: e.config_hash() for name, e in extractors.items()}
     latest: dict[tuple, dict] = {}
     manifest = manifest.filter(pc.equal(manifest["suite"], suite.name))
@@ -58,11 +67,12 @@ def suite_status(suite: Suite, lake: Lake, extractors: dict[str, Extractor]) -> 
             key = (checkpoint.model_size, checkpoint.seed, checkpoint.step, name)
             run = key[:2]
             last = latest.get(key)
-            if (*key, hashes[name]) in done:
-                state = "done"
+            outcome = settled.get((*key, hashes[name]))
+            if outcome:
+                state = "done" if outcome == "success" else "diverged"
             elif last is None:
                 state = "missing"
-            elif last["status"] == "success":
+            elif last["status"] in SETTLED:
                 state = "stale"
             else:
                 state = "failed"

@@ -87,6 +87,11 @@ class Lake:
     def __repr__(self) -> str:
         return f"Lake({self.uri!r})"
 
+    @property
+    def is_local(self) -> bool:
+        """A folder on a POSIX filesystem (local disk or a shared NFS mount)."""
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
     # -- layout ---------------------------------------------------------------
 
     def dataset_dir(self, dataset: Dataset) -> str:
@@ -183,15 +188,69 @@ class Lake:
             format="parquet",
             partitioning=ds.partitioning(partition_schema, flavor="hive"),
         )
-        for fragment in dataset_.get_fragments():
-            version = (fragment.physical_schema.metadata or {}).get(SCHEMA_VERSION_KEY)
-            if version != str(SCHEMA_VERSION).encode():
-                raise LakeError(
-                    f"{fragment.path} has schema version "
-                    f"{version.decode() if version else 'none'}, this polypythias reads "
-                    f"version {SCHEMA_VERSION}: re-extract into a new lake or upgrade"
-                )
+        _check_schema_versions(dataset_)
         return dataset_.to_table(filter=filter).select(full_schema.names).cast(full_schema)
+
+    def read_partition(self, dataset: Dataset, partition: dict[str, object]) -> pa.Table:
+        """The rows of one partition (without its partition columns): cheaper than a
+        filtered `read`, which lists every file of the dataset."""
+        directory = self.partition_dir(dataset, partition)
+        selector = pafs.FileSelector(directory, allow_not_found=True)
+        paths = sorted(
+            info.path
+            for info in self.fs.get_file_info(selector)
+            if info.base_name.endswith(".parquet") and not info.base_name.startswith(".")
+        )
+        if not paths:
+            return dataset.schema.empty_table()
+        files = ds.dataset(paths, schema=dataset.schema, filesystem=self.fs, format="parquet")
+        _check_schema_versions(files)
+        return files.to_table()
+
+    def check_schema_versions(self) -> int:
+        """Refuse a lake holding a file of another schema version (or an unreadable
+        one), naming the first; returns how many files were checked.
+
+        For readers that do not go through `read` (dbt reads the files directly).
+        Only each file's footer is read, so this costs a small fraction of a build.
+        """
+        info = self.fs.get_file_info(self.root)
+        if info.type == pafs.FileType.NotFound:
+            return 0
+        if info.type != pafs.FileType.Directory:
+            raise LakeError(f"the lake {self.uri} is not a folder")
+        checked = 0
+        for name in DATASETS:
+            selector = pafs.FileSelector(f"{self.root}/{name}", allow_not_found=True, recursive=True)
+            # Every *.parquet counts, hidden or not: it is what dbt's glob reads.
+            paths = sorted(
+                i.path for i in self.fs.get_file_info(selector)
+                if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+            )
+            for path in paths:
+                try:
+                    with self.fs.open_input_file(path) as file:
+                        metadata = pq.read_metadata(file).metadata or {}
+                except (OSError, pa.ArrowException) as error:
+                    raise LakeError(f"{path} is not a readable Parquet file: {error}") from None
+                _refuse_version(path, metadata.get(SCHEMA_VERSION_KEY))
+                checked += 1
+        return checked
+
+
+def _refuse_version(path: str, version: bytes | None) -> None:
+    if version != str(SCHEMA_VERSION).encode():
+        raise LakeError(
+            f"{path} has schema version "
+            f"{version.decode(errors='replace') if version else 'none'}, this polypythias reads "
+            f"version {SCHEMA_VERSION}: re-extract into a new lake or upgrade"
+        )
+
+
+def _check_schema_versions(dataset: ds.Dataset) -> None:
+    """Refuse files written with another schema version, naming the first."""
+    for fragment in dataset.get_fragments():
+        _refuse_version(fragment.path, (fragment.physical_schema.metadata or {}).get(SCHEMA_VERSION_KEY))
 
 
 def _sorted(table: pa.Table, columns: tuple[str, ...]) -> pa.Table:

@@ -28,6 +28,11 @@ class ExtractorError(ValueError):
     """An extractor that is unknown or misconfigured."""
 
 
+class Diverged(ExtractorError):
+    """The checkpoint's numbers are not finite (NaN or inf logits, hidden states or
+    log-likelihoods): recorded as ``diverged``, final, not a failure of the job."""
+
+
 class ExtractorOptions(BaseModel):
     """Options every extractor takes; each extractor extends this."""
 
@@ -52,6 +57,9 @@ class Extractor:
     #: the files under it, leaving out hidden ones and ``__pycache__``; an option
     #: left unset (None) counts as None.
     file_options: ClassVar[tuple[str, ...]] = ()
+    #: Whether the extractor still runs on a checkpoint whose weights are not all
+    #: finite (and records what it can); the others are recorded as diverged unrun.
+    runs_on_diverged: ClassVar[bool] = False
 
     def __init__(self, options: ExtractorOptions, suite: Suite) -> None:
         self.options = options
