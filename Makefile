@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 OFFLINE := PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 DBT_SEND_ANONYMOUS_USAGE_STATS=false TOKENIZERS_PARALLELISM=false
 
-.PHONY: install demo test bench bench-evals clean
+.PHONY: install demo test bench bench-evals bench-lake bench-scaling clean
 
 install: $(STAMP)
 
@@ -36,5 +36,19 @@ bench: $(STAMP)
 bench-evals: $(STAMP)
 	$(OFFLINE) $(PYTHON) bench/evals_vs_harness_cli.py
 
+# kill -9 the extraction at 40 random moments; nothing may be lost (about 10 minutes on 2 cores).
+.PHONY: bench-faults
+bench-faults: $(STAMP)
+	$(OFFLINE) $(PYTHON) bench/faults.py --trials 40
+
 clean:
 	rm -rf lake micro reports warehouse/*.duckdb warehouse/*.duckdb.wal warehouse/.dbt bench/out
+
+# PolyPythias-sized warehouse (issue 6): a synthetic lake of the real suite's shape
+# (20.7 M eval_samples rows, ~1.3 GB) and build time / peak memory at 1/4, 1/2, 1.
+BENCH_OUT ?= bench/out
+bench-lake: $(STAMP)
+	$(OFFLINE) $(PYTHON) bench/synthetic_lake.py --out $(BENCH_OUT)/synthetic_lake
+
+bench-scaling: $(STAMP)
+	$(OFFLINE) $(PYTHON) bench/scaling.py --work $(BENCH_OUT)/scaling

@@ -33,7 +33,8 @@ NAME = "run_outliers"
 TITLE = "Outlier runs and why"
 DESCRIPTION = (
     "Every signal that fires for a run (training map, performance, loss spikes, final loss, "
-    "agreement), with its score, threshold, the first step it fires and the reason in words."
+    "agreement, diverged), with its score, threshold, the first step it fires and the "
+    "reason in words."
 )
 MART = "fct_run_outliers"
 
@@ -47,7 +48,7 @@ LEAD_DESCRIPTION = (
 FORECAST_MART = "fct_stability_forecast"
 
 # The signals in the order the marts define them; any other signal follows by name.
-SIGNALS = ("training_map", "performance", "loss_spikes", "final_loss", "agreement")
+SIGNALS = ("training_map", "performance", "loss_spikes", "final_loss", "agreement", "diverged")
 
 OUTLIER_COLUMNS = (
     "suite",

@@ -303,21 +303,36 @@ def _samples(path: Path, document: Mapping) -> tuple[pa.Table | None, list[str]]
         file = path.with_name(f"samples_{task}_{timestamp}.jsonl")
         if not file.is_file():
             continue
-        lines = []
-        with file.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    lines.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise IngestError(f"samples file {file} line {number}: not valid JSON: {error}") from None
         try:
-            tables.append(samples_table(task, lines, _shots(n_shot.get(task))))
+            with file.open("rb") as handle:
+                lines = [_sample_line(file, number, raw) for number, raw in enumerate(handle, start=1)]
+        except OSError as error:
+            raise IngestError(f"samples file {file}: cannot read it: {error.strerror or error}") from None
+        try:
+            samples = [line for line in lines if line is not None]  # blank lines are skipped
+            tables.append(samples_table(task, samples, _shots(n_shot.get(task))))
         except LmEvalFormatError as error:
             raise IngestError(f"samples file {file}: {error}") from None
         files.append(str(file))
     return (pa.concat_tables(tables) if tables else None), files
+
+
+def _sample_line(file: Path, number: int, raw: bytes) -> Mapping | None:
+    """One line of a samples file: a JSON object, or None when blank."""
+    where = f"samples file {file} line {number}"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise IngestError(f"{where}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if not text.strip():
+        return None
+    try:
+        sample = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise IngestError(f"{where}: not valid JSON: {error}") from None
+    if not isinstance(sample, Mapping):
+        raise IngestError(f"{where}: not a JSON object (one sample per line)")
+    return sample
 
 
 def _shots(value: object) -> int:
@@ -410,7 +425,10 @@ def ingest(
     (for a progress bar).
     """
     pattern = pattern or ModelNamePattern()
-    validate_partition_value("suite", suite)
+    try:
+        validate_partition_value("suite", suite)
+    except LakeError as error:
+        raise LakeError(f"--suite: {error}") from None
     candidates, problems = find_files(paths)
     summary = IngestSummary([Outcome(p, "failed", error=f"{p}: {why}") for p, why in problems])
     if on_start:

@@ -12,6 +12,7 @@ recorded against its checkpoint and the job moves on; so is a diverged checkpoin
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import socket
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
+
+#: Errors of the lake itself, not of one partition: every later write would fail alike.
+_LAKE_WIDE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 _VERSIONED_PACKAGES = ("polypythias", "torch", "transformers", "accelerate", "lm_eval", "pyarrow")
 
@@ -289,8 +293,9 @@ class Runner:
         pairs that did not succeed (failed or diverged).
 
         An extractor whose data cannot be written is recorded as failed. If the
-        manifest itself cannot be written the LakeError propagates: nothing of the
-        attempt is visible and the checkpoint stays pending.
+        lake is full or read-only, or the manifest itself cannot be written, the
+        LakeError propagates: the attempt gets no manifest row, so nothing of it
+        is visible, and the checkpoint stays pending.
         """
         partition = attempt.checkpoint.partition()
         for name, tables in attempt.outputs.items():
@@ -300,6 +305,10 @@ class Runner:
                     self.lake.write(dataset, partition, attempt.extraction_id, tables[dataset.name])
                     record["rows"].append((dataset.name, tables[dataset.name].num_rows))
             except LakeError as error:
+                if _lake_wide(error):
+                    # A full or read-only lake is no fault of this checkpoint: stop
+                    # the job instead of recording it and every later one as failed.
+                    raise
                 record.update(status="failed", error=str(error), rows=[])
         table = pa.Table.from_pylist(list(attempt.records.values()), schema=MANIFEST.schema)
         self.lake.write(MANIFEST, partition, attempt.extraction_id, table)
@@ -379,12 +388,13 @@ def run_extraction(
     # form a group and each would plan the whole suite.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     extractors = build_extractors(suite, extractor_names)
-    if state.is_main_process:
-        write_suite_grid(suite, lake)
     # Under `accelerate launch`, the processes split the shard's checkpoints.
     tasks = plan(suite, lake, extractors, shard, (state.process_index, state.num_processes))
     for name in sorted({name for task in tasks for name in task.extractors}):
         extractors[name].prepare()
+    # Only once the input is known good: a refused job writes nothing.
+    if state.is_main_process:
+        write_suite_grid(suite, lake)
     runner = Runner(suite, lake, extractors, state.device, allow_pickle)
     claims = ClaimStore(lake, suite.name, lease_s) if lake.is_local else None
     summary = Summary()
@@ -430,6 +440,12 @@ def run_extraction(
         if in_flight:
             finish(*in_flight)
     return summary
+
+
+def _lake_wide(error: LakeError) -> bool:
+    """Whether a write failed for the whole lake (no space, quota, read-only)."""
+    cause = error.__cause__
+    return isinstance(cause, OSError) and cause.errno in _LAKE_WIDE_ERRNOS
 
 
 def _nonfinite_parameters(model: PreTrainedModel) -> tuple[int, int]:

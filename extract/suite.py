@@ -19,6 +19,7 @@ path. Relative paths inside a suite file resolve against the file's folder
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +135,9 @@ class Suite(BaseModel):
     extractors: dict[str, dict[str, Any]] = Field(min_length=1)
     lake: str | None = Field(None, description="Lake root (overridden by POLYPYTHIAS_LAKE and --lake).")
 
-    # The folder relative paths resolve against; set by load_suite.
+    # The folder relative paths resolve against, and the file read; set by load_suite.
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _file: Path | None = PrivateAttr(default=None)
 
     @field_validator("name")
     @classmethod
@@ -168,18 +170,25 @@ class Suite(BaseModel):
 
     @model_validator(mode="after")
     def _extractors(self) -> Suite:
-        from polypythias.extract.extractors import get_extractor
+        from polypythias.extract.extractors import ExtractorError, get_extractor
 
         for name, options in self.extractors.items():
-            extractor = get_extractor(name)  # raises with the known names
+            try:
+                extractor = get_extractor(name)
+            except ExtractorError as error:  # names the known extractors
+                raise _Located(f"extractors.{name}: {error}", ("extractors", name)) from None
             try:
                 parsed = extractor.Options.model_validate(options or {})
             except ValidationError as error:
-                raise ValueError(f"extractors.{name}: {_describe(error)}") from None
+                first = error.errors()[0]["loc"]
+                raise _Located(
+                    f"extractors.{name}: {_describe(error, extractor.Options)}", ("extractors", name, *first)
+                ) from None
             if parsed.steps not in self.steps:
-                raise ValueError(
+                raise _Located(
                     f"extractors.{name}.steps: unknown step set {parsed.steps!r}; "
-                    f"defined: {', '.join(self.steps)}"
+                    f"defined: {', '.join(self.steps)}",
+                    ("extractors", name, "steps"),
                 )
         return self
 
@@ -188,6 +197,11 @@ class Suite(BaseModel):
     @property
     def base_dir(self) -> Path:
         return self._base_dir
+
+    @property
+    def file(self) -> Path | None:
+        """The suite file (a preset's included); None for a suite built in code."""
+        return self._file
 
     def resolve_path(self, path: str | Path) -> Path:
         """A path from the suite file, resolved against the file's folder."""
@@ -258,32 +272,145 @@ def _partition_value_int(column: str, value: int) -> int:
 
 
 def load_suite(name_or_path: str | Path) -> Suite:
-    """Load a preset by name (``polypythias``, ``micro``) or a suite YAML file."""
+    """Load a preset by name (``polypythias``, ``micro``) or a suite YAML file.
+
+    SuiteError names the file and, where the YAML locates it, the line: a syntax
+    error, a key given twice, a missing, unknown or mistyped field.
+    """
     path = Path(name_or_path)
     preset = PRESETS_DIR / f"{name_or_path}.yaml"
     is_preset = path.suffix == "" and preset.is_file() and not path.is_file()
     file = preset if is_preset else path
     if not file.is_file():
         presets = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
-        raise SuiteError(f"{file}: no such suite file (presets: {presets})")
+        what = "a folder, not a suite file" if file.is_dir() else "no such suite file"
+        raise SuiteError(f"{file}: {what} (presets: {presets})")
     try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as error:
-        raise SuiteError(f"{file}: not valid YAML: {error}") from None
+        text = file.read_bytes().decode("utf-8-sig")
+    except OSError as error:
+        raise SuiteError(f"{file}: cannot read the file: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise SuiteError(f"{file}: not a UTF-8 text file ({error.reason} at byte {error.start})") from None
+    data, lines = _parse(file, text)
     if not isinstance(data, dict):
-        raise SuiteError(f"{file}: a suite file must be a YAML mapping")
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise SuiteError(f"{file}: a suite file must be a YAML mapping (name: …, sizes: …), got {got}")
     try:
         suite = Suite.model_validate(data)
     except ValidationError as error:
-        raise SuiteError(f"{file}: {_describe(error)}") from None
+        problems = _problems(error, Suite, lines)
+        raise SuiteError(
+            f"{file}: " + "; ".join(f"line {line}: {text}" if line else text for line, text in problems)
+        ) from None
     suite._base_dir = Path.cwd() if is_preset else file.resolve().parent
+    suite._file = file
     return suite
 
 
-def _describe(error: ValidationError) -> str:
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[object, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, str | int | float | bool) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice (first on line {seen[key]})", key_node.start_mark
+                    )
+                seen.setdefault(key, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse(file: Path, text: str) -> tuple[Any, dict[tuple, int]]:
+    """The YAML document and the line of every key and list item in it."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        data = None if node is None else loader.construct_document(node)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        context = ""
+        if error.context and error.context_mark and error.context_mark is not mark:
+            context = f" ({error.context} that starts on line {error.context_mark.line + 1})"
+        raise SuiteError(f"{file}:{where} not valid YAML: {error.problem or error}{context}") from None
+    except yaml.YAMLError as error:
+        raise SuiteError(f"{file}: not valid YAML: {error}") from None
+    finally:
+        loader.dispose()
+    lines: dict[tuple, int] = {}
+    if node is not None:
+        _node_lines(node, (), lines)
+    return data, lines
+
+
+def _node_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int]) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            _node_lines(value, (*path, key.value), lines)
+            lines[(*path, key.value)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _node_lines(item, (*path, index), lines)
+
+
+class _Located(ValueError):
+    """A validation problem whose message names its field and that knows where the
+    field is (``path``), beyond the field pydantic reports it under."""
+
+    def __init__(self, message: str, path: tuple) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _problems(error: ValidationError, model: type[BaseModel], lines: dict[tuple, int]) -> list[tuple[int | None, str]]:
+    """(line or None, "field: problem") for each error; the line of the field, else of
+    the nearest enclosing key that the file has (none for the top level)."""
     problems = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
-        problems.append(f"{where}: {message}")
-    return "; ".join(problems)
+        located = (item.get("ctx") or {}).get("error")
+        path = located.path if isinstance(located, _Located) else tuple(item["loc"])
+        line = next((lines[path[:n]] for n in range(len(path), 0, -1) if path[:n] in lines), None)
+        text = _message(item, model) if isinstance(located, _Located) else _describe_one(item, model)
+        problems.append((line, text))
+    return problems
+
+
+def _describe(error: ValidationError, model: type[BaseModel]) -> str:
+    return "; ".join(_describe_one(item, model) for item in error.errors())
+
+
+def _describe_one(item: dict, model: type[BaseModel]) -> str:
+    where = ".".join(str(p) for p in item["loc"])
+    message = _message(item, model)
+    return f"{where}: {message}" if where else message
+
+
+def _message(item: dict, model: type[BaseModel]) -> str:
+    message = item["msg"].removeprefix("Value error, ")
+    if item["type"] == "extra_forbidden":
+        known = _fields_at(model, tuple(item["loc"][:-1]))
+        if known:
+            close = difflib.get_close_matches(str(item["loc"][-1]), known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            return f"unknown field ({hint}known: {', '.join(known)})"
+        return "unknown field"
+    if item["type"] not in {"missing", "value_error", "assertion_error"}:
+        value = item.get("input")
+        if isinstance(value, str | int | float | bool) or value is None:
+            message += f", got {value!r}"  # pydantic's own type errors do not say what they got
+    return message
+
+
+def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
+    """The fields of the (sub)model that ``path`` leads to, where it is one."""
+    for part in path:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)

@@ -65,7 +65,10 @@ ReportsOption = Annotated[Path, typer.Option("--out", help="Folder the report is
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/bold red] {message}")
+    """One line on stderr (the terminal wraps it, so a path stays whole), exit status 2."""
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)  # messages quote [brackets]
     raise typer.Exit(2)
 
 
@@ -82,11 +85,26 @@ def _lake(option: str | None, suite=None):
     from polypythias.warehouse.lake import Lake
 
     if option:
-        return Lake(option)
-    if suite is not None and suite.lake:
-        lake = suite.lake
-        return Lake(lake if "://" in lake else suite.resolve_path(lake))
-    return Lake(DEFAULT_LAKE)
+        lake = Lake(option)
+    elif suite is not None and suite.lake:
+        lake = Lake(suite.lake if "://" in suite.lake else suite.resolve_path(suite.lake))
+    else:
+        lake = Lake(DEFAULT_LAKE)
+    if lake.is_local and Path(lake.root).exists() and not Path(lake.root).is_dir():
+        _fail(f"the lake {lake.uri} is not a folder")
+    return lake
+
+
+def _check_lake(lake) -> None:
+    """Refuse, naming the file, a lake that is a file or holds a Parquet file that is
+    unreadable or of another schema version: before work that would mix versions, and
+    for readers such as dbt that read the files directly."""
+    from polypythias.warehouse.lake import LakeError
+
+    try:
+        lake.check_schema_versions()
+    except LakeError as error:
+        _fail(str(error))
 
 
 def _quiet_libraries() -> None:
@@ -117,14 +135,27 @@ def extract(
         typer.Option(help="Load pickle (.bin) weights when a checkpoint has no safetensors. Unsafe."),
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    lease: Annotated[
+        float | None,
+        typer.Option(
+            min=1,
+            show_default=False,
+            help="Seconds a claim on a checkpoint outlives its job's last heartbeat: after "
+            "that, another job takes over the claim of a job that was killed on another "
+            "node (one killed on this host is taken over at once). \\[default: 600]",
+        ),
+    ] = None,
 ) -> None:
     """Extract the suite's missing work into the lake (resumable, idempotent).
 
     Each checkpoint is loaded once and every pending extractor runs on it. Work that
-    already succeeded under the same configuration is skipped; failed work is retried.
-    Under `accelerate launch` the processes split the checkpoints. Exits 1 when
-    anything failed, after extracting everything else.
+    already succeeded under the same configuration is skipped; failed work is retried;
+    a diverged checkpoint (NaN or inf weights or outputs) is recorded with what could
+    still be computed and not retried. Jobs may overlap (cron, SLURM arrays, several
+    `accelerate launch` processes): each checkpoint is claimed by one of them. Exits 1
+    when anything failed, after extracting everything else.
     """
+    from polypythias.extract.claims import DEFAULT_LEASE_S
     from polypythias.extract.extractors import ExtractorError
     from polypythias.extract.runner import parse_shard, run_extraction
     from polypythias.warehouse.lake import LakeError
@@ -138,14 +169,22 @@ def extract(
     names = [n.strip() for n in extractors.split(",") if n.strip()] if extractors else None
     the_lake = _lake(lake, the_suite)
     try:
-        summary = run_extraction(the_suite, the_lake, names, shard_range, allow_pickle, progress)
+        summary = run_extraction(
+            the_suite, the_lake, names, shard_range, allow_pickle, progress, lease or DEFAULT_LEASE_S
+        )
     except (ExtractorError, LakeError) as error:
         _fail(str(error))
     console.print(
-        f"[bold]{summary.checkpoints}[/bold] checkpoints visited, "
+        f"[bold]{summary.checkpoints}[/bold] checkpoints extracted, "
         f"[green]{summary.succeeded}[/green] extractions succeeded, "
-        f"[red]{len(summary.failures)}[/red] failed; lake: {the_lake.uri}"
+        f"[yellow]{len(summary.diverged)}[/yellow] diverged, "
+        f"[red]{len(summary.failures)}[/red] failed"
+        + (f", {summary.held_elsewhere} left to other jobs" if summary.held_elsewhere else "")
+        + f"; lake: {the_lake.uri}"
     )
+    diverged = sorted({str(d.checkpoint) for d in summary.diverged})
+    if diverged:
+        console.print(f"[yellow]diverged (NaN or inf), recorded:[/yellow] {', '.join(diverged)}")
     if summary.failures:
         table = Table("checkpoint", "extractor", "error", title="Failures (recorded in the manifest)")
         for failure in summary.failures:
@@ -204,7 +243,9 @@ def micro_train(
 ) -> None:
     """Train a micro suite; its training logs go to the lake's training_log dataset."""
     _quiet_libraries()
-    suite_file = _train_micro(out, sizes, seeds, steps, _lake(lake), progress, inject or [])
+    the_lake = _lake(lake)
+    _check_lake(the_lake)  # before training, which takes minutes
+    suite_file = _train_micro(out, sizes, seeds, steps, the_lake, progress, inject or [])
     console.print(f"micro suite written; suite file: [bold]{suite_file}[/bold]")
 
 
@@ -212,24 +253,34 @@ def _train_micro(
     out: Path, sizes: str, seeds: int | None, steps: int | None, lake, progress: bool, instabilities=(),
 ) -> Path:
     """`instabilities`: Instability objects or their specs (SIZE:SEED:KIND@START+STEPS[xFACTOR])."""
-    from polypythias.extract.micro.train import Instability, TrainConfig, train_suite
+    from polypythias.extract.micro.train import Instability, TrainConfig, model_size, train_suite
     from polypythias.warehouse.lake import new_extraction_id
     from polypythias.warehouse.schemas import TRAINING_LOG
 
     config = TrainConfig()
     if sizes:
         config.sizes = [s.strip() for s in sizes.split(",") if s.strip()]
+        try:
+            for size in config.sizes:
+                model_size(size)
+        except ValueError as error:
+            _fail(f"--sizes: {error}")
+        if not config.sizes or len(set(config.sizes)) != len(config.sizes):
+            _fail(f"--sizes {sizes!r}: give one or more different sizes, comma-separated")
     if seeds:
         config.seeds = list(range(seeds))
     if steps:
+        if steps < config.n_linear:
+            _fail(f"--steps {steps}: the micro suite saves {config.n_linear} evenly spaced checkpoints, "
+                  f"so it needs at least {config.n_linear} steps")
         config.total_steps = steps
+    if out.exists() and not out.is_dir():
+        _fail(f"{out} is a file; the micro suite needs a folder there")
     try:
         config.instabilities = [i if isinstance(i, Instability) else Instability.parse(i) for i in instabilities]
         config.validate()
     except ValueError as error:
-        from rich.markup import escape
-
-        _fail(escape(str(error)))  # the spec syntax has [brackets]
+        _fail(str(error))
     for item in config.instabilities:
         console.print(f"injecting instability into {item.size}/seed{item.seed}: {item.spec()}")
 
@@ -245,6 +296,8 @@ def _train_micro(
         train_suite(config, out, on_run_done=record, progress=progress)
     except ValueError as error:
         _fail(str(error))
+    except OSError as error:
+        _fail(f"cannot write the micro suite into {out}: {error}")
     return out / "suite.yaml"
 
 
@@ -291,6 +344,7 @@ def ingest_lm_eval(
     except ValueError as error:
         _fail(str(error))
     the_lake = _lake(lake)
+    _check_lake(the_lake)
     with _file_progress(progress) as (on_start, on_file):
         try:
             summary = ingest(paths, the_lake, the_pattern, suite, on_start, on_file)
@@ -338,6 +392,7 @@ def ingest_training_map(
     from polypythias.warehouse.lake import LakeError
 
     the_lake = _lake(lake)
+    _check_lake(the_lake)
     try:
         imported = run_import(file, the_lake, suite, model_size)
     except (TrainingMapError, LakeError) as error:
@@ -384,16 +439,30 @@ def build(
     db: DbOption = DEFAULT_DB,
     docs: Annotated[bool, typer.Option(help="Also run `dbt docs generate`.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show dbt's log, not only its errors.")] = False,
+    full_refresh: Annotated[
+        bool,
+        typer.Option(
+            "--full-refresh",
+            help="Rebuild the incremental models from the whole lake instead of only the "
+            "checkpoints added or re-extracted since the last build.",
+        ),
+    ] = False,
 ) -> None:
-    """Run `dbt build` over the lake into the DuckDB warehouse (models and tests)."""
-    _build(_lake(lake), db, docs, verbose)
+    """Run `dbt build` over the lake into the DuckDB warehouse (models and tests).
+
+    Incremental: the item-level eval models process only new or re-extracted
+    checkpoints; the marts equal a `--full-refresh` rebuild's."""
+    _build(_lake(lake), db, docs, verbose, full_refresh)
 
 
-def _build(lake, db: Path, docs: bool = False, verbose: bool = False) -> None:
+def _build(
+    lake, db: Path, docs: bool = False, verbose: bool = False, full_refresh: bool = False
+) -> None:
     from polypythias.warehouse.dbt import DbtBuildError, build as dbt_build
 
+    _check_lake(lake)
     try:
-        ran = dbt_build(lake.uri, db, docs=docs, verbose=verbose)
+        ran = dbt_build(lake.uri, db, docs=docs, verbose=verbose, full_refresh=full_refresh)
     except DbtBuildError as error:
         _fail(str(error))
     console.print(
@@ -413,6 +482,8 @@ def sql(
 
     if format not in {"table", "csv", "json"}:
         _fail(f"--format must be table, csv or json, not {format!r}")
+    if not query.strip():
+        _fail('the query is empty; e.g. polypythias sql "show tables"')
     try:
         columns, rows = run_query(db, query)
     except WarehouseError as error:
@@ -438,6 +509,8 @@ def report(db: DbOption = DEFAULT_DB, out: ReportsOption = DEFAULT_REPORTS) -> N
         index = build_report(db, out)
     except ReportError as error:
         _fail(str(error))
+    except OSError as error:  # --out is a file, or not writable
+        _fail(f"cannot write the report into {out}: {error}")
     console.print(f"report: [bold]{index}[/bold]")
 
 

@@ -34,7 +34,7 @@ from outlier_fixtures import (
 from polypythias.warehouse.dbt import PROJECT_DIR, build
 from test_dbt_build import query
 
-SIGNALS = ("training_map", "performance", "loss_spikes", "final_loss", "agreement")
+SIGNALS = ("training_map", "performance", "loss_spikes", "final_loss", "agreement", "diverged")
 FINAL = max(STEPS)
 
 
@@ -98,10 +98,13 @@ class Expected:
         self._agreement(truth)
         self._loss_spikes(truth)
         self._training_map(truth)
+        self._diverged()
         for (size, seed, signal, step), score in self.scores.items():
             if signal != "loss_spikes":
+                # a divergence flags during warm-up too
                 self.flags[(size, seed, signal, step)] = (
-                    step >= self.warmup and score is not None and self._beyond(signal, score)
+                    (step >= self.warmup or signal == "diverged")
+                    and score is not None and self._beyond(signal, score)
                 )
         self._verdicts()
 
@@ -112,7 +115,15 @@ class Expected:
             "performance": score < s["performance_z_threshold"],
             "final_loss": score > s["final_loss_z_threshold"],
             "agreement": score < s["agreement_z_threshold"],
+            "diverged": score >= 1,
         }[signal]
+
+    def _diverged(self):
+        """Diverged checkpoints of the run up to each step: this lake has none
+        (tests/test_divergence.py plants one)."""
+        for size, seed in self.runs:
+            for step in STEPS:
+                self.scores[(size, seed, "diverged", step)] = 0.0
 
     def _per_size_step(self, signal, values_of):
         for size, seeds in SEEDS.items():
@@ -306,7 +317,9 @@ def test_run_outliers_match_an_independent_computation(built, expected):
 def test_the_planted_run_fires_every_signal_with_a_reason_and_no_other_run_fires(built):
     rows = query(built[0], "select * from fct_run_outliers order by model_size, seed, signal")
     outlier = {r["signal"]: r for r in rows if (r["model_size"], r["seed"]) == OUTLIER}
-    assert all(r["fires"] for r in outlier.values())
+    # every signal but diverged (its checkpoints are finite)
+    assert all(r["fires"] for signal, r in outlier.items() if signal != "diverged")
+    assert outlier["diverged"]["reason"].startswith("within threshold: no diverged checkpoint")
     assert outlier["training_map"]["reason"] == f"visits state 3, which 1 of 5 runs of {SIZE} visit"
     assert outlier["loss_spikes"]["reason"].startswith(
         f"{len(SPIKE_STEPS)} loss spikes after warm-up; the first at step {SPIKE_STEPS[0]}: loss "
@@ -320,7 +333,8 @@ def test_the_planted_run_fires_every_signal_with_a_reason_and_no_other_run_fires
     others = [r for r in rows if (r["model_size"], r["seed"]) != OUTLIER]
     assert not any(r["fires"] or r["is_outlier"] for r in others)
     assert all(r["reason"].startswith(("within threshold: ", "no score: ")) for r in others)
-    small = [r for r in others if r["model_size"] == SMALL and r["signal"] != "loss_spikes"]
+    small = [r for r in others
+             if r["model_size"] == SMALL and r["signal"] not in ("loss_spikes", "diverged")]
     assert small and all(r["score"] is None for r in small)
     assert {r["reason"] for r in small} == {f"no score: 2 seeds of {SMALL}, a comparison needs 3"}
     # a run's own training log needs no other seed
@@ -350,6 +364,7 @@ def test_lead_time_and_false_alarms_match_an_independent_computation(built, expe
         "agreement": FINAL - OUTLIER_FROM,
         "loss_spikes": FINAL - min(t for t in STEPS if t >= SPIKE_STEPS[0]),
         "training_map": 0,
+        "diverged": None,
     }
     false_alarms = sorted(
         (r["model_size"], r["seed"], r["signal"], r["step"]) for r in rows if r["is_false_alarm"]

@@ -9,6 +9,14 @@ are off in ``dbt_project.yml`` and in the environment of the run.
 
 A dataset the lake does not hold yet is read as empty by the project's
 ``lake_source`` macro, so the build works on a young lake.
+
+DuckDB settings for lakes of tens of millions of item rows (``profiles.yml`` reads
+them from the environment set here): spill files go to ``<db dir>/.dbt/tmp`` next
+to the warehouse; ``POLYPYTHIAS_MEMORY_LIMIT`` (e.g. ``8GB``) caps DuckDB's memory
+(default: DuckDB's own, 80% of RAM) and ``POLYPYTHIAS_THREADS`` its threads
+(default: every core); insertion order is not preserved, so large inserts stream.
+Builds are incremental where it pays (the item-level eval models); ``full_refresh``
+rebuilds them from the whole lake.
 """
 
 from __future__ import annotations
@@ -26,6 +34,10 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 
 #: The environment variable ``profiles.yml`` reads the warehouse path from.
 DB_ENV = "POLYPYTHIAS_DB"
+#: … and DuckDB's spill folder, memory limit and threads from.
+TEMP_ENV = "POLYPYTHIAS_DUCKDB_TEMP"
+MEMORY_ENV = "POLYPYTHIAS_MEMORY_LIMIT"
+THREADS_ENV = "POLYPYTHIAS_THREADS"
 
 # Characters that cannot reach DuckDB's read_parquet safely through the sources'
 # external_location template: a quote ends the SQL string, `$` starts a template
@@ -69,12 +81,17 @@ def build(
     docs: bool = False,
     select: str | None = None,
     verbose: bool = False,
+    full_refresh: bool = False,
+    variables: dict[str, object] | None = None,
 ) -> Counter[str]:
     """Build every model and run every test (data and unit) over the lake.
 
     Returns how many nodes of each kind ran (``model``, ``test``, ``unit_test``);
     ``verbose`` streams dbt's own log instead of only its errors.
 
+    ``full_refresh`` rebuilds the incremental models from the whole lake (they
+    otherwise process only checkpoints added or re-extracted since the last build).
+    ``variables`` overrides project vars (e.g. ``{"training_map_max_horizons": 5}``).
     ``select`` is a dbt selection (``"fct_loss_consistency+"``, space-separated for
     several). With ``docs``, also writes the docs site (``dbt docs generate``) into
     ``<db dir>/.dbt/target``. Raises DbtBuildError naming each failed node; the
@@ -93,18 +110,37 @@ def build(
         "--profiles-dir", str(PROJECT_DIR),
         "--target-path", str(state_dir(db_path) / "target"),
         "--log-path", str(state_dir(db_path) / "logs"),
-        "--vars", json.dumps({"lake_root": root}),
+        "--vars", json.dumps({**(variables or {}), "lake_root": root}),
     ]  # fmt: skip
     selection = ["--select", *select.split()] if select else []
+    refresh = ["--full-refresh"] if full_refresh else []
     # --quiet keeps dbt to errors; its full log is in <db dir>/.dbt/logs either way.
     quiet = [] if verbose else ["--quiet"]
-    with _environment({DB_ENV: str(db_path), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}):
-        outcome = _invoke("build", ["build", *quiet, *common, *selection])
+    temp = state_dir(db_path) / "tmp"
+    temp.mkdir(parents=True, exist_ok=True)
+    settings = {
+        DB_ENV: str(db_path),
+        TEMP_ENV: str(temp),
+        MEMORY_ENV: os.environ.get(MEMORY_ENV) or _default_memory_limit(),
+        THREADS_ENV: os.environ.get(THREADS_ENV) or str(os.cpu_count() or 1),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    }
+    with _environment(settings):
+        outcome = _invoke("build", ["build", *quiet, *common, *selection, *refresh])
         if docs:
             _invoke("docs generate", ["docs", "generate", *quiet, *common, *selection])
     return Counter(
         getattr(r.node, "resource_type", "?") for r in getattr(outcome, "results", None) or []
     )
+
+
+def _default_memory_limit() -> str:
+    """DuckDB's own default, 80% of the machine's memory, in MiB."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return "4GB"
+    return f"{int(total * 0.8) // 2**20}MB"
 
 
 def _lake_root(lake_root: str) -> str:

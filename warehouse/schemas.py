@@ -57,7 +57,7 @@ MANIFEST = Dataset(
     sort_by=("extractor",),
     schema=_schema(
         pa.field("extractor", pa.string(), nullable=False),
-        # success | failed
+        # success | failed | diverged (NaN or inf weights or outputs: settled, not a failure)
         pa.field("status", pa.string(), nullable=False),
         pa.field("started_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
@@ -122,15 +122,20 @@ WEIGHT_STATS = Dataset(
         pa.field("sv_mean", pa.float64()),
         pa.field("sv_var", pa.float64()),
         # Distribution of the values (median on the all_weights / all_biases rows only).
-        pa.field("mean", pa.float64(), nullable=False),
+        # Every statistic is null on a row with NaN or inf values (see nonfinite).
+        pa.field("mean", pa.float64()),
         pa.field("median", pa.float64()),
-        pa.field("var", pa.float64(), nullable=False),
+        pa.field("var", pa.float64()),
         pa.field("weight_hash", pa.string()),
         # The matrix's values at fixed pseudo-random positions (same tensor name and
         # shape → same positions in every checkpoint; see weight_stats.sample_positions),
         # for estimating distances between checkpoints. Null on the aggregate rows and
         # in files written before weight_stats version 2.
         pa.field("value_sample", pa.list_(pa.float32())),
+        # How many of the row's values are NaN or inf (a diverged checkpoint; then
+        # its statistics and value_sample are null). Null in files written before
+        # the column existed.
+        pa.field("nonfinite", pa.int64()),
     ),
 )
 

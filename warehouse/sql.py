@@ -23,6 +23,8 @@ def query(db_path: Path, sql: str) -> tuple[list[str], list[tuple]]:
     try:
         with duckdb.connect(str(db_path), read_only=True) as con:
             cursor = con.execute(sql)
+            if cursor is None:
+                raise WarehouseError(f"{db_path}: the query holds no SQL statement")
             columns = [d[0] for d in cursor.description or []]
             return columns, cursor.fetchall()
     except duckdb.Error as error:

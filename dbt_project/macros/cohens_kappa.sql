@@ -18,8 +18,13 @@
     κ = (n·a − S) / (n² − S): integer arithmetic up to one division, null when
     S = n² (p_e = 1: both raters give one and the same label throughout). It
     equals sklearn.metrics.cohen_kappa_score(labels_a, labels_b).
+
+    With `weight` (a column name), each row stands for `weight` items with the same
+    two labels (a contingency table), so a caller can aggregate millions of item
+    pairs into counts before the macro sees them.
 -#}
-{% macro cohens_kappa(relation, keys, label_a='prediction_a', label_b='prediction_b') -%}
+{% macro cohens_kappa(relation, keys, label_a='prediction_a', label_b='prediction_b', weight=none) -%}
+    {%- set n = 'sum(kappa_weight)' if weight else 'count(*)' -%}
     {%- set key_list = keys | join(', ') -%}
     with
 
@@ -28,7 +33,8 @@
         select
             {{ key_list }},
             {{ label_a }} as kappa_label_a,
-            {{ label_b }} as kappa_label_b
+            {{ label_b }} as kappa_label_b{% if weight %},
+            {{ weight }} as kappa_weight{% endif %}
         from {{ relation }}
         where {{ label_a }} is not null
             and {{ label_b }} is not null
@@ -39,8 +45,8 @@
 
         select
             {{ key_list }},
-            count(*) as n_items,
-            count(*) filter (where kappa_label_a = kappa_label_b) as n_agreeing
+            cast({{ n }} as bigint) as n_items,
+            cast(coalesce({{ n }} filter (where kappa_label_a = kappa_label_b), 0) as bigint) as n_agreeing
         from kappa_items
         group by {{ key_list }}
 
@@ -51,7 +57,7 @@
         select
             {{ key_list }},
             kappa_label_a as kappa_label,
-            count(*) as n_label
+            cast({{ n }} as bigint) as n_label
         from kappa_items
         group by {{ key_list }}, kappa_label_a
 
@@ -62,7 +68,7 @@
         select
             {{ key_list }},
             kappa_label_b as kappa_label,
-            count(*) as n_label
+            cast({{ n }} as bigint) as n_label
         from kappa_items
         group by {{ key_list }}, kappa_label_b
 

@@ -79,6 +79,7 @@
             ('var', 'double'),
             ('weight_hash', 'varchar'),
             ('value_sample', 'float[]'),
+            ('nonfinite', 'bigint'),
         ] + checkpoint,
         'training_log': [
             ('extraction_id', 'varchar'),

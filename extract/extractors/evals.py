@@ -36,9 +36,11 @@ Traps handled here:
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import io
 import logging
+import math
 import os
 import random
 import tempfile
@@ -51,7 +53,7 @@ import pyarrow as pa
 import yaml
 from pydantic import Field
 
-from polypythias.extract.extractors import Extractor, ExtractorError, ExtractorOptions, register
+from polypythias.extract.extractors import Diverged, Extractor, ExtractorError, ExtractorOptions, register
 from polypythias.extract.lm_eval_tables import SAMPLES_SCHEMA, results_table, samples_table
 from polypythias.warehouse.schemas import EVAL_RESULTS, EVAL_SAMPLES
 
@@ -128,13 +130,7 @@ class Evals(Extractor):
             manager = TaskManager(include_path=include, include_defaults=self.options.include_defaults)
             unknown = [t for t in self.options.tasks if t not in manager.all_tasks]
             if unknown:
-                where = [f"include_path {self.include_path}"] if self.include_path else []
-                if self.options.include_defaults:
-                    where.append("lm-eval's built-in tasks")
-                raise ExtractorError(
-                    f"evals: unknown lm-eval task(s) {', '.join(map(repr, unknown))} "
-                    f"(searched: {' and '.join(where) or 'nothing: set include_path or include_defaults'})"
-                )
+                raise ExtractorError(self._unknown_tasks(unknown, manager.all_tasks))
             try:
                 loaded = manager.load(list(self.options.tasks))
             except Exception as error:
@@ -145,6 +141,31 @@ class Evals(Extractor):
             if task.get_config("num_fewshot") != 0:
                 task.set_config(key="num_fewshot", value=self.options.num_fewshot)
         return loaded
+
+    def _unknown_tasks(self, unknown: list[str], available: list[str]) -> str:
+        """What is wrong and what could have been meant: every task available when
+        there are few (include_path only), else the closest names."""
+        where = [f"include_path {self.include_path}"] if self.include_path else []
+        if self.options.include_defaults:
+            where.append("lm-eval's built-in tasks")
+        file = getattr(self.suite, "file", None)
+        message = (
+            f"{f'{file}: ' if file else ''}extractors.evals.tasks: unknown lm-eval task(s) "
+            f"{', '.join(map(repr, unknown))} "
+            f"(searched: {' and '.join(where) or 'nothing: set include_path or include_defaults'})"
+        )
+        if not available:
+            return message + "; no task is available there"
+        if len(available) <= 20:
+            return message + f"; available: {', '.join(sorted(available))}"
+        hints = [
+            f"{task!r}: did you mean {', '.join(map(repr, close))}?"
+            for task in unknown
+            if (close := difflib.get_close_matches(task, available, n=3, cutoff=0.6))
+        ]
+        return message + f"; {len(available)} available (`lm-eval ls tasks` lists them)" + (
+            "; " + "; ".join(hints) if hints else ""
+        )
 
     def run(self, model, tokenizer, checkpoint, device) -> dict[str, pa.Table]:
         import numpy as np
@@ -186,6 +207,17 @@ def _samples(document: dict) -> pa.Table:
     return pa.concat_tables(tables) if tables else SAMPLES_SCHEMA.empty_table()
 
 
+def _check_finite(loglikelihoods: list[float], kind: str) -> None:
+    """A NaN or inf log-likelihood (a diverged model) would make every metric built
+    on it meaningless: the checkpoint is recorded as diverged instead."""
+    bad = sum(1 for ll in loglikelihoods if not math.isfinite(ll))
+    if bad:
+        raise Diverged(
+            f"evals: {bad} of {len(loglikelihoods)} {kind} request(s) gave a log-likelihood "
+            "that is not finite (NaN or inf)"
+        )
+
+
 @functools.cache
 def _quiet_hflm():
     """HFLM without its per-call progress bars (defined lazily: lm_eval imports slowly)."""
@@ -193,10 +225,14 @@ def _quiet_hflm():
 
     class QuietHFLM(HFLM):
         def loglikelihood(self, requests, disable_tqdm=True):
-            return super().loglikelihood(requests, disable_tqdm=True)
+            results = super().loglikelihood(requests, disable_tqdm=True)
+            _check_finite([ll for ll, _ in results], "loglikelihood")
+            return results
 
         def loglikelihood_rolling(self, requests, disable_tqdm=True):
-            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+            results = super().loglikelihood_rolling(requests, disable_tqdm=True)
+            _check_finite(results, "loglikelihood_rolling")
+            return results
 
         def generate_until(self, requests, disable_tqdm=True):
             return super().generate_until(requests, disable_tqdm=True)

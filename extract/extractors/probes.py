@@ -56,6 +56,10 @@ Speed: all tasks' texts (train and test, identical texts once) go through the mo
 in one batched pass per checkpoint, shortest first, and the features of every
 layer are gathered from it; then per task, all layers' probes and all the online
 code's block probes are fitted together (``probing.LogisticProbes``).
+
+Hidden states that are not finite (NaN or inf) in any probed item raise
+``Diverged`` (the checkpoint is recorded as diverged, without rows), naming the
+layers and how many items.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from polypythias.extract import probing
 from polypythias.extract.extractors import (
+    Diverged,
     Extractor,
     ExtractorError,
     ExtractorOptions,
@@ -582,6 +587,14 @@ class Probes(Extractor):
                     flat = states.flatten(0, 1).float()
                     flat = torch.cat([flat, flat.new_zeros(1, flat.shape[-1])])
                     features[layer, rows] = flat[positions].sum(1) / counts
+            # A NaN or inf in any pooled hidden state reaches its feature row: one check.
+            if features is not None and not bool(torch.isfinite(features).all()):
+                bad = ~torch.isfinite(features).all(-1)  # (layers, rows)
+                layers = bad.any(-1).nonzero().flatten().tolist()
+                raise Diverged(
+                    f"probes: hidden states not finite (NaN or inf) in {int(bad.any(0).sum())} of "
+                    f"{plan.n_rows} probed items, at layer(s) {', '.join(map(str, layers))}"
+                )
         return features
 
     def run(self, model, tokenizer, checkpoint, device) -> dict[str, pa.Table]:

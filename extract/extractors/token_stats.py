@@ -6,6 +6,10 @@ is predicted too). ``position`` is the 0-based index of the predicted token in
 the document's own tokens. Documents longer than ``max_length`` tokens are
 truncated. Documents are batched by length with right padding; the attention
 mask keeps padding from changing any real token's prediction.
+
+Logits that are not finite (NaN or inf) at any predicted position raise
+``Diverged`` (the checkpoint is recorded as diverged, without rows), saying at how
+many positions of how many documents.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from polypythias.extract.extractors import (
+    Diverged,
     Extractor,
     ExtractorError,
     ExtractorOptions,
@@ -104,17 +109,28 @@ class TokenStats(Extractor):
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         batches = []
+        nonfinite: list[pa.Array] = []  # doc_id of each position whose logits are not finite
         with torch.inference_mode():
             for start in range(0, len(order), self.options.batch_size):
                 doc_ids = order[start : start + self.options.batch_size]
-                batches.append(
-                    _batch_stats(model, [sequences[i] for i in doc_ids], doc_ids, has_bos,
-                                 pad_id, self.options.top_k, device)
-                )
+                table, bad = _batch_stats(model, [sequences[i] for i in doc_ids], doc_ids, has_bos,
+                                          pad_id, self.options.top_k, device)
+                batches.append(table)
+                if bad is not None:
+                    nonfinite.append(table["doc_id"].filter(pa.array(bad.cpu().numpy())).combine_chunks())
+        if nonfinite:
+            docs = pa.concat_arrays(nonfinite)
+            positions = sum(table.num_rows for table in batches)
+            raise Diverged(
+                f"token_stats: logits not finite (NaN or inf) at {len(docs)} of {positions} "
+                f"predicted positions, in {len(set(docs.to_pylist()))} of {len(sequences)} documents"
+            )
         return {TOKEN_STATS.name: pa.concat_tables(batches)}
 
 
-def _batch_stats(model, sequences, doc_ids, has_bos, pad_id, top_k, device) -> pa.Table:
+def _batch_stats(model, sequences, doc_ids, has_bos, pad_id, top_k, device):
+    """The batch's rows, and a mask of the rows whose logits are not all finite (None
+    when all are)."""
     import torch
 
     length = max(len(s) for s in sequences)
@@ -131,6 +147,10 @@ def _batch_stats(model, sequences, doc_ids, has_bos, pad_id, top_k, device) -> p
 
     target_logprob = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = -(logprobs.exp() * logprobs).sum(-1)
+    # One check per position: any NaN or ±inf logit makes the entropy NaN (log_softmax
+    # turns +inf and NaN into NaN, and -inf gives 0 · -inf), so no pass over the vocabulary.
+    bad = ~torch.isfinite(entropy)
+    bad = bad if bool(bad.any()) else None
     target_rank = (logprobs > target_logprob.unsqueeze(-1)).sum(-1) + 1
     topk = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1)
 
@@ -138,7 +158,7 @@ def _batch_stats(model, sequences, doc_ids, has_bos, pad_id, top_k, device) -> p
     position = cols + (0 if has_bos else 1)
     n, k = len(rows), topk.indices.shape[-1]
     offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
-    return pa.table(
+    table = pa.table(
         {
             "doc_id": pa.array(torch.tensor(doc_ids)[rows].numpy(), type=pa.int64()),
             "position": pa.array(position.numpy(), type=pa.int32()),
@@ -154,3 +174,4 @@ def _batch_stats(model, sequences, doc_ids, has_bos, pad_id, top_k, device) -> p
             ),
         }
     )
+    return table, bad

@@ -17,6 +17,13 @@ parameter whose name ends in ``weight`` / ``bias`` (layer norms included);
 ``weight_hash`` is a SHA-256 digest (first 128 bits) of the tensor's dtype, shape and bytes, so
 identical weights at different steps or runs can be found.
 
+Diverged checkpoints (``runs_on_diverged``): ``nonfinite`` counts a row's NaN and
+inf values. A row with any has every statistic null (never NaN: they are
+undefined) and no value sample; its shape, kind and hash are still recorded.
+Finite rows cost nothing extra: Σ|w| in float64 is finite exactly when every
+value is (float32 values cannot overflow it), so the count is only taken where
+it is not.
+
 ``value_sample`` holds a fixed sample of each matrix's values: the values at
 ``SAMPLE_SIZE`` distinct positions (all of them in a smaller matrix) drawn uniformly
 from a hash of the tensor's name and shape alone (``sample_positions``), so every
@@ -146,14 +153,25 @@ def _middle(flat: torch.Tensor, ranks: list[int]) -> float:
     return float((first.double() + second.double()) / 2)
 
 
-def distribution(values: torch.Tensor) -> dict[str, float]:
+def distribution(values: torch.Tensor) -> dict[str, float | int | None]:
+    """Mean, median and population variance of the values, and how many are NaN or
+    inf (then the three are null)."""
     flat = values.reshape(-1).double()
     mean, var = _mean_var(flat)
+    if not math.isfinite(float(mean)):  # the mean of float64 values overflows only through NaN or inf
+        return {"mean": None, "median": None, "var": None, "nonfinite": _count_nonfinite(flat)}
     return {
         "mean": float(mean),
         "median": median(values.reshape(-1).float()),
         "var": float(var),
+        "nonfinite": 0,
     }
+
+
+def _count_nonfinite(values: torch.Tensor) -> int:
+    import torch
+
+    return int((~torch.isfinite(values)).sum())
 
 
 def _mean_var(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,11 +227,23 @@ def batch_matrix_stats(weights: torch.Tensor) -> list[dict[str, float | None]]:
     weights = weights.detach()
     w = weights.double()
     flat = w.reshape(w.shape[0], -1)
+    l1 = flat.abs().sum(-1)
+    # Finite exactly when every value is; only then are the statistics defined.
+    finite = torch.isfinite(l1)
+    nonfinite = [0] * w.shape[0]
+    if not bool(finite.all()):
+        nonfinite = (~torch.isfinite(flat)).sum(-1).tolist()
+        # Zeros in their place, so that no NaN reaches the eigensolver (it may fail
+        # on them); their statistics are nulled below.
+        keep = finite[:, None, None]
+        weights = torch.where(keep, weights, weights.new_zeros(()))
+        w = torch.where(keep, w, 0.0)
+        flat = w.reshape(w.shape[0], -1)
     sv = _singular_values(weights)
     mean, var = _mean_var(flat)
     sv_mean, sv_var = _mean_var(sv)
     stats = {
-        "l1": flat.abs().sum(-1),
+        "l1": l1,
         "l2": torch.linalg.vector_norm(flat, dim=-1),
         "spectral": sv[:, 0],
         "sv_mean": sv_mean,
@@ -226,6 +256,9 @@ def batch_matrix_stats(weights: torch.Tensor) -> list[dict[str, float | None]]:
     columns = {name: values.tolist() for name, values in stats.items()}
     rows = []
     for i in range(w.shape[0]):
+        if nonfinite[i]:
+            rows.append({**dict.fromkeys(_MATRIX_STATS), "nonfinite": nonfinite[i]})
+            continue
         row = {name: values[i] for name, values in columns.items()}
         l1, l2, spectral = row["l1"], row["l2"], row["spectral"]
         trace = row.get("trace")
@@ -241,9 +274,17 @@ def batch_matrix_stats(weights: torch.Tensor) -> list[dict[str, float | None]]:
                 "sv_var": row["sv_var"],
                 "mean": row["mean"],
                 "var": row["var"],
+                "nonfinite": 0,
             }
         )
     return rows
+
+
+#: The statistics of a matrix row, all null on a matrix with NaN or inf values.
+_MATRIX_STATS = (
+    "l1", "l2", "trace", "spectral", "code_sparsity", "computational_sparsity",
+    "sv_mean", "sv_var", "mean", "var",
+)
 
 
 @register
@@ -252,6 +293,8 @@ class WeightStats(Extractor):
     outputs = (WEIGHT_STATS,)
     # 2: value_sample, the per-matrix value sample of the distance estimates.
     version = 2
+    # What it computes per tensor stays defined on a diverged checkpoint.
+    runs_on_diverged = True
 
     def __init__(self, options: ExtractorOptions, suite: Suite) -> None:
         super().__init__(options, suite)
@@ -315,7 +358,7 @@ class WeightStats(Extractor):
                 for i, matrix, row, sample in zip(indices, stack, chunk_stats, sampled, strict=True):
                     stats[i] = row
                     hashes[i] = tensor_hash(matrix)
-                    samples[i] = sample
+                    samples[i] = None if row["nonfinite"] else sample
             rows = [
                 {
                     "tensor_name": tensor_name,
@@ -337,10 +380,18 @@ class WeightStats(Extractor):
                         # above) and the other weights', as exact as one pass over all.
                         others = [v for name, v in weights_by_name.items() if classify(name) is None]
                         parts = [(r["n_rows"] * r["n_cols"], r["mean"], r["var"]) for r in rows]
+                        nonfinite = sum(r["nonfinite"] for r in rows)
                         if others:
-                            mean, var = _mean_var(torch.cat(others).double())
-                            parts.append((sum(v.numel() for v in others), float(mean), float(var)))
-                        stats = {**_combine(parts), "median": median(flat)}
+                            other_values = torch.cat(others).double()
+                            mean, var = _mean_var(other_values)
+                            if math.isfinite(float(mean)):
+                                parts.append((other_values.numel(), float(mean), float(var)))
+                            else:
+                                nonfinite += _count_nonfinite(other_values)
+                        if nonfinite:
+                            stats = {"mean": None, "median": None, "var": None, "nonfinite": nonfinite}
+                        else:
+                            stats = {**_combine(parts), "median": median(flat), "nonfinite": 0}
                     else:
                         stats = distribution(flat)
                     rows.append(

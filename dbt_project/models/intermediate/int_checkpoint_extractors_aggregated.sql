@@ -34,11 +34,18 @@ attempts as (
         extractor,
         count(*) as n_attempts,
         count(*) filter (where is_success) as n_successes,
-        count(*) filter (where not is_success) as n_failed_attempts,
+        -- a diverged attempt (NaN or inf values) is settled, not a failure
+        count(*) filter (where not is_success and not is_diverged) as n_failed_attempts,
+        count(*) filter (where is_diverged) as n_diverged_attempts,
         max(extraction_id) filter (where is_latest_success) as current_extraction_id,
-        max(extraction_id) filter (where not is_success) as last_failed_extraction_id,
+        max(extraction_id) filter (where not is_success and not is_diverged)
+            as last_failed_extraction_id,
         -- arg_max skips null errors: the newest failure that says what went wrong
-        arg_max(error, extraction_id) filter (where not is_success) as last_error
+        arg_max(error, extraction_id) filter (where not is_success and not is_diverged)
+            as last_error,
+        -- diverged now: the latest settled attempt (success or diverged) diverged
+        coalesce(bool_or(is_diverged) filter (where is_latest_settled), false) as is_diverged,
+        max(error) filter (where is_latest_settled and is_diverged) as diverged_error
     from manifest
     group by suite, model_size, seed, step, extractor
 
@@ -62,9 +69,15 @@ joined as (
         coalesce(attempts.n_successes, 0) as n_successes,
         coalesce(attempts.n_failed_attempts, 0) as n_failed_attempts,
         coalesce(attempts.n_successes, 0) > 0 as has_success,
+        coalesce(attempts.n_diverged_attempts, 0) as n_diverged_attempts,
+        coalesce(attempts.is_diverged, false) as is_diverged,
+        -- nothing left to do: a success or a final divergence
+        coalesce(attempts.n_successes, 0) > 0 or coalesce(attempts.is_diverged, false)
+            as is_settled,
         attempts.current_extraction_id,
         attempts.last_failed_extraction_id,
-        attempts.last_error
+        attempts.last_error,
+        attempts.diverged_error
 
     from expected
     full outer join attempts

@@ -1,7 +1,8 @@
 {#-
     The checkpoints the outlier signals are evaluated at: every step of a run that
-    has a successful extraction (any extractor) or a training-map state, with the
-    run's final step and the end of its warm-up.
+    has a successful or diverged extraction (any extractor) or a training-map
+    state, with the run's final step, the end of its warm-up, and whether the
+    checkpoint is diverged (NaN or inf weights or outputs) and why.
 -#}
 {%- set settings = outlier_settings() -%}
 
@@ -25,10 +26,16 @@ extracted as (
         suite,
         model_size,
         seed,
-        step
+        step,
+        bool_or(is_diverged) as is_diverged,
+        -- as dim_checkpoints.diverged_reason: the weights' reason first
+        arg_min(
+            diverged_error,
+            case when diverged_error like 'weights not finite%' then '0' else '1' end || extractor
+        ) filter (where is_diverged) as diverged_reason
     from checkpoint_extractors
     group by suite, model_size, seed, step
-    having bool_or(has_success)
+    having bool_or(is_settled)
 
 ),
 
@@ -46,7 +53,7 @@ mapped as (
 
 checkpoints as (
 
-    select * from extracted
+    select suite, model_size, seed, step from extracted
     union
     select * from mapped
 
@@ -89,7 +96,11 @@ final as (
         cast({{ settings.outlier_warmup_fraction }} as double) * runs.final_step as warmup_step,
         checkpoints.step >= cast({{ settings.outlier_warmup_fraction }} as double) * runs.final_step
             as is_after_warmup,
-        sizes.n_seeds
+        sizes.n_seeds,
+
+        ---------- divergence
+        coalesce(extracted.is_diverged, false) as is_diverged,
+        extracted.diverged_reason
 
     from checkpoints
     inner join runs
@@ -99,6 +110,11 @@ final as (
     inner join sizes
         on checkpoints.suite = sizes.suite
         and checkpoints.model_size = sizes.model_size
+    left join extracted
+        on checkpoints.suite = extracted.suite
+        and checkpoints.model_size = extracted.model_size
+        and checkpoints.seed = extracted.seed
+        and checkpoints.step = extracted.step
 
 )
 

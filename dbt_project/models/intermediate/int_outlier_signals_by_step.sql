@@ -14,9 +14,13 @@
     - loss_spikes: the largest deviation, in robust deviations, of a training-log
       step after warm-up and ≤ t (int_outlier_loss_spikes); flags when one of them
       is a spike (above `loss_spike_k`).
+    - diverged: the number of the run's diverged checkpoints (NaN or inf weights
+      or outputs) at steps ≤ t; flags at ≥ 1, naming the first diverged step and
+      why. A divergence is no noise to wait out: it flags during warm-up too.
 
-    No signal flags a checkpoint before the run's warm-up (step <
-    `outlier_warmup_fraction` × final step).
+    No other signal flags a checkpoint before the run's warm-up (step <
+    `outlier_warmup_fraction` × final step). Diverged checkpoints have no z-score
+    (int_outlier_z_scores leaves them out).
 -#}
 {%- set settings = outlier_settings() -%}
 
@@ -153,6 +157,30 @@ loss_spike_signal as (
 
 ),
 
+---------- divergence
+
+diverged_running as (
+
+    -- per checkpoint: the run's diverged checkpoints up to it
+    select
+        suite,
+        model_size,
+        seed,
+        step,
+        count(*) filter (where is_diverged) over up_to_here as n_diverged,
+        count(*) over up_to_here as n_checkpoints,
+        min(step) filter (where is_diverged) over up_to_here as first_diverged_step,
+        arg_min(diverged_reason, step) filter (where is_diverged) over up_to_here
+            as first_diverged_reason
+    from checkpoints
+    window up_to_here as (
+        partition by suite, model_size, seed
+        order by step
+        rows between unbounded preceding and current row
+    )
+
+),
+
 ---------- every signal at every checkpoint
 
 signals as (
@@ -265,6 +293,31 @@ signals as (
         and checkpoints.step = agreement.step
         and agreement.signal = 'agreement'
 
+    union all
+
+    select
+        checkpoints.*,
+        'diverged' as signal,
+        cast(diverged_running.n_diverged as double) as score,
+        cast(1 as double) as threshold,
+        diverged_running.n_diverged >= 1 as is_beyond,
+        case
+            when diverged_running.n_diverged > 0
+                then 'diverged at step ' || diverged_running.first_diverged_step || ': '
+                    || coalesce(diverged_running.first_diverged_reason, 'values not finite')
+                    || ' (' || diverged_running.n_diverged || ' of the run''s '
+                    || diverged_running.n_checkpoints || ' checkpoints up to step '
+                    || diverged_running.step || ' diverged)'
+            else 'no diverged checkpoint among the run''s ' || diverged_running.n_checkpoints
+                || ' up to step ' || diverged_running.step
+        end as detail
+    from checkpoints
+    inner join diverged_running
+        on checkpoints.suite = diverged_running.suite
+        and checkpoints.model_size = diverged_running.model_size
+        and checkpoints.seed = diverged_running.seed
+        and checkpoints.step = diverged_running.step
+
 ),
 
 final as (
@@ -286,7 +339,8 @@ final as (
         ---------- the signal at this checkpoint
         score,
         threshold,
-        coalesce(is_after_warmup and is_beyond, false) as flags,
+        -- divergence flags during warm-up too (it is no noise to wait out)
+        coalesce((is_after_warmup or signal = 'diverged') and is_beyond, false) as flags,
         detail
 
     from signals

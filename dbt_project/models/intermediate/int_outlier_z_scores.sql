@@ -12,26 +12,93 @@
       filter × num_fewshot (inter-seed pairs of int_eval_prediction_pairs_agreed;
       pairs with an undefined κ left out), averaged over the tasks; its z-score
       against the other runs' means.
+
+    Diverged checkpoints (NaN or inf weights or outputs, int_checkpoint_extractors_aggregated)
+    are left out of every signal here, on both sides: they get no z-score and are
+    in no other run's reference (the `diverged` signal reports them).
 -#}
 {%- set settings = outlier_settings() -%}
 
 with
 
-eval_scores as (
+all_eval_scores as (
 
     select * from {{ ref('fct_eval_scores') }}
 
 ),
 
-checkpoint_losses as (
+all_checkpoint_losses as (
 
     select * from {{ ref('fct_checkpoint_losses') }}
 
 ),
 
-prediction_pairs as (
+all_prediction_pairs as (
 
     select * from {{ ref('int_eval_prediction_pairs_agreed') }}
+
+),
+
+checkpoint_extractors as (
+
+    select * from {{ ref('int_checkpoint_extractors_aggregated') }}
+
+),
+
+---------- diverged checkpoints, left out
+
+diverged_checkpoints as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        step
+    from checkpoint_extractors
+    group by suite, model_size, seed, step
+    having bool_or(is_diverged)
+
+),
+
+eval_scores as (
+
+    select all_eval_scores.*
+    from all_eval_scores
+    anti join diverged_checkpoints
+        on all_eval_scores.suite = diverged_checkpoints.suite
+        and all_eval_scores.model_size = diverged_checkpoints.model_size
+        and all_eval_scores.seed = diverged_checkpoints.seed
+        and all_eval_scores.step = diverged_checkpoints.step
+
+),
+
+checkpoint_losses as (
+
+    select all_checkpoint_losses.*
+    from all_checkpoint_losses
+    anti join diverged_checkpoints
+        on all_checkpoint_losses.suite = diverged_checkpoints.suite
+        and all_checkpoint_losses.model_size = diverged_checkpoints.model_size
+        and all_checkpoint_losses.seed = diverged_checkpoints.seed
+        and all_checkpoint_losses.step = diverged_checkpoints.step
+
+),
+
+prediction_pairs as (
+
+    -- both runs of the pair finite
+    select all_prediction_pairs.*
+    from all_prediction_pairs
+    anti join diverged_checkpoints as diverged_a
+        on all_prediction_pairs.suite = diverged_a.suite
+        and all_prediction_pairs.model_size = diverged_a.model_size
+        and all_prediction_pairs.seed_a = diverged_a.seed
+        and all_prediction_pairs.step_a = diverged_a.step
+    anti join diverged_checkpoints as diverged_b
+        on all_prediction_pairs.suite = diverged_b.suite
+        and all_prediction_pairs.model_size = diverged_b.model_size
+        and all_prediction_pairs.seed_b = diverged_b.seed
+        and all_prediction_pairs.step_b = diverged_b.step
 
 ),
 

@@ -239,11 +239,15 @@ def fit_horizon(prefix, index, max_states, restarts, random_state):
         probability = np.ones(n_rows)
         n_states, bic, ll = 1, np.nan, np.nan
     else:
+        import hmmlearn.hmm  # noqa: F401 - loads sklearn's OpenMP runtime: see below
         from threadpoolctl import threadpool_limits
 
         logging.getLogger("hmmlearn").setLevel(logging.ERROR)
         # One thread: the data are small (threads cost more than they save) and the
-        # build shares the machine with dbt's other threads.
+        # build shares the machine with dbt's other threads. threadpool_limits only
+        # limits the libraries already loaded, so hmmlearn (and with it sklearn's
+        # OpenMP k-means, which initialises every fit) is imported first: unlimited,
+        # its spinning threads made the first horizon 15x slower on 2 busy cores.
         with warnings.catch_warnings(), threadpool_limits(limits=1):
             warnings.simplefilter("ignore")
             hmm, bic, ll = select_model(x, lengths, max_states, restarts, random_state)

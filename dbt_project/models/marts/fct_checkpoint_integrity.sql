@@ -118,7 +118,8 @@ extraction_outcomes as (
         model_size,
         seed,
         step,
-        bool_or(has_success) as has_any_success
+        -- a diverged extraction counts: the checkpoint is there, its values are not finite
+        bool_or(is_settled) as has_any_success
     from checkpoint_extractors
     group by suite, model_size, seed, step
 
@@ -159,7 +160,8 @@ missing_checkpoints as (
 
 sampled_checkpoints as (
 
-    -- the checkpoints with a value sample on every matrix, numbered along their run
+    -- the checkpoints with a value sample on every matrix (a matrix with NaN or
+    -- inf values has none: no distance), numbered along their run
     select
         suite,
         model_size,

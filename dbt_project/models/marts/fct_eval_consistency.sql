@@ -1,8 +1,60 @@
+{#-
+    Diverged checkpoints (dim_checkpoints.is_diverged: NaN or inf weights or
+    outputs) are counted per step (n_seeds_diverged) and left out of every
+    statistic, explicitly: an ingested lm-eval file of a checkpoint whose weights
+    diverged does not enter the spread.
+-#}
+
 with
+
+all_eval_scores as (
+
+    select * from {{ ref('fct_eval_scores') }}
+
+),
+
+dim_checkpoints as (
+
+    select * from {{ ref('dim_checkpoints') }}
+
+),
+
+checkpoint_extractors as (
+
+    select * from {{ ref('int_checkpoint_extractors_aggregated') }}
+
+),
 
 eval_scores as (
 
-    select * from {{ ref('fct_eval_scores') }}
+    select all_eval_scores.*
+    from all_eval_scores
+    left join dim_checkpoints
+        on all_eval_scores.suite = dim_checkpoints.suite
+        and all_eval_scores.model_size = dim_checkpoints.model_size
+        and all_eval_scores.seed = dim_checkpoints.seed
+        and all_eval_scores.step = dim_checkpoints.step
+    where not coalesce(dim_checkpoints.is_diverged, false)
+
+),
+
+diverged_seeds as (
+
+    -- the diverged checkpoints an evaluation was expected of or attempted on
+    select
+        dim_checkpoints.suite,
+        dim_checkpoints.model_size,
+        dim_checkpoints.step,
+        count(distinct dim_checkpoints.seed) as n_seeds_diverged
+    from dim_checkpoints
+    inner join checkpoint_extractors
+        on dim_checkpoints.suite = checkpoint_extractors.suite
+        and dim_checkpoints.model_size = checkpoint_extractors.model_size
+        and dim_checkpoints.seed = checkpoint_extractors.seed
+        and dim_checkpoints.step = checkpoint_extractors.step
+        and checkpoint_extractors.extractor in ('evals', 'lm_eval_ingest')
+    where dim_checkpoints.is_diverged
+    group by dim_checkpoints.suite, dim_checkpoints.model_size, dim_checkpoints.step
 
 ),
 
@@ -41,27 +93,34 @@ final as (
 
     select
         ---------- keys
-        suite,
-        model_size,
-        {{ nominal_parameters('model_size') }} as nominal_parameters,
-        step,
-        task,
-        metric,
-        filter,
-        num_fewshot,
+        across_seeds.suite,
+        across_seeds.model_size,
+        {{ nominal_parameters('across_seeds.model_size') }} as nominal_parameters,
+        across_seeds.step,
+        across_seeds.task,
+        across_seeds.metric,
+        across_seeds.filter,
+        across_seeds.num_fewshot,
 
-        ---------- statistics across seeds
-        n_runs,
-        value_median,
-        value_q25,
-        value_q75,
-        value_mean,
-        value_std,
-        value_min,
-        value_max,
-        stderr_mean
+        ---------- statistics across the finite seeds
+        across_seeds.n_runs,
+        across_seeds.value_median,
+        across_seeds.value_q25,
+        across_seeds.value_q75,
+        across_seeds.value_mean,
+        across_seeds.value_std,
+        across_seeds.value_min,
+        across_seeds.value_max,
+        across_seeds.stderr_mean,
+
+        ---------- left out
+        coalesce(diverged_seeds.n_seeds_diverged, 0) as n_seeds_diverged
 
     from across_seeds
+    left join diverged_seeds
+        on across_seeds.suite = diverged_seeds.suite
+        and across_seeds.model_size = diverged_seeds.model_size
+        and across_seeds.step = diverged_seeds.step
 
 )
 

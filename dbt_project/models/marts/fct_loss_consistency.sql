@@ -1,8 +1,60 @@
+{#-
+    Diverged checkpoints (dim_checkpoints.is_diverged: NaN or inf weights or
+    outputs) are counted per step (n_seeds_diverged) and left out of every
+    statistic: n_seeds and the spread are over the finite seeds only. A step whose
+    every seed diverged still has a row, with n_seeds 0 and null statistics.
+-#}
+
 with
 
 checkpoint_losses as (
 
     select * from {{ ref('fct_checkpoint_losses') }}
+
+),
+
+dim_checkpoints as (
+
+    select * from {{ ref('dim_checkpoints') }}
+
+),
+
+checkpoint_extractors as (
+
+    select * from {{ ref('int_checkpoint_extractors_aggregated') }}
+
+),
+
+finite_losses as (
+
+    select checkpoint_losses.*
+    from checkpoint_losses
+    left join dim_checkpoints
+        on checkpoint_losses.suite = dim_checkpoints.suite
+        and checkpoint_losses.model_size = dim_checkpoints.model_size
+        and checkpoint_losses.seed = dim_checkpoints.seed
+        and checkpoint_losses.step = dim_checkpoints.step
+    where not coalesce(dim_checkpoints.is_diverged, false)
+
+),
+
+diverged_seeds as (
+
+    -- the diverged checkpoints token_stats was expected of or attempted on
+    select
+        dim_checkpoints.suite,
+        dim_checkpoints.model_size,
+        dim_checkpoints.step,
+        count(*) as n_seeds_diverged
+    from dim_checkpoints
+    inner join checkpoint_extractors
+        on dim_checkpoints.suite = checkpoint_extractors.suite
+        and dim_checkpoints.model_size = checkpoint_extractors.model_size
+        and dim_checkpoints.seed = checkpoint_extractors.seed
+        and dim_checkpoints.step = checkpoint_extractors.step
+        and checkpoint_extractors.extractor = 'token_stats'
+    where dim_checkpoints.is_diverged
+    group by dim_checkpoints.suite, dim_checkpoints.model_size, dim_checkpoints.step
 
 ),
 
@@ -14,7 +66,7 @@ across_seeds as (
         model_size,
         step,
 
-        ---------- spread of the per-run mean token loss across seeds
+        ---------- spread of the per-run mean token loss across the finite seeds
         count(*) as n_seeds,
         -- quantile_cont interpolates linearly, as numpy.quantile does by default
         quantile_cont(mean_token_loss, 0.5) as loss_median,
@@ -25,8 +77,16 @@ across_seeds as (
         min(mean_token_loss) as loss_min,
         max(mean_token_loss) as loss_max
 
-    from checkpoint_losses
+    from finite_losses
     group by suite, model_size, step
+
+),
+
+steps as (
+
+    select suite, model_size, step from across_seeds
+    union
+    select suite, model_size, step from diverged_seeds
 
 ),
 
@@ -34,21 +94,33 @@ final as (
 
     select
         ---------- keys
-        suite,
-        model_size,
-        {{ nominal_parameters('model_size') }} as nominal_parameters,
-        step,
+        steps.suite,
+        steps.model_size,
+        {{ nominal_parameters('steps.model_size') }} as nominal_parameters,
+        steps.step,
 
-        ---------- statistics across seeds
-        n_seeds,
-        loss_median,
-        loss_q25,
-        loss_q75,
-        loss_mean,
-        loss_std,
-        loss_min,
-        loss_max
-    from across_seeds
+        ---------- statistics across the finite seeds
+        coalesce(across_seeds.n_seeds, 0) as n_seeds,
+        across_seeds.loss_median,
+        across_seeds.loss_q25,
+        across_seeds.loss_q75,
+        across_seeds.loss_mean,
+        across_seeds.loss_std,
+        across_seeds.loss_min,
+        across_seeds.loss_max,
+
+        ---------- left out
+        coalesce(diverged_seeds.n_seeds_diverged, 0) as n_seeds_diverged
+
+    from steps
+    left join across_seeds
+        on steps.suite = across_seeds.suite
+        and steps.model_size = across_seeds.model_size
+        and steps.step = across_seeds.step
+    left join diverged_seeds
+        on steps.suite = diverged_seeds.suite
+        and steps.model_size = diverged_seeds.model_size
+        and steps.step = diverged_seeds.step
 
 )
 

@@ -9,6 +9,8 @@
       checkpoint after warm-up is below the threshold.
     - loss_spikes: the largest deviation of any logged step after warm-up (the
       whole log, also past the last checkpoint); fires on any spike.
+    - diverged: the run's diverged checkpoints (NaN or inf weights or outputs),
+      counted at its last checkpoint; fires on any, naming the first.
 
     first_step is the first step at which the signal fires, from data up to that
     step: the first flagged checkpoint, for loss_spikes the first spike's logged
@@ -38,7 +40,7 @@ checkpoints as (
 
 signal_names as (
 
-    select unnest(['training_map', 'performance', 'loss_spikes', 'final_loss', 'agreement'])
+    select unnest(['training_map', 'performance', 'loss_spikes', 'final_loss', 'agreement', 'diverged'])
         as signal
 
 ),
@@ -100,7 +102,7 @@ at_end as (
         arg_max(flags, step) as fires,
         arg_max(detail, step) as detail
     from signals_by_step
-    where signal in ('training_map', 'final_loss', 'agreement')
+    where signal in ('training_map', 'final_loss', 'agreement', 'diverged')
         and score is not null
     group by all
 
@@ -185,6 +187,7 @@ scored as (
             when 'loss_spikes' then cast({{ settings.loss_spike_k }} as double)
             when 'final_loss' then cast({{ settings.final_loss_z_threshold }} as double)
             when 'agreement' then cast({{ settings.agreement_z_threshold }} as double)
+            when 'diverged' then cast(1 as double)
         end as threshold,
         coalesce(
             case signal_names.signal
@@ -240,7 +243,7 @@ reasoned as (
         *,
         case
             ---------- no score
-            when score is null and signal <> 'loss_spikes' and n_seeds < 3
+            when score is null and signal not in ('loss_spikes', 'diverged') and n_seeds < 3
                 then 'no score: ' || n_seeds || ' seed'
                     || case when n_seeds = 1 then '' else 's' end
                     || ' of ' || model_size || ', a comparison needs 3'
@@ -252,6 +255,7 @@ reasoned as (
                     when 'loss_spikes' then 'no training-log step after warm-up with a full window'
                     when 'final_loss' then 'no token losses with 3 seeds'
                     when 'agreement' then 'no item-level predictions with 3 seeds'
+                    when 'diverged' then 'no extracted checkpoint'
                 end
 
             ---------- fires
@@ -288,6 +292,8 @@ reasoned as (
             when signal = 'agreement'
                 then 'within threshold: ' || end_detail || ' (fires below '
                     || printf('%g', threshold) || ')'
+            when signal = 'diverged'
+                then 'within threshold: ' || end_detail
         end as reason
     from scored
 

@@ -1,8 +1,35 @@
+{#-
+    Diverged checkpoints (dim_checkpoints.is_diverged) are left out: with NaN or
+    inf weights the features are undefined, and a checkpoint whose outputs
+    diverged is left out too, as in every mart. The training map (HMM) fitted on
+    these features therefore never sees them.
+-#}
+
 with
+
+all_weight_stats as (
+
+    select * from {{ ref('stg_lake__weight_stats') }}
+
+),
+
+dim_checkpoints as (
+
+    select * from {{ ref('dim_checkpoints') }}
+
+),
 
 weight_stats as (
 
-    select * from {{ ref('stg_lake__weight_stats') }}
+    select all_weight_stats.*
+    from all_weight_stats
+    inner join dim_checkpoints
+        on all_weight_stats.suite = dim_checkpoints.suite
+        and all_weight_stats.model_size = dim_checkpoints.model_size
+        and all_weight_stats.seed = dim_checkpoints.seed
+        and all_weight_stats.step = dim_checkpoints.step
+    where not dim_checkpoints.is_diverged
+        and not all_weight_stats.is_diverged
 
 ),
 

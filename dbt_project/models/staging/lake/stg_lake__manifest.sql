@@ -20,6 +20,8 @@ renamed as (
         ---------- outcome
         cast(status as varchar) as status,
         status = 'success' as is_success,
+        -- NaN or inf weights or outputs: settled (not retried), not a failure
+        status = 'diverged' as is_diverged,
         cast(error as varchar) as error,
         rows as rows_written,
 
@@ -55,11 +57,29 @@ latest_success as (
 
 ),
 
+latest_settled as (
+
+    -- the latest attempt that settled the checkpoint × extractor: a success or a
+    -- divergence (a diverged weight_stats attempt still wrote what it could)
+    select
+        suite,
+        model_size,
+        seed,
+        step,
+        extractor,
+        max(extraction_id) as extraction_id
+    from renamed
+    where is_success or is_diverged
+    group by suite, model_size, seed, step, extractor
+
+),
+
 final as (
 
     select
         renamed.*,
-        latest_success.extraction_id is not null as is_latest_success
+        latest_success.extraction_id is not null as is_latest_success,
+        latest_settled.extraction_id is not null as is_latest_settled
     from renamed
     left join latest_success
         on renamed.suite = latest_success.suite
@@ -68,6 +88,13 @@ final as (
         and renamed.step = latest_success.step
         and renamed.extractor = latest_success.extractor
         and renamed.extraction_id = latest_success.extraction_id
+    left join latest_settled
+        on renamed.suite = latest_settled.suite
+        and renamed.model_size = latest_settled.model_size
+        and renamed.seed = latest_settled.seed
+        and renamed.step = latest_settled.step
+        and renamed.extractor = latest_settled.extractor
+        and renamed.extraction_id = latest_settled.extraction_id
 
 )
 

@@ -2,7 +2,11 @@ with
 
 source as (
 
+    -- by name with the dataset's full column list, so that columns older files lack
+    -- (value_sample, nonfinite) read as null even when no file of the lake has them
     select * from {{ lake_source('weight_stats') }}
+    union all by name
+    select * from {{ lake_empty_relation('weight_stats') }}
 
 ),
 
@@ -14,17 +18,20 @@ manifest as (
 
 current_extractions as (
 
-    -- the latest successful weight_stats attempt per checkpoint; rows of any other
-    -- attempt (superseded, failed, or never recorded in the manifest) are dropped
+    -- the latest weight_stats attempt per checkpoint that succeeded or diverged (on
+    -- NaN or inf weights it records what it can: shapes, hashes, the non-finite
+    -- counts); rows of any other attempt (superseded, failed, or never recorded in
+    -- the manifest) are dropped
     select
         suite,
         model_size,
         seed,
         step,
-        extraction_id
+        extraction_id,
+        is_diverged
     from manifest
     where extractor = 'weight_stats'
-        and is_latest_success
+        and is_latest_settled
 
 ),
 
@@ -66,7 +73,10 @@ renamed as (
         cast(weight_hash as varchar) as weight_hash,
 
         ---------- values at fixed positions (null before weight_stats version 2)
-        cast(value_sample as double[]) as value_sample
+        cast(value_sample as double[]) as value_sample,
+
+        ---------- NaN or inf values (null in files written before the column existed)
+        cast(nonfinite as bigint) as nonfinite
 
     from source
 
@@ -74,7 +84,9 @@ renamed as (
 
 final as (
 
-    select renamed.*
+    select
+        renamed.*,
+        current_extractions.is_diverged
     from renamed
     inner join current_extractions
         on renamed.suite = current_extractions.suite
