@@ -6,8 +6,10 @@ ingest commands do); and nothing is written to the lake when the input is refuse
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -248,12 +250,29 @@ def test_a_missing_lm_eval_path_is_named(lm_eval_run):
     assert f"{len(LM_EVAL_CASES) + 2} files: 1 ingested" in one_line(result.stdout)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_an_unreadable_lm_eval_file_is_named(tmp_path):
-    file = results_file(tmp_path / "in")
-    file.chmod(0)
-    result = invoke("ingest", "lm-eval", file, "--lake", tmp_path / "lake", "--no-progress")
-    assert result.exit_code == 1 and f"failed {file}: " in result.stderr and "Permission denied" in result.stderr
+def test_an_unreadable_lm_eval_file_is_named_and_the_others_ingested():
+    """Run as an unprivileged user (a user namespace maps us to nobody), since root
+    reads files whatever their mode; the folders must be open to that user."""
+    root = Path(tempfile.mkdtemp())
+    try:
+        root.chmod(0o755)
+        good = results_file(root / "in" / "good")
+        bad = results_file(root / "in" / "bad")
+        bad.chmod(0)
+        lake = root / "lake"
+        lake.mkdir(mode=0o777)
+        lake.chmod(0o777)
+        result = subprocess.run(
+            ["unshare", "--user", sys.executable, "-m", "polypythias", "ingest", "lm-eval",
+             str(root / "in"), "--lake", str(lake), "--no-progress"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"failed {bad}: " in result.stderr and "Permission denied" in result.stderr
+        assert "2 files: 1 ingested" in one_line(result.stdout)
+        assert Lake(lake).read(EVAL_FILES)["path"].to_pylist() == [str(good)]
+    finally:
+        shutil.rmtree(root)
 
 
 @pytest.mark.parametrize("suite", ["a/b", "..", "a=b", "", "../etc"])
