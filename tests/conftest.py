@@ -11,6 +11,7 @@ import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from polypythias.extract.micro.tokenizer import build_tokenizer
+from polypythias.extract.suite import CheckpointId, Suite
 
 WORDS = [f"w{i}" for i in range(40)]
 
@@ -39,6 +40,27 @@ def write_documents(path: Path, n: int = 12, seed: int = 0) -> list[str]:
     texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randrange(2, 40))) for _ in range(n)]
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     return texts
+
+
+#: The one checkpoint of `one_checkpoint_suite`.
+CHECKPOINT = CheckpointId("tiny", "tiny", 0, 0)
+
+
+def one_checkpoint_suite(base_dir: Path, extractors: dict) -> Suite:
+    """A suite of one local checkpoint (folder `tiny` under base_dir) and the given
+    extractors, for running an extractor directly."""
+    suite = Suite.model_validate(
+        {
+            "name": "tiny",
+            "sizes": ["tiny"],
+            "seeds": [0],
+            "steps": {"all": [0]},
+            "checkpoints": {"local": "{size}"},
+            "extractors": extractors,
+        }
+    )
+    suite._base_dir = base_dir
+    return suite
 
 
 @pytest.fixture

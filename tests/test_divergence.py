@@ -11,39 +11,23 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import tiny_model, write_documents
+from conftest import CHECKPOINT, one_checkpoint_suite, tiny_model, write_documents
 from polypythias.extract.extractors import Diverged, get_extractor
 from polypythias.extract.micro import eval_tasks, probe_tasks
 from polypythias.extract.micro.language import Grammar
 from polypythias.extract.micro.tokenizer import build_tokenizer
 from polypythias.extract.runner import run_extraction
-from polypythias.extract.suite import CheckpointId, Suite, load_suite
+from polypythias.extract.suite import load_suite
 from polypythias.warehouse import dbt
 from polypythias.warehouse.lake import Lake
 from polypythias.warehouse.schemas import MANIFEST, TOKEN_STATS, WEIGHT_STATS
 
-CHECKPOINT = CheckpointId("tiny", "tiny", 0, 0)
 _STATS = ("l1", "l2", "trace", "spectral", "code_sparsity", "computational_sparsity",
           "sv_mean", "sv_var", "mean", "median", "var")
 
 
-def _suite(tmp_path, extractors) -> Suite:
-    suite = Suite.model_validate(
-        {
-            "name": "tiny",
-            "sizes": ["tiny"],
-            "seeds": [0],
-            "steps": {"all": [0]},
-            "checkpoints": {"local": "{size}"},
-            "extractors": extractors,
-        }
-    )
-    suite._base_dir = tmp_path
-    return suite
-
-
 def _run(tmp_path, name, options, model, tokenizer) -> pa.Table:
-    suite = _suite(tmp_path, {name: options})
+    suite = one_checkpoint_suite(tmp_path, {name: options})
     extractor = get_extractor(name)(suite.extractor_options(name), suite)
     (table,) = extractor.run(model, tokenizer, CHECKPOINT, torch.device("cpu")).values()
     return table
@@ -166,7 +150,7 @@ def test_probes_raise_diverged_on_nonfinite_hidden_states(tmp_path):
         # finite), block 1 adds it again: 6e38 = inf from the output of block 1 on
         for layer in model.gpt_neox.layers:
             layer.mlp.dense_4h_to_h.bias[0] = 3e38
-    suite = _suite(tmp_path, {"probes": {"tasks": tasks}})
+    suite = one_checkpoint_suite(tmp_path, {"probes": {"tasks": tasks}})
     extractor = get_extractor("probes")(suite.extractor_options("probes"), suite)
     # Independently: which layers' hidden states are not finite, one text at a time.
     bad_layers = set()

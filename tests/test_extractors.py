@@ -4,31 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_model, write_documents
+from conftest import CHECKPOINT, one_checkpoint_suite, tiny_model, write_documents
 from polypythias.extract.extractors import get_extractor
 from polypythias.extract.extractors.weight_stats import matrix_stats, singular_values, split_qkv
-from polypythias.extract.suite import CheckpointId, Suite
-
-CHECKPOINT = CheckpointId("tiny", "tiny", 0, 0)
-
-
-def _suite(tmp_path, extractors) -> Suite:
-    suite = Suite.model_validate(
-        {
-            "name": "tiny",
-            "sizes": ["tiny"],
-            "seeds": [0],
-            "steps": {"all": [0]},
-            "checkpoints": {"local": "{size}"},
-            "extractors": extractors,
-        }
-    )
-    suite._base_dir = tmp_path
-    return suite
 
 
 def _run(tmp_path, name, options, model, tokenizer):
-    suite = _suite(tmp_path, {name: options})
+    suite = one_checkpoint_suite(tmp_path, {name: options})
     extractor = get_extractor(name)(suite.extractor_options(name), suite)
     (table,) = extractor.run(model, tokenizer, CHECKPOINT, torch.device("cpu")).values()
     return table
