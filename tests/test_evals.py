@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_model
+from conftest import one_checkpoint_suite, tiny_model
 from polypythias.extract.extractors import ExtractorError, get_extractor
 from polypythias.extract.extractors.evals import _absolute_data_files
 from polypythias.extract.micro import eval_tasks
@@ -54,14 +54,8 @@ def tasks_dir(tmp_path_factory) -> Path:
 
 
 def make_suite(base: Path, **options) -> Suite:
-    suite = Suite.model_validate({
-        "name": "tiny", "sizes": ["tiny"], "seeds": [0], "steps": {"all": [0]},
-        "checkpoints": {"local": "{size}"},
-        "extractors": {"evals": {"tasks": TASKS, "include_path": "tasks",
-                                 "include_defaults": False, "batch_size": 16} | options},
-    })
-    suite._base_dir = base
-    return suite
+    return one_checkpoint_suite(base, {"evals": {"tasks": TASKS, "include_path": "tasks",
+                                                 "include_defaults": False, "batch_size": 16} | options})
 
 
 def extractor(suite: Suite):
