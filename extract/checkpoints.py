@@ -23,6 +23,17 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be loaded; the message says which and why."""
 
 
+def quiet_transformers() -> None:
+    """Errors only, and no download bars: they would break the job's progress bar."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def _split_source(source: str) -> tuple[str, str | None]:
     """'repo@revision' → (repo, revision); a local folder → (folder, None)."""
     if Path(source).is_absolute():

@@ -45,6 +45,9 @@ class Claim:
 
     path: Path
     token: str
+    #: Whether it was taken over from a dead or silent job (which may have left
+    #: unfinished files behind).
+    took_over: bool = False
 
 
 def _process_start(pid: int) -> str | None:
@@ -99,8 +102,9 @@ class ClaimStore:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise LakeError(f"cannot create the claims folder {path.parent}: {error}") from error
+        took_over = False
         for _ in range(3):  # a free claim can only be lost to a racing job so often
-            claim = self._create(path)
+            claim = self._create(path, took_over)
             if claim:
                 return claim
             seen = self._read(path)
@@ -109,6 +113,7 @@ class ClaimStore:
             if not self._is_stale(seen):
                 return None
             self._take_over(path, seen)
+            took_over = True
         return None
 
     def release(self, claim: Claim) -> None:
@@ -119,7 +124,7 @@ class ClaimStore:
         if current and current["token"] == claim.token:
             claim.path.unlink(missing_ok=True)
 
-    def _create(self, path: Path) -> Claim | None:
+    def _create(self, path: Path, took_over: bool) -> Claim | None:
         token = secrets.token_hex(8)
         record = {
             "token": token,
@@ -141,7 +146,7 @@ class ClaimStore:
         except OSError as error:
             path.unlink(missing_ok=True)
             raise LakeError(f"cannot write the claim {path}: {error}") from error
-        claim = Claim(path, token)
+        claim = Claim(path, token, took_over)
         with self._lock:
             self._held[path] = claim
         return claim

@@ -15,11 +15,13 @@ from __future__ import annotations
 import errno
 import gc
 import logging
+import multiprocessing
+import queue
 import socket
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -31,7 +33,12 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from polypythias.extract.checkpoints import CheckpointError, load_model, load_tokenizer
+from polypythias.extract.checkpoints import (
+    CheckpointError,
+    load_model,
+    load_tokenizer,
+    quiet_transformers,
+)
 from polypythias.extract.claims import DEFAULT_LEASE_S, Claim, ClaimStore
 from polypythias.extract.extractors import Diverged, Extractor, ExtractorError, get_extractor
 from polypythias.extract.status import SETTLED, settled_extractions
@@ -107,6 +114,14 @@ class Summary:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    def merge(self, other: Summary) -> None:
+        """Add another process's summary to this one."""
+        self.checkpoints += other.checkpoints
+        self.succeeded += other.succeeded
+        self.failures.extend(other.failures)
+        self.diverged.extend(other.diverged)
+        self.held_elsewhere += other.held_elsewhere
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -318,10 +333,6 @@ class Runner:
             if r["status"] != "success"
         ]
 
-    def run_task(self, task: Task) -> list[Failure]:
-        """Load, extract and write one checkpoint; returns the failures."""
-        return self.write(self.extract(task, self.load(task)))
-
     def _tokenizer(self, checkpoint: CheckpointId):
         key = self.suite.checkpoints.tokenizer or self.suite.source_of(checkpoint)
         if key not in self._tokenizers:
@@ -373,12 +384,15 @@ def run_extraction(
     allow_pickle: bool = False,
     progress: bool = True,
     lease_s: float = DEFAULT_LEASE_S,
+    workers: int = 1,
 ) -> Summary:
     """Plan and run this process's share of the suite's missing work.
 
     On a POSIX lake every checkpoint is claimed before it is loaded, so jobs that
     overlap (cron, SLURM arrays, `accelerate launch` processes) never do the same
-    work; a checkpoint another live job holds is left to it.
+    work; a checkpoint another live job holds is left to it. With `workers` > 1
+    (CPU only), that many processes on this machine share the work, each with its
+    share of the CPU threads.
     """
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
@@ -387,23 +401,45 @@ def run_extraction(
     # when told: without it, torchrun processes on a machine with no GPU would not
     # form a group and each would plan the whole suite.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if workers < 1:
+        raise ExtractorError(f"--workers must be at least 1, got {workers}")
+    if workers > 1 and (state.num_processes > 1 or state.device.type != "cpu"):
+        raise ExtractorError(
+            f"--workers {workers} starts CPU processes; on {state.device.type} "
+            f"(or under accelerate launch) let `accelerate launch --num_processes N` start them"
+        )
     extractors = build_extractors(suite, extractor_names)
     # Under `accelerate launch`, the processes split the shard's checkpoints.
     tasks = plan(suite, lake, extractors, shard, (state.process_index, state.num_processes))
-    for name in sorted({name for task in tasks for name in task.extractors}):
-        extractors[name].prepare()
+    needed = sorted({name for task in tasks for name in task.extractors})
+    if workers == 1:
+        for name in needed:
+            extractors[name].prepare()
     # Only once the input is known good: a refused job writes nothing.
     if state.is_main_process:
         write_suite_grid(suite, lake)
-    runner = Runner(suite, lake, extractors, state.device, allow_pickle)
+    with _fewer_garbage_collections(), _progress(progress, len(tasks), state) as advance:
+        if workers == 1:
+            extractors = {name: extractors[name] for name in needed}
+            return _extract(suite, lake, extractors, tasks, state.device, allow_pickle, lease_s, advance)
+        return _extract_in_workers(suite, lake, needed, tasks, workers, allow_pickle, lease_s, advance)
+
+
+def _extract(
+    suite: Suite,
+    lake: Lake,
+    extractors: dict[str, Extractor],
+    tasks: Iterable[Task],
+    device: torch.device,
+    allow_pickle: bool,
+    lease_s: float,
+    advance: Callable[[Task, str], None],
+) -> Summary:
+    """Claim, load, extract and write each task in turn (a write overlaps the next load)."""
+    runner = Runner(suite, lake, extractors, device, allow_pickle)
     claims = ClaimStore(lake, suite.name, lease_s) if lake.is_local else None
     summary = Summary()
-    with (
-        _fewer_garbage_collections(),
-        _progress(progress, len(tasks), state) as advance,
-        claims or nullcontext(),
-        ThreadPoolExecutor(1) as writer,
-    ):
+    with claims or nullcontext(), ThreadPoolExecutor(1) as writer:
 
         def finish(task: Task, claim: Claim | None, written: Future) -> None:
             outcomes = written.result()
@@ -428,6 +464,9 @@ def run_extraction(
                     summary.held_elsewhere += 1
                     advance(task, "held by another job")
                     continue
+                if claim.took_over:
+                    # The job that held it died, perhaps half-way through a write.
+                    lake.discard_unfinished(task.checkpoint.partition())
                 task = runner.still_pending(task)
                 if not task.extractors:
                     claims.release(claim)
@@ -440,6 +479,107 @@ def run_extraction(
         if in_flight:
             finish(*in_flight)
     return summary
+
+
+def _extract_in_workers(
+    suite: Suite,
+    lake: Lake,
+    extractor_names: list[str],
+    tasks: list[Task],
+    workers: int,
+    allow_pickle: bool,
+    lease_s: float,
+    advance: Callable[[Task, str], None],
+) -> Summary:
+    """Share the tasks among `workers` spawned processes, one queue feeding them all
+    (so a worker that drew small checkpoints takes more); progress and summaries
+    come back on a second queue."""
+    import torch
+
+    # Spawn, not fork: forking a process that has already used torch's thread pools
+    # can deadlock.
+    context = multiprocessing.get_context("spawn")
+    todo, events = context.Queue(), context.Queue()
+    for task in tasks:
+        todo.put(task)
+    for _ in range(workers):
+        todo.put(None)
+    threads = max(1, torch.get_num_threads() // workers)
+    processes = [
+        context.Process(
+            target=_worker,
+            args=(index, suite, lake.uri, extractor_names, allow_pickle, lease_s, threads, todo, events),
+            name=f"extract-worker-{index}",
+            daemon=True,  # never outlive the job
+        )
+        for index in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    summary, errors, reported = Summary(), [], set()
+    try:
+        while len(reported) < workers:
+            try:
+                kind, index, payload = events.get(timeout=1.0)
+            except queue.Empty:
+                for index, process in enumerate(processes):
+                    if index not in reported and process.exitcode not in (None, 0):
+                        reported.add(index)
+                        errors.append(
+                            f"extraction worker {index} died (exit code {process.exitcode}); "
+                            "the checkpoint it held stays pending: run the job again"
+                        )
+                continue
+            if kind == "advance":
+                advance(*payload)
+            elif kind == "done":
+                reported.add(index)
+                summary.merge(payload)
+            else:  # "error": what stopped the worker, already formatted
+                reported.add(index)
+                errors.append(payload)
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+    if errors:
+        raise ExtractorError("; ".join(dict.fromkeys(errors)))
+    return summary
+
+
+def _worker(
+    index: int,
+    suite: Suite,
+    lake_uri: str,
+    extractor_names: list[str],
+    allow_pickle: bool,
+    lease_s: float,
+    threads: int,
+    todo: multiprocessing.Queue,
+    events: multiprocessing.Queue,
+) -> None:
+    """One process of `_extract_in_workers`: tasks from `todo` until its None."""
+    import torch
+
+    torch.set_num_threads(threads)
+    quiet_transformers()
+    try:
+        extractors = build_extractors(suite, extractor_names)
+        for extractor in extractors.values():
+            extractor.prepare()
+        with _fewer_garbage_collections():
+            summary = _extract(
+                suite, Lake(lake_uri), extractors, iter(todo.get, None), torch.device("cpu"),
+                allow_pickle, lease_s, lambda task, outcome: events.put(("advance", index, (task, outcome))),
+            )
+    except (ExtractorError, LakeError) as error:
+        events.put(("error", index, str(error)))
+    except BaseException as error:  # reported, never lost with the process
+        events.put(("error", index, f"extraction worker {index}: {type(error).__name__}: {error}"))
+        raise
+    else:
+        events.put(("done", index, summary))
 
 
 def _lake_wide(error: LakeError) -> bool:

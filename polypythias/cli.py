@@ -43,6 +43,7 @@ DEFAULT_LAKE = "lake"
 DEFAULT_DB = Path("warehouse/polypythias.duckdb")
 DEFAULT_REPORTS = Path("reports")
 DEMO_DIR = Path("micro")
+DEMO_MAX_WORKERS = 4
 
 LakeOption = Annotated[
     str | None,
@@ -108,11 +109,9 @@ def _check_lake(lake) -> None:
 
 
 def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
+    from polypythias.extract.checkpoints import quiet_transformers
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
 
 
 # -- extraction ---------------------------------------------------------------
@@ -145,6 +144,16 @@ def extract(
             "node (one killed on this host is taken over at once). \\[default: 600]",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Extract with this many processes on this machine's CPUs, each with its "
+            "share of the threads: small models run faster side by side than one at a time "
+            "on every thread. CPU only; on GPUs, `accelerate launch --num_processes N` starts "
+            "the processes.",
+        ),
+    ] = 1,
 ) -> None:
     """Extract the suite's missing work into the lake (resumable, idempotent).
 
@@ -170,7 +179,8 @@ def extract(
     the_lake = _lake(lake, the_suite)
     try:
         summary = run_extraction(
-            the_suite, the_lake, names, shard_range, allow_pickle, progress, lease or DEFAULT_LEASE_S
+            the_suite, the_lake, names, shard_range, allow_pickle, progress,
+            lease or DEFAULT_LEASE_S, workers,
         )
     except (ExtractorError, LakeError) as error:
         _fail(str(error))
@@ -541,8 +551,11 @@ def demo(
         from polypythias.extract.micro.train import DEMO_INSTABILITY
 
         _train_micro(micro_dir, "", None, None, the_lake, progress=True, instabilities=[DEMO_INSTABILITY])
-    console.print("[bold]2/4[/bold] extracting")
-    summary = run_extraction(_load_suite(str(suite_file)), the_lake)
+    # The micro models are too small to use every thread: one worker per core (up
+    # to DEMO_MAX_WORKERS) extracts about 1.5× faster on 2 cores.
+    workers = min(len(os.sched_getaffinity(0)), DEMO_MAX_WORKERS)
+    console.print(f"[bold]2/4[/bold] extracting ({workers} worker process{'es' if workers > 1 else ''})")
+    summary = run_extraction(_load_suite(str(suite_file)), the_lake, workers=workers)
     if summary.failures:
         _fail(f"{len(summary.failures)} extractions failed; see `polypythias status --suite {suite_file}`")
     console.print("[bold]3/4[/bold] building the marts (dbt)")

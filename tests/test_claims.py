@@ -105,3 +105,33 @@ def test_two_jobs_started_at_once_share_the_suite_without_doing_anything_twice(t
     assert not list((lake / "_claims").rglob("*.json"))  # every claim released
     extracted = [int(re.search(r"(\d+) checkpoints extracted", out).group(1)) for out in outputs]
     assert sum(extracted) == 6, outputs
+
+
+def test_a_job_taking_over_a_dead_jobs_claim_removes_its_unfinished_files(tiny_suite, tmp_path):
+    from polypythias.extract.runner import run_extraction
+    from polypythias.extract.suite import load_suite
+
+    suite, lake = load_suite(tiny_suite), Lake(tmp_path / "lake")
+    checkpoint = CheckpointId("tiny", "tiny", 0, 1)
+    store = ClaimStore(lake, "tiny")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    path = store.path(checkpoint)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"token": "theirs", "host": store.host, "pid": int(dead.stdout),
+                                "process_start": "1", "lease_s": 60.0}))  # fmt: skip
+    # What a job killed in the middle of writing this checkpoint leaves behind.
+    partition = tmp_path / "lake/token_stats/suite=tiny/model_size=tiny/seed=0/step=1"
+    partition.mkdir(parents=True)
+    left = partition / ".20260101T000000000000Z-deadbeef.parquet.tmp"
+    left.write_bytes(b"PAR1 half a file")
+    untouched = tmp_path / "lake/token_stats/suite=tiny/model_size=tiny/seed=1/step=1/.x.parquet.tmp"
+    untouched.parent.mkdir(parents=True)
+    untouched.write_bytes(b"PAR1")  # no dead job's claim on seed 1: not touched
+
+    summary = run_extraction(suite, lake, progress=False)
+
+    assert summary.ok and summary.checkpoints == 6
+    assert not left.exists()
+    assert [p.name for p in partition.iterdir() if p.name.endswith(".parquet")]  # the new data
+    assert untouched.exists()

@@ -116,3 +116,26 @@ def test_extraction_ids_sort_by_time():
     ids = [new_extraction_id() for _ in range(50)]
     assert ids == sorted(ids)
     assert len(set(ids)) == 50
+
+
+def test_discard_unfinished_removes_only_hidden_temporaries_of_that_checkpoint(tmp_path):
+    lake = Lake(tmp_path)
+    checkpoint = {"suite": "s", "model_size": "m", "seed": 0, "step": 8}
+    folders = {
+        name: tmp_path / f"{name}/suite=s/model_size=m/seed=0/step={step}"
+        for name, step in (("token_stats", 8), ("manifest", 8), ("weight_stats", 16))
+    }
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+        (folder / ".20260101T000000000000Z-00000000.parquet.tmp").write_bytes(b"half")
+        (folder / "20260101T000000000000Z-00000001.parquet").write_bytes(b"whole")
+    run_level = tmp_path / "training_log/suite=s/model_size=m/seed=0"
+    run_level.mkdir(parents=True)
+    (run_level / ".20260101T000000000000Z-00000002.parquet.tmp").write_bytes(b"half")
+
+    assert lake.discard_unfinished(checkpoint) == 2
+    remaining = {name: sorted(p.name for p in folder.iterdir()) for name, folder in folders.items()}
+    assert remaining["token_stats"] == remaining["manifest"] == ["20260101T000000000000Z-00000001.parquet"]
+    assert len(remaining["weight_stats"]) == 2  # another step: not this checkpoint's
+    assert len(list(run_level.iterdir())) == 1  # partitioned by run, not by checkpoint
+    assert lake.discard_unfinished({**checkpoint, "step": 32}) == 0  # no folders: nothing to do

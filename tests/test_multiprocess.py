@@ -4,8 +4,10 @@ times: every (checkpoint, extractor) pair is done exactly once."""
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -77,3 +79,74 @@ def test_shards_planned_at_different_times_still_cover_the_suite_once(micro, tmp
     assert all(statuses == ["success"] for statuses in attempts.values())
     manifest = lake.read(MANIFEST)
     assert pc.count_distinct(manifest["extraction_id"]).as_py() == total
+
+
+def test_workers_share_the_suite_and_extract_side_by_side(micro, tmp_path):
+    lake = tmp_path / "lake"
+    polypythias = Path(sys.executable).with_name("polypythias")
+    result = subprocess.run(
+        [str(polypythias), "extract", "--suite", str(micro), "--lake", str(lake), "--workers", "2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    expected = {(c.seed, c.step) for c in load_suite(micro).checkpoints_for("token_stats")}
+    assert f"{len(expected)} checkpoints extracted" in result.stdout
+    attempts = _attempts(Lake(lake))
+    assert set(attempts) == {(*c, e) for c in expected for e in ("token_stats", "weight_stats")}
+    assert all(statuses == ["success"] for statuses in attempts.values())
+    # One process runs its extractors one after another; two workers overlap in time.
+    runs = sorted(
+        (row["started_at"], row["finished_at"]) for row in Lake(lake).read(MANIFEST).to_pylist()
+    )
+    assert any(later[0] < earlier[1] for earlier, later in zip(runs, runs[1:])), runs
+
+
+def test_workers_are_refused_under_several_accelerate_processes(micro, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    polypythias = Path(sys.executable).with_name("polypythias")
+    result = subprocess.run(
+        [str(torchrun), "--nproc-per-node", "2", "--no-python", str(polypythias), "extract",
+         "--suite", str(micro), "--lake", str(tmp_path / "lake"), "--workers", "2", "--no-progress"],
+        env={**os.environ, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "accelerate launch --num_processes" in result.stdout + result.stderr
+    assert not (tmp_path / "lake/manifest").exists()  # refused before any work
+
+
+def test_a_killed_worker_fails_the_job_loudly_and_the_rerun_finishes(micro, tmp_path):
+    lake = tmp_path / "lake"
+    polypythias = Path(sys.executable).with_name("polypythias")
+    command = [str(polypythias), "extract", "--suite", str(micro), "--lake", str(lake),
+               "--workers", "2", "--no-progress"]  # fmt: skip
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    manifest = lake / "manifest"
+    deadline = time.monotonic() + 120
+    while not (manifest.is_dir() and any(manifest.rglob("*.parquet"))):
+        assert job.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    workers = [pid for pid in _children(job.pid) if "spawn_main" in _cmdline(pid)]
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    output = job.communicate(timeout=300)[0]
+
+    assert job.returncode == 2  # an error of the job, not a failed extraction
+    assert "extraction worker" in output and "died (exit code -9)" in output and "run the job again" in output
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    expected = {(c.seed, c.step) for c in load_suite(micro).checkpoints_for("token_stats")}
+    attempts = _attempts(Lake(lake))
+    assert set(attempts) == {(*c, e) for c in expected for e in ("token_stats", "weight_stats")}
+    assert all(statuses == ["success"] for statuses in attempts.values())
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(child) for task in tasks.iterdir() for child in (task / "children").read_text().split()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""

@@ -32,6 +32,7 @@ from polypythias.warehouse.schemas import (
 )
 
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_TEMPORARY_SUFFIX = ".parquet.tmp"
 _EXTRACTION_ID = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{8}$")
 
 
@@ -129,7 +130,7 @@ class Lake:
         if table.num_rows and dataset.sort_by:
             table = _sorted(table, dataset.sort_by)
         final = f"{directory}/{extraction_id}.parquet"
-        temporary = f"{directory}/.{extraction_id}.parquet.tmp"
+        temporary = f"{directory}/.{extraction_id}{_TEMPORARY_SUFFIX}"
         try:
             self.fs.create_dir(directory, recursive=True)
             pq.write_table(
@@ -146,6 +147,21 @@ class Lake:
             self._discard(temporary)
             raise LakeError(f"cannot write {final}: {error}") from error
         return final
+
+    def discard_unfinished(self, partition: dict[str, object]) -> int:
+        """Delete the temporary files a killed writer left in the partition's folder of
+        every dataset partitioned like it; returns how many. Only for a caller that
+        holds the partition's claim: no live writer is then writing there."""
+        discarded = 0
+        for dataset in DATASETS.values():
+            if set(dataset.partition_by) != set(partition):
+                continue
+            selector = pafs.FileSelector(self.partition_dir(dataset, partition), allow_not_found=True)
+            for info in self.fs.get_file_info(selector):
+                if info.base_name.startswith(".") and info.base_name.endswith(_TEMPORARY_SUFFIX):
+                    self._discard(info.path)
+                    discarded += 1
+        return discarded
 
     def _conform(self, dataset: Dataset, table: pa.Table) -> pa.Table:
         expected = dataset.schema
