@@ -68,6 +68,7 @@ STAGING = [
 ]
 INTERMEDIATE = [
     "int_checkpoint_extractors_aggregated",
+    "int_diverged_seeds_counted",
     "int_eval_items_predicted",
     "int_eval_prediction_pairs_agreed",
     "int_outlier_checkpoints",

@@ -44,19 +44,7 @@ eval_results as (
 
 successful_extractions as (
 
-    select
-        suite,
-        model_size,
-        seed,
-        step,
-        extraction_id,
-        case extractor
-            when 'evals' then 'extract'
-            when 'lm_eval_ingest' then 'ingest'
-        end as origin
-    from manifest
-    where extractor in ('evals', 'lm_eval_ingest')
-        and is_success
+    {{ successful_eval_extractions('manifest') }}
 
 ),
 
@@ -174,9 +162,7 @@ select * from final
         seed,
         step,
         string_agg(extraction_id, ',' order by extraction_id) as source_extractions
-    from {{ ref('stg_lake__manifest') }}
-    where extractor in ('evals', 'lm_eval_ingest')
-        and is_success
+    from ({{ successful_eval_extractions(ref('stg_lake__manifest')) }}) as successful_extractions
     group by suite, model_size, seed, step
 {% endmacro %}
 
@@ -311,6 +297,13 @@ select * from final
 {% endmacro %}
 
 
+{% macro eval_pair_group_value(pairs) -%}
+    {#- The group_value (see eval_agreement_groups) of a row of `pairs`, a relation
+        or alias with comparison, seed_a and step_a: the group it was computed in. -#}
+    case {{ pairs }}.comparison when 'inter_seed' then {{ pairs }}.step_a else {{ pairs }}.seed_a end
+{%- endmacro %}
+
+
 {% macro eval_pairs_delete_stale() %}
     {#- Pre-hook of int_eval_prediction_pairs_agreed: drop the groups whose
         checkpoints changed since they were computed. -#}
@@ -322,11 +315,70 @@ select * from final
             where current_groups.comparison = {{ this }}.comparison
                 and current_groups.suite = {{ this }}.suite
                 and current_groups.model_size = {{ this }}.model_size
-                and current_groups.group_value = case {{ this }}.comparison
-                    when 'inter_seed' then {{ this }}.step_a else {{ this }}.seed_a end
+                and current_groups.group_value = {{ eval_pair_group_value(this) }}
                 and current_groups.input_fingerprint = {{ this }}.input_fingerprint
         )
     {%- else -%}
         select 1
     {%- endif -%}
+{% endmacro %}
+
+
+{% macro eval_group_predictions(items, pending_groups, comparison, group_column) %}
+    {#- The answers (prediction not null) of `items` (int_eval_items_predicted) that
+        the agreement groups of `comparison` compare, `group_column` being what a
+        group shares (step for inter_seed, seed for self); an incremental build
+        keeps the groups in `pending_groups` only. -#}
+    select
+        items.suite,
+        items.model_size,
+        items.seed,
+        items.step,
+        items.task,
+        items.filter,
+        items.num_fewshot,
+        items.doc_id,
+        items.prediction
+    from {{ items }} as items
+    {% if is_incremental() -%}
+    inner join {{ pending_groups }} as pending_groups
+        on pending_groups.comparison = '{{ comparison }}'
+        and items.suite = pending_groups.suite
+        and items.model_size = pending_groups.model_size
+        and items.{{ group_column }} = pending_groups.group_value
+    {%- endif %}
+    where items.prediction is not null
+{% endmacro %}
+
+
+{% macro eval_prediction_pairs(comparison, predictions_a, predictions_b, group_column, member_column) %}
+    {#- The item pairs of `comparison`, counted per label pair (a contingency table
+        for cohens_kappa): an answer of `predictions_a` against the same item's
+        answer in `predictions_b` within one group (same `group_column`), from an
+        earlier `member_column` to a later one. -#}
+    select
+        '{{ comparison }}' as comparison,
+        a.suite,
+        a.model_size,
+        a.task,
+        a.filter,
+        a.num_fewshot,
+        a.seed as seed_a,
+        a.step as step_a,
+        b.seed as seed_b,
+        b.step as step_b,
+        a.prediction as prediction_a,
+        b.prediction as prediction_b,
+        count(*) as n_pairs
+    from {{ predictions_a }} as a
+    inner join {{ predictions_b }} as b
+        on a.suite = b.suite
+        and a.model_size = b.model_size
+        and a.task = b.task
+        and a.filter = b.filter
+        and a.num_fewshot = b.num_fewshot
+        and a.doc_id = b.doc_id
+        and a.{{ group_column }} = b.{{ group_column }}
+        and a.{{ member_column }} < b.{{ member_column }}
+    group by all
 {% endmacro %}

@@ -52,8 +52,7 @@ pending_groups as (
         where held.comparison = groups.comparison
             and held.suite = groups.suite
             and held.model_size = groups.model_size
-            and case held.comparison when 'inter_seed' then held.step_a else held.seed_a end
-                = groups.group_value
+            and {{ eval_pair_group_value('held') }} = groups.group_value
             and held.input_fingerprint = groups.input_fingerprint
     )
     {% endif %}
@@ -62,49 +61,13 @@ pending_groups as (
 
 inter_seed_predictions as (
 
-    select
-        items.suite,
-        items.model_size,
-        items.seed,
-        items.step,
-        items.task,
-        items.filter,
-        items.num_fewshot,
-        items.doc_id,
-        items.prediction
-    from items
-    {% if is_incremental() -%}
-    inner join pending_groups
-        on pending_groups.comparison = 'inter_seed'
-        and items.suite = pending_groups.suite
-        and items.model_size = pending_groups.model_size
-        and items.step = pending_groups.group_value
-    {%- endif %}
-    where items.prediction is not null
+    {{ eval_group_predictions('items', 'pending_groups', 'inter_seed', group_column='step') }}
 
 ),
 
 self_predictions as (
 
-    select
-        items.suite,
-        items.model_size,
-        items.seed,
-        items.step,
-        items.task,
-        items.filter,
-        items.num_fewshot,
-        items.doc_id,
-        items.prediction
-    from items
-    {% if is_incremental() -%}
-    inner join pending_groups
-        on pending_groups.comparison = 'self'
-        and items.suite = pending_groups.suite
-        and items.model_size = pending_groups.model_size
-        and items.seed = pending_groups.group_value
-    {%- endif %}
-    where items.prediction is not null
+    {{ eval_group_predictions('items', 'pending_groups', 'self', group_column='seed') }}
 
 ),
 
@@ -126,32 +89,11 @@ final_steps as (
 
 inter_seed_pairs as (
 
-    -- every unordered pair of seeds at the same step, counted per label pair
-    select
-        'inter_seed' as comparison,
-        a.suite,
-        a.model_size,
-        a.task,
-        a.filter,
-        a.num_fewshot,
-        a.seed as seed_a,
-        a.step as step_a,
-        b.seed as seed_b,
-        b.step as step_b,
-        a.prediction as prediction_a,
-        b.prediction as prediction_b,
-        count(*) as n_pairs
-    from inter_seed_predictions as a
-    inner join inter_seed_predictions as b
-        on a.suite = b.suite
-        and a.model_size = b.model_size
-        and a.task = b.task
-        and a.filter = b.filter
-        and a.num_fewshot = b.num_fewshot
-        and a.doc_id = b.doc_id
-        and a.step = b.step
-        and a.seed < b.seed
-    group by all
+    -- every unordered pair of seeds at the same step
+    {{ eval_prediction_pairs(
+        'inter_seed', 'inter_seed_predictions', 'inter_seed_predictions',
+        group_column='step', member_column='seed',
+    ) }}
 
 ),
 
@@ -173,31 +115,10 @@ final_predictions as (
 self_pairs as (
 
     -- every earlier checkpoint of a run against the run's final one
-    select
-        'self' as comparison,
-        a.suite,
-        a.model_size,
-        a.task,
-        a.filter,
-        a.num_fewshot,
-        a.seed as seed_a,
-        a.step as step_a,
-        b.seed as seed_b,
-        b.step as step_b,
-        a.prediction as prediction_a,
-        b.prediction as prediction_b,
-        count(*) as n_pairs
-    from self_predictions as a
-    inner join final_predictions as b
-        on a.suite = b.suite
-        and a.model_size = b.model_size
-        and a.seed = b.seed
-        and a.task = b.task
-        and a.filter = b.filter
-        and a.num_fewshot = b.num_fewshot
-        and a.doc_id = b.doc_id
-        and a.step < b.step
-    group by all
+    {{ eval_prediction_pairs(
+        'self', 'self_predictions', 'final_predictions',
+        group_column='seed', member_column='step',
+    ) }}
 
 ),
 
@@ -235,8 +156,7 @@ final as (
         on groups.comparison = agreed.comparison
         and groups.suite = agreed.suite
         and groups.model_size = agreed.model_size
-        and groups.group_value = case agreed.comparison
-            when 'inter_seed' then agreed.step_a else agreed.seed_a end
+        and groups.group_value = {{ eval_pair_group_value('agreed') }}
 
 )
 

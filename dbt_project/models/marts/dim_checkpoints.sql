@@ -33,7 +33,7 @@ aggregated as (
         coalesce(bool_or(has_success) filter (where extractor = 'weight_stats'), false)
             as has_weight_stats,
         coalesce(
-            bool_or(has_success) filter (where extractor in ('evals', 'lm_eval_ingest')), false
+            bool_or(has_success) filter (where extractor in {{ eval_extractors() }}), false
         ) as has_eval_results,
         cast(sum(n_failed_attempts) as bigint) as n_failed_attempts,
         arg_max(last_error, last_failed_extraction_id || '/' || extractor) as last_error

@@ -175,74 +175,62 @@ sampled_checkpoints as (
 
 ),
 
-checkpoint_pairs as (
+matrix_sequences as (
 
-    -- each checkpoint with the one and the two before it in its run
+    -- each matrix of a sampled checkpoint beside the same matrix (name and shape)
+    -- one and two sampled checkpoints earlier in its run. Windows, not a self-join:
+    -- joining a run's matrices to each other before the step condition applies
+    -- grows with the square of the run's length, and DuckDB chose that order when
+    -- staging was a table (over 10 minutes on the PolyPythias-sized lake).
     select
-        later.suite,
-        later.model_size,
-        later.seed,
-        later.step,
-        earlier.step as earlier_step,
-        later.run_position - earlier.run_position as lag
-    from sampled_checkpoints as later
-    inner join sampled_checkpoints as earlier
-        on later.suite = earlier.suite
-        and later.model_size = earlier.model_size
-        and later.seed = earlier.seed
-        and later.run_position - earlier.run_position in (1, 2)
-
-),
-
-pair_distances as (
-
-    -- unbiased: numel / m · Σ (a − b)² over a matrix's m sampled positions
-    select
-        checkpoint_pairs.suite,
-        checkpoint_pairs.model_size,
-        checkpoint_pairs.seed,
-        checkpoint_pairs.step,
-        checkpoint_pairs.earlier_step,
-        checkpoint_pairs.lag,
-        sqrt(sum(
-            later.n_rows * later.n_cols / len(later.value_sample)
-            * list_distance(later.value_sample, earlier.value_sample) ^ 2
-        )) as distance
-    from checkpoint_pairs
-    inner join matrices as later
-        on checkpoint_pairs.suite = later.suite
-        and checkpoint_pairs.model_size = later.model_size
-        and checkpoint_pairs.seed = later.seed
-        and checkpoint_pairs.step = later.step
-    inner join matrices as earlier
-        on checkpoint_pairs.suite = earlier.suite
-        and checkpoint_pairs.model_size = earlier.model_size
-        and checkpoint_pairs.seed = earlier.seed
-        and checkpoint_pairs.earlier_step = earlier.step
-        and later.tensor_name = earlier.tensor_name
-        and later.n_rows = earlier.n_rows
-        and later.n_cols = earlier.n_cols
-        and len(later.value_sample) = len(earlier.value_sample)
-    group by
-        checkpoint_pairs.suite,
-        checkpoint_pairs.model_size,
-        checkpoint_pairs.seed,
-        checkpoint_pairs.step,
-        checkpoint_pairs.earlier_step,
-        checkpoint_pairs.lag
+        matrices.suite,
+        matrices.model_size,
+        matrices.seed,
+        matrices.step,
+        matrices.n_rows * matrices.n_cols / len(matrices.value_sample) as scale,
+        matrices.value_sample,
+        sampled_checkpoints.run_position,
+        lag(matrices.value_sample) over matrix_run as previous_sample,
+        lag(matrices.value_sample, 2) over matrix_run as second_previous_sample,
+        lag(sampled_checkpoints.run_position) over matrix_run as previous_position,
+        lag(sampled_checkpoints.run_position, 2) over matrix_run as second_previous_position
+    from matrices
+    inner join sampled_checkpoints
+        on matrices.suite = sampled_checkpoints.suite
+        and matrices.model_size = sampled_checkpoints.model_size
+        and matrices.seed = sampled_checkpoints.seed
+        and matrices.step = sampled_checkpoints.step
+    window matrix_run as (
+        partition by
+            matrices.suite, matrices.model_size, matrices.seed,
+            matrices.tensor_name, matrices.n_rows, matrices.n_cols
+        order by matrices.step
+    )
 
 ),
 
 intervals as (
 
+    -- unbiased: numel / m · Σ (a − b)² over a matrix's m sampled positions, summed
+    -- over the matrices the two checkpoints share (same name, shape and sample size;
+    -- a lag that reaches further back in the run is no neighbour)
     select
         suite,
         model_size,
         seed,
         step,
-        max(distance) filter (where lag = 1) as distance_from_previous,
-        max(distance) filter (where lag = 2) as distance_skipping_previous
-    from pair_distances
+        -- (case, not filter: list_distance refuses lists of two lengths)
+        sqrt(sum(case
+            when previous_position = run_position - 1
+                and len(previous_sample) = len(value_sample)
+                then scale * list_distance(value_sample, previous_sample) ^ 2
+        end)) as distance_from_previous,
+        sqrt(sum(case
+            when second_previous_position = run_position - 2
+                and len(second_previous_sample) = len(value_sample)
+                then scale * list_distance(value_sample, second_previous_sample) ^ 2
+        end)) as distance_skipping_previous
+    from matrix_sequences
     group by suite, model_size, seed, step
 
 ),

@@ -19,9 +19,9 @@ dim_checkpoints as (
 
 ),
 
-checkpoint_extractors as (
+diverged_seeds_counted as (
 
-    select * from {{ ref('int_checkpoint_extractors_aggregated') }}
+    select * from {{ ref('int_diverged_seeds_counted') }}
 
 ),
 
@@ -41,20 +41,9 @@ eval_scores as (
 diverged_seeds as (
 
     -- the diverged checkpoints an evaluation was expected of or attempted on
-    select
-        dim_checkpoints.suite,
-        dim_checkpoints.model_size,
-        dim_checkpoints.step,
-        count(distinct dim_checkpoints.seed) as n_seeds_diverged
-    from dim_checkpoints
-    inner join checkpoint_extractors
-        on dim_checkpoints.suite = checkpoint_extractors.suite
-        and dim_checkpoints.model_size = checkpoint_extractors.model_size
-        and dim_checkpoints.seed = checkpoint_extractors.seed
-        and dim_checkpoints.step = checkpoint_extractors.step
-        and checkpoint_extractors.extractor in ('evals', 'lm_eval_ingest')
-    where dim_checkpoints.is_diverged
-    group by dim_checkpoints.suite, dim_checkpoints.model_size, dim_checkpoints.step
+    select suite, model_size, step, n_seeds_diverged
+    from diverged_seeds_counted
+    where extractor_group = 'lm_eval'
 
 ),
 

@@ -14,21 +14,7 @@ manifest as (
 
 successful_extractions as (
 
-    -- every successful evaluation, not only the latest per checkpoint: one
-    -- ingest extraction holds one result file, and a checkpoint may have several
-    select
-        suite,
-        model_size,
-        seed,
-        step,
-        extraction_id,
-        case extractor
-            when 'evals' then 'extract'
-            when 'lm_eval_ingest' then 'ingest'
-        end as origin
-    from manifest
-    where extractor in ('evals', 'lm_eval_ingest')
-        and is_success
+    {{ successful_eval_extractions('manifest') }}
 
 ),
 
