@@ -6,9 +6,10 @@ and a rebuild that gives the same states."""
 
 from __future__ import annotations
 
-import importlib.util
+import shutil
 import warnings
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,21 @@ from hmmlearn.hmm import GaussianHMM
 from sklearn.decomposition import PCA
 
 from polypythias.extract.ingest_training_map import ingest_training_map
-from polypythias.warehouse.dbt import PROJECT_DIR, build
+from polypythias.warehouse.dbt import build
 from polypythias.warehouse.lake import Lake
+from polypythias.warehouse.schemas import MANIFEST, WEIGHT_STATS
 from test_dbt_build import query
-from training_map_fixtures import NORMAL_CHANGES, OUTLIER, STEPS, SUITE, Written, write_training_map_lake
+from training_map_fixtures import (
+    NORMAL_CHANGES,
+    OUTLIER,
+    STEPS,
+    SUITE,
+    Written,
+    _extraction_id,
+    _manifest,
+    _weight_rows,
+    write_training_map_lake,
+)
 
 #: What the build needs: the training maps and what they read (dim_checkpoints for the
 #: has_parent test of fct_weight_features), not the rest of the project; with
@@ -250,10 +262,8 @@ def test_horizons_are_prefixes_from_the_third_step(maps):
 
 
 def test_the_horizon_cap_spreads_the_horizons_evenly():
-    path = PROJECT_DIR / "models" / "intermediate" / "int_training_map_states_fitted.py"
-    spec = importlib.util.spec_from_file_location("int_training_map_states_fitted", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from polypythias.warehouse import training_map as module
+
     steps = [0, 1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 192, 224, 256]  # the micro suite's
     every = steps[2:]
     assert module.horizons_of(steps, 0) == module.horizons_of(steps, 12) == module.horizons_of(steps, 99) == every
@@ -275,10 +285,57 @@ def test_an_imported_map_sits_next_to_the_fitted_one(maps):
     assert len(phases(maps)[lambda r: r.model_size == "a"]) == 4 * len(STEPS)
 
 
+KEYS = "suite, model_size, horizon_step, seed, step"
+
+
 def test_a_rebuild_gives_the_same_states(maps):
-    """Last in the module: rebuilds the Python model in place."""
-    columns = "suite, model_size, horizon_step, seed, step"
-    before = query(maps.db, f"select * from intermediate.int_training_map_states_fitted order by {columns}")
-    build(str(maps.lake), maps.db, select="int_training_map_states_fitted")
-    after = query(maps.db, f"select * from intermediate.int_training_map_states_fitted order by {columns}")
+    """Near the end of the module: refits the Python model in place."""
+    before = query(maps.db, f"select * from intermediate.int_training_map_states_fitted order by {KEYS}")
+    build(str(maps.lake), maps.db, select="int_training_map_states_fitted", full_refresh=True)
+    after = query(maps.db, f"select * from intermediate.int_training_map_states_fitted order by {KEYS}")
     assert after == before
+
+
+def test_an_incremental_build_refits_only_the_horizons_that_changed(maps):
+    """Last in the module: adds checkpoints to the lake and removes a size."""
+    import duckdb
+
+    # A mark no fit writes (a valid probability, for the model's data tests): a
+    # horizon that still has it after the build was kept, not refitted.
+    mark = 0.987654321
+    with duckdb.connect(str(maps.db)) as connection:
+        connection.execute(f"update intermediate.int_training_map_states_fitted set state_probability = {mark}")
+    # Size a gets step 100 for seed 0; short gets its 3rd step (so its first map);
+    # flat leaves the lake.
+    for serial, (size, step) in enumerate([("a", 100), ("short", 20)], start=10_000):
+        extraction_id = _extraction_id(serial)
+        partition = {"suite": SUITE, "model_size": size, "seed": 0, "step": step}
+        Lake(maps.lake).write(WEIGHT_STATS, partition, extraction_id, _weight_rows(extraction_id, np.full(4, 3.0)))
+        Lake(maps.lake).write(MANIFEST, partition, extraction_id, _manifest(extraction_id, datetime.now(UTC)))
+    shutil.rmtree(maps.lake / f"weight_stats/suite={SUITE}/model_size=flat")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DBT_INDIRECT_SELECTION", "cautious")
+        build(str(maps.lake), maps.db, select="+int_training_map_states_fitted")
+    incremental = fitted(maps).sort_values(KEYS.split(", ")).reset_index(drop=True)
+
+    kept = incremental.state_probability == mark
+    horizon_kept = kept.groupby([incremental.model_size, incremental.horizon_step]).all()
+    assert set(incremental.model_size) == {"a", "b", "short"}  # flat's maps are gone
+    assert horizon_kept.loc["b"].all()  # b did not change
+    assert horizon_kept.loc["a"].drop(100).all()  # nor did a's prefixes up to step 90
+    assert not kept[incremental.horizon_step.eq(100) | incremental.model_size.eq("short")].any()
+    assert set(incremental[~kept].model_size) == {"a", "short"}
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DBT_INDIRECT_SELECTION", "cautious")
+        build(str(maps.lake), maps.db, select="+int_training_map_states_fitted", full_refresh=True)
+    refreshed = fitted(maps).sort_values(KEYS.split(", ")).reset_index(drop=True)
+    assert not (refreshed.state_probability == mark).any()
+    # The same maps as refitting everything: kept horizons in all but the mark.
+    pd.testing.assert_frame_equal(
+        incremental.drop(columns="state_probability"), refreshed.drop(columns="state_probability")
+    )
+    pd.testing.assert_series_equal(
+        incremental.state_probability[~kept], refreshed.state_probability[~kept]
+    )

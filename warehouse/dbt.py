@@ -15,8 +15,9 @@ them from the environment set here): spill files go to ``<db dir>/.dbt/tmp`` nex
 to the warehouse; ``POLYPYTHIAS_MEMORY_LIMIT`` (e.g. ``8GB``) caps DuckDB's memory
 (default: DuckDB's own, 80% of RAM) and ``POLYPYTHIAS_THREADS`` its threads
 (default: every core); insertion order is not preserved, so large inserts stream.
-Builds are incremental where it pays (the item-level eval models); ``full_refresh``
-rebuilds them from the whole lake.
+Builds are incremental where it pays (the item-level eval models; training-map
+horizons whose input is unchanged keep their fits); ``full_refresh`` rebuilds them
+from the whole lake and refits every horizon.
 """
 
 from __future__ import annotations
@@ -90,7 +91,9 @@ def build(
     ``verbose`` streams dbt's own log instead of only its errors.
 
     ``full_refresh`` rebuilds the incremental models from the whole lake (they
-    otherwise process only checkpoints added or re-extracted since the last build).
+    otherwise process only checkpoints added or re-extracted since the last build)
+    and refits every training-map horizon (otherwise those whose input is unchanged
+    keep their rows).
     ``variables`` overrides project vars (e.g. ``{"training_map_max_horizons": 5}``).
     ``select`` is a dbt selection (``"fct_loss_consistency+"``, space-separated for
     several). With ``docs``, also writes the docs site (``dbt docs generate``) into
@@ -110,7 +113,12 @@ def build(
         "--profiles-dir", str(PROJECT_DIR),
         "--target-path", str(state_dir(db_path) / "target"),
         "--log-path", str(state_dir(db_path) / "logs"),
-        "--vars", json.dumps({**(variables or {}), "lake_root": root}),
+        "--vars", json.dumps({
+            # A full refresh refits the training maps too, not only the incremental models.
+            **({"training_map_reuse": False} if full_refresh else {}),
+            **(variables or {}),
+            "lake_root": root,
+        }),
     ]  # fmt: skip
     selection = ["--select", *select.split()] if select else []
     refresh = ["--full-refresh"] if full_refresh else []
