@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,3 +337,22 @@ def test_a_missing_or_unsafe_lake_root_is_refused_before_dbt_runs(tmp_path):
     with pytest.raises(DbtBuildError, match="contains"):
         build(str(tmp_path / "it's"), tmp_path / "w.duckdb")
     assert not (tmp_path / ".dbt").exists()
+
+
+def test_spill_files_of_a_killed_build_are_removed_by_the_next(tmp_path):
+    db = tmp_path / "warehouse" / "w.duckdb"
+    spill = state_dir(db) / "tmp"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    killed = spill / f"build-{int(dead.stdout)}"
+    killed.mkdir(parents=True)
+    (killed / "duckdb_temp_storage_DEFAULT-0.tmp").write_bytes(b"x" * 1024)
+    running = spill / f"build-{os.getppid()}"  # a live process: another build's
+    running.mkdir()
+
+    (tmp_path / "lake").mkdir()
+    build(str(tmp_path / "lake"), db, select="stg_lake__manifest")
+
+    assert not killed.exists()
+    assert running.is_dir()
+    assert sorted(p.name for p in spill.iterdir()) == [running.name]  # its own is gone too

@@ -11,9 +11,10 @@ A dataset the lake does not hold yet is read as empty by the project's
 ``lake_source`` macro, so the build works on a young lake.
 
 DuckDB settings for lakes of tens of millions of item rows (``profiles.yml`` reads
-them from the environment set here): spill files go to ``<db dir>/.dbt/tmp`` next
-to the warehouse; ``POLYPYTHIAS_MEMORY_LIMIT`` (e.g. ``8GB``) caps DuckDB's memory
-(default: DuckDB's own, 80% of RAM) and ``POLYPYTHIAS_THREADS`` its threads
+them from the environment set here): spill files go to
+``<db dir>/.dbt/tmp/build-<pid>`` next to the warehouse (a later build removes those
+of a build that was killed); ``POLYPYTHIAS_MEMORY_LIMIT`` (e.g. ``8GB``) caps
+DuckDB's memory (default: DuckDB's own, 80% of RAM) and ``POLYPYTHIAS_THREADS`` its threads
 (default: every core); insertion order is not preserved, so large inserts stream.
 Builds are incremental where it pays (the item-level eval models; training-map
 horizons whose input is unchanged keep their fits); ``full_refresh`` rebuilds them
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,8 +126,7 @@ def build(
     refresh = ["--full-refresh"] if full_refresh else []
     # --quiet keeps dbt to errors; its full log is in <db dir>/.dbt/logs either way.
     quiet = [] if verbose else ["--quiet"]
-    temp = state_dir(db_path) / "tmp"
-    temp.mkdir(parents=True, exist_ok=True)
+    temp = _spill_dir(state_dir(db_path) / "tmp")
     settings = {
         DB_ENV: str(db_path),
         TEMP_ENV: str(temp),
@@ -133,13 +134,30 @@ def build(
         THREADS_ENV: os.environ.get(THREADS_ENV) or str(os.cpu_count() or 1),
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
     }
-    with _environment(settings):
-        outcome = _invoke("build", ["build", *quiet, *common, *selection, *refresh])
-        if docs:
-            _invoke("docs generate", ["docs", "generate", *quiet, *common, *selection])
+    try:
+        with _environment(settings):
+            outcome = _invoke("build", ["build", *quiet, *common, *selection, *refresh])
+            if docs:
+                _invoke("docs generate", ["docs", "generate", *quiet, *common, *selection])
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     return Counter(
         getattr(r.node, "resource_type", "?") for r in getattr(outcome, "results", None) or []
     )
+
+
+def _spill_dir(root: Path) -> Path:
+    """This build's own folder for DuckDB's spill files, under ``root``; removes the
+    folders of builds whose process is gone (DuckDB deletes its spill files on a
+    clean exit only: a killed build left tens of GB behind on the PolyPythias lake)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for folder in root.glob("build-*"):
+        pid = folder.name.removeprefix("build-")
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+    own = root / f"build-{os.getpid()}"
+    own.mkdir(exist_ok=True)
+    return own
 
 
 def _default_memory_limit() -> str:
