@@ -412,14 +412,15 @@ def run_extraction(
     # Under `accelerate launch`, the processes split the shard's checkpoints.
     tasks = plan(suite, lake, extractors, shard, (state.process_index, state.num_processes))
     needed = sorted({name for task in tasks for name in task.extractors})
-    if workers == 1:
+    in_process = workers == 1 or len(tasks) < 2  # nothing to share
+    if in_process:
         for name in needed:
             extractors[name].prepare()
     # Only once the input is known good: a refused job writes nothing.
     if state.is_main_process:
         write_suite_grid(suite, lake)
     with _fewer_garbage_collections(), _progress(progress, len(tasks), state) as advance:
-        if workers == 1:
+        if in_process:
             extractors = {name: extractors[name] for name in needed}
             return _extract(suite, lake, extractors, tasks, state.device, allow_pickle, lease_s, advance)
         return _extract_in_workers(suite, lake, needed, tasks, workers, allow_pickle, lease_s, advance)
@@ -499,6 +500,7 @@ def _extract_in_workers(
     # Spawn, not fork: forking a process that has already used torch's thread pools
     # can deadlock.
     context = multiprocessing.get_context("spawn")
+    workers = min(workers, len(tasks))
     todo, events = context.Queue(), context.Queue()
     for task in tasks:
         todo.put(task)
