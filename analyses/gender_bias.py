@@ -79,21 +79,13 @@ def gender_chart(rows: list[dict[str, Any]], panels: list[str]) -> AnyChart:
         .mark_rule(strokeDash=[2, 3], color=theme.MUTED, strokeWidth=1.2)
         .encode(y=alt.datum(REFERENCE))
     )
-    # Faceted on the panel's position, headed with its title (see performance_chart).
+    # Faceted on the panel's position, headed with its title (see performance.task_panel_grid).
     rows = [{**row, "panel_index": panels.index(row["panel"])} for row in rows]
     layered = band_and_line(rows, y_title=None, under=(reference,))
     return (
         layered.properties(width=CELL_WIDTH, height=CELL_HEIGHT)
         .facet(
-            facet=alt.Facet(
-                "panel_index:O",
-                title=None,
-                header=alt.Header(
-                    labelExpr=theme.labels_by_index(panels),
-                    labelFontSize=13,
-                    labelFontWeight="bold",
-                ),
-            ),
+            facet=alt.Facet("panel_index:O", title=None, header=theme.column_header(panels)),
             columns=2,
             spacing={"row": 20, "column": 40},
         )

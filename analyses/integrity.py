@@ -15,15 +15,16 @@ yet" with the reason, like the other figures.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import altair as alt
 import duckdb
 
 from . import theme
-from .marts import AnyChart, mart_relation, query_rows, sizes_by_name
+from .encodings import STEP_TITLE, counted, decade_ticks
+from .marts import AnyChart, mart_relation, query_rows, size_parameters, sizes_in_order
 
 NAME = "checkpoint_integrity"
 TITLE = "Checkpoint integrity findings"
@@ -77,7 +78,7 @@ def chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
         """,
     )
     if rows:
-        return findings_chart(rows)
+        return findings_chart(rows, size_parameters(con))
     checked = mart_relation(con, CHECKED_MART, ("is_present",))
     if checked is None:
         return None
@@ -105,8 +106,11 @@ def _run(suite: str, size: str | None, seed: Any) -> str:
     return " · ".join(parts)
 
 
-def findings_chart(rows: list[dict[str, Any]]) -> AnyChart:
-    """Rows are fct_checkpoint_integrity rows (one per finding)."""
+def findings_chart(
+    rows: list[dict[str, Any]], parameters: Mapping[str, float | None]
+) -> AnyChart:
+    """Rows are fct_checkpoint_integrity rows (one per finding); ``parameters`` order
+    the sizes (``marts.size_parameters``)."""
     kinds = [f for f in FINDINGS if any(r["finding"] == f for r in rows)]
     kinds += sorted({r["finding"] for r in rows} - set(FINDINGS))
     labels = [FINDING_LABELS.get(k, k) for k in kinds]
@@ -137,7 +141,7 @@ def findings_chart(rows: list[dict[str, Any]]) -> AnyChart:
     for link in links:
         other_seed = link["other_seed"] if link["other_seed"] is not None else link["seed"]
         all_runs.add((link["suite"], link["other_model_size"] or link["model_size"], other_seed))
-    sizes = sizes_by_name([{"model_size": size or "?"} for _, size, _ in all_runs])
+    sizes = sizes_in_order({size or "?" for _, size, _ in all_runs}, parameters)
     runs = [
         _run(*key)
         for key in sorted(
@@ -146,12 +150,10 @@ def findings_chart(rows: list[dict[str, Any]]) -> AnyChart:
     ]
     steps = [r["step"] for r in drawn] + [link["other_step"] for link in links]
     last = max(steps) if steps else 1
-    decades = [10**k for k in range(0, max(1, math.ceil(math.log10(last + 1))) + 1)]
     # From step 0: where in training a finding sits matters.
     x_scale = alt.Scale(type="log", domain=[1, last + 1], nice=False, padding=12)
-    x_axis = alt.Axis(values=decades, format="~s", labelFlush=True)
-    x_title = "training step + 1 (log scale)"
-    x = alt.X("step_plus_one:Q", title=x_title, scale=x_scale, axis=x_axis)
+    x_axis = alt.Axis(values=decade_ticks(last), format="~s", labelFlush=True)
+    x = alt.X("step_plus_one:Q", title=STEP_TITLE, scale=x_scale, axis=x_axis)
     y_scale = alt.Scale(domain=runs)
     y_axis = alt.Axis(labelLimit=260, ticks=False)
     y = alt.Y("run:N", title=None, sort=runs, scale=y_scale, axis=y_axis)
@@ -186,6 +188,10 @@ def findings_chart(rows: list[dict[str, Any]]) -> AnyChart:
     )
     layers = [points]
     if links:
+        # Both ends of a link: the finding's step and the one it is compared with.
+        link_fields = dict(
+            step_plus_one="datum.step + 1", other_plus_one="datum.other_step + 1", other=other_text
+        )
         link = (
             alt.Chart(alt.Data(values=links))
             .mark_rule(strokeWidth=1.5, opacity=0.6, strokeDash=[4, 3])
@@ -194,30 +200,22 @@ def findings_chart(rows: list[dict[str, Any]]) -> AnyChart:
                 x2="other_plus_one:Q",
                 y=y,
                 y2="other_run:N",
-                color=alt.Color("finding_label:N", title="finding", scale=color_scale, sort=labels),
+                color=color,
                 tooltip=tooltip,
             )
-            .transform_calculate(
-                step_plus_one="datum.step + 1",
-                other_plus_one="datum.other_step + 1",
-                other=other_text,
-            )
+            .transform_calculate(**link_fields)
         )
         twin = (
             alt.Chart(alt.Data(values=links))
             .mark_point(filled=False, size=90, strokeWidth=1.5, opacity=0.9)
             .encode(
-                x=alt.X("other_plus_one:Q", title=x_title, scale=x_scale, axis=x_axis),
+                x=alt.X("other_plus_one:Q", title=STEP_TITLE, scale=x_scale, axis=x_axis),
                 y=alt.Y("other_run:N", title=None, sort=runs, scale=y_scale, axis=y_axis),
-                color=alt.Color("finding_label:N", title="finding", scale=color_scale, sort=labels),
-                shape=alt.Shape("finding_label:N", title="finding", scale=shape_scale, sort=labels),
+                color=color,
+                shape=shape,
                 tooltip=tooltip,
             )
-            .transform_calculate(
-                step_plus_one="datum.step + 1",
-                other_plus_one="datum.other_step + 1",
-                other=other_text,
-            )
+            .transform_calculate(**link_fields)
         )
         layers[:0] = [link, twin]
     counts = Counter(r["finding"] for r in rows)
@@ -228,7 +226,7 @@ def findings_chart(rows: list[dict[str, Any]]) -> AnyChart:
     )
     unplaced = sum(1 for r in rows if r["step"] is None)
     subtitle = [
-        f"{len(rows)} finding{'s' if len(rows) != 1 else ''}: {summary}. Dashed lines join a "
+        f"{counted(len(rows), 'finding')}: {summary}. Dashed lines join a "
         "duplicate to its twin (open mark) and a lineage break to the step it is compared with.",
     ]
     if unplaced:

@@ -22,13 +22,14 @@ marked spike (a selection of rows, not an aggregate). Log steps as above.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from typing import Any
 
 import altair as alt
 import duckdb
 
 from . import theme
+from .encodings import STEP_TITLE, counted, decade_ticks, range_text, size_color, step_axis
 from .marts import (
     AnyChart,
     MartError,
@@ -36,8 +37,9 @@ from .marts import (
     mart_relation,
     query_rows,
     read_mart,
-    size_order,
-    sizes_by_name,
+    run_status_sql,
+    size_parameters,
+    sizes_in_order,
 )
 
 NAME = "loss_curves"
@@ -78,29 +80,19 @@ def chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
 
 def loss_chart(rows: list[dict[str, Any]]) -> AnyChart:
     """Build the chart from mart rows (one per suite × model size × step)."""
-    sizes = size_order(rows)
     suites = sorted({row["suite"] for row in rows})
     several_suites = len(suites) > 1
 
     # Ticks and grid lines at powers of ten only; the domain is the data's.
-    last = max(row["step"] for row in rows) + 1
-    decades = [10**k for k in range(0, max(1, math.ceil(math.log10(last))) + 1)]
     x = alt.X(
         "step_plus_one:Q",
-        title="training step + 1 (log scale)",
+        title=STEP_TITLE,
         scale=alt.Scale(type="log", nice=False, padding=10),
-        axis=alt.Axis(values=decades, format="~s"),
+        axis=alt.Axis(values=decade_ticks(max(row["step"] for row in rows)), format="~s"),
     )
     y_title = "mean token loss (nats)"
     # The band and the line share one colour scale, hence one legend.
-    color = alt.Color(
-        "model_size:N",
-        title="model size",
-        scale=alt.Scale(domain=sizes),
-        sort=sizes,
-        # Legend entries look like the lines, not like the pale bands.
-        legend=alt.Legend(symbolType="stroke", symbolOpacity=1, symbolStrokeWidth=3),
-    )
+    color = size_color(rows)
     tooltip = [
         alt.Tooltip("step:Q", title="step", format=","),
         alt.Tooltip("model_size:N", title="model size"),
@@ -132,12 +124,7 @@ def loss_chart(rows: list[dict[str, Any]]) -> AnyChart:
         )
     )
     layered = alt.layer(band, line, data=alt.Data(values=rows)).transform_calculate(
-        step_plus_one="datum.step + 1",
-        iqr=(
-            "isValid(datum.loss_q25) && isValid(datum.loss_q75)"
-            " ? format(datum.loss_q25, '.3f') + ' – ' + format(datum.loss_q75, '.3f')"
-            " : 'n/a'"
-        ),
+        step_plus_one="datum.step + 1", iqr=range_text("loss_q25", "loss_q75")
     )
     title = alt.Title(
         TITLE,
@@ -195,18 +182,9 @@ def spikes_chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
     if outliers is None:
         status, join = "'run'", ""
     else:
-        status = (
-            "case when o.is_outlier then 'outlier run' "
-            "when not o.is_outlier then 'stable run' else 'run' end"
+        status, join = run_status_sql(
+            outliers, "t", outlier="outlier run", stable="stable run", unknown="run"
         )
-        join = f"""
-        left join (
-            select suite, model_size, seed, bool_or(is_outlier) as is_outlier
-            from {outliers}
-            group by suite, model_size, seed
-        ) as o
-            on t.suite = o.suite and t.model_size = o.model_size and t.seed = o.seed
-        """
     # The spike steps, kept in the thinned lines (none without fct_loss_spikes).
     spike_steps = (
         f"select distinct suite, model_size, seed, step from {spikes_relation}"
@@ -282,17 +260,27 @@ def spikes_chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
             order by suite, model_size, seed, step
             """,
         )
-    return loss_spikes_chart(rows, spikes, spikes_assessed=spikes_relation is not None)
+    return loss_spikes_chart(
+        rows,
+        spikes,
+        spikes_assessed=spikes_relation is not None,
+        parameters=size_parameters(con),
+    )
 
 
 def loss_spikes_chart(
-    rows: list[dict[str, Any]], spikes: list[dict[str, Any]], *, spikes_assessed: bool = True
+    rows: list[dict[str, Any]],
+    spikes: list[dict[str, Any]],
+    *,
+    spikes_assessed: bool = True,
+    parameters: Mapping[str, float | None],
 ) -> AnyChart:
     """``rows``: a run's logged (thinned) loss per step with its ``status``; ``spikes``:
     ``fct_loss_spikes`` rows, each marked at its own ``step`` and ``loss``. A spike of a
-    run without a training log has no line to sit on and is left out."""
+    run without a training log has no line to sit on and is left out. ``parameters``
+    order the sizes (``marts.size_parameters``)."""
     suites = sorted({r["suite"] for r in rows})
-    sizes = sizes_by_name(rows)
+    sizes = sizes_in_order({r["model_size"] for r in rows}, parameters)
     panels = sorted({(r["suite"], r["model_size"]) for r in rows},
                     key=lambda p: (suites.index(p[0]), sizes.index(p[1])))  # fmt: skip
     labels = [f"{suite} · {size}" for suite, size in panels]
@@ -307,12 +295,7 @@ def loss_spikes_chart(
         for s in marked
     ]
     statuses = [s for s in RUN_COLORS if any(r["status"] == s for r in rows)]
-    last = max(r["step"] for r in rows)
-    decades = [10**k for k in range(0, max(1, math.ceil(math.log10(last + 1))) + 1)]
-    x_scale = alt.Scale(type="log", nice=False, padding=6)
-    x_axis = alt.Axis(values=decades, format="~s", labelFlush=True)
-    x_title = "training step + 1 (log scale)"
-    x = alt.X("step_plus_one:Q", title=x_title, scale=x_scale, axis=x_axis)
+    x = step_axis(rows)
     y = alt.Y("loss:Q", title="training loss (nats)", scale=alt.Scale(zero=False))
     run_tooltip = [
         alt.Tooltip("suite:N", title="suite"),
@@ -375,23 +358,15 @@ def loss_spikes_chart(
         thresholds = sorted({s["threshold"] for s in marked if s["threshold"] is not None})
         k = f"{thresholds[0]:g}" if len(thresholds) == 1 else "loss_spike_k"
         notes = [
-            f"Dots: the {len(marked)} loss spike{'s' if len(marked) != 1 else ''} of "
-            f"{n_runs} run{'s' if n_runs != 1 else ''}, each at its own step and loss.",
+            f"Dots: the {counted(len(marked), 'loss spike')} of {counted(n_runs, 'run')}, "
+            "each at its own step and loss.",
             f"A spike: after warm-up, a loss more than {k} robust deviations (1.4826 × MAD) "
             "above the median of the steps before.",
         ]
     return (
         layered.facet(
             row=alt.Row(
-                "panel_index:O",
-                title=None,
-                header=alt.Header(
-                    labelExpr=theme.labels_by_index(labels),
-                    labelAngle=0,
-                    labelAlign="left",
-                    labelFontSize=12,
-                    labelFontWeight="bold",
-                ),
+                "panel_index:O", title=None, header=theme.row_header(labels, labelFontWeight="bold")
             ),
             spacing={"row": 14},
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import altair as alt
@@ -120,6 +120,30 @@ def read_mart(
     return rows or None
 
 
+def run_status_sql(
+    outliers: str, alias: str, *, outlier: str, stable: str, unknown: str
+) -> tuple[str, str]:
+    """The select expression and the join that label each row of table ``alias`` by its
+    run in ``outliers`` (the quoted ``fct_run_outliers``): ``outlier`` when any of the
+    run's signals fires, ``stable`` when none does, ``unknown`` when the run is not in it.
+    """
+    status = (
+        f"case when o.is_outlier then '{outlier}' when not o.is_outlier then '{stable}' "
+        f"else '{unknown}' end"
+    )
+    # is_outlier repeats on each signal's row of a run; one value per run.
+    join = f"""
+        left join (
+            select suite, model_size, seed, bool_or(is_outlier) as is_outlier
+            from {outliers}
+            group by suite, model_size, seed
+        ) as o
+            on {alias}.suite = o.suite and {alias}.model_size = o.model_size
+            and {alias}.seed = o.seed
+        """
+    return status, join
+
+
 def size_order(rows: list[dict[str, Any]]) -> list[str]:
     """Model sizes from smallest to largest nominal parameter count (unknown last)."""
     params: dict[str, float | None] = {}
@@ -130,22 +154,27 @@ def size_order(rows: list[dict[str, Any]]) -> list[str]:
     return sorted(params, key=lambda s: (params[s] is None, params[s] or 0.0, s))
 
 
-_SIZE_NAME = re.compile(r"([0-9]+(?:\.[0-9]+)?)([kmbt])")
-_SIZE_SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
+RUNS_DIM = "dim_runs"
 
 
-def nominal_parameters(model_size: str) -> float | None:
-    """Parameters a size's name states ("410m" → 4.1e8, "1.4b" → 1.4e9), else None.
+def size_parameters(con: duckdb.DuckDBPyConnection) -> dict[str, float | None]:
+    """Each model size's nominal parameter count, read from ``dim_runs`` (the dbt macro
+    ``nominal_parameters`` states the rule), for marts without the column.
 
-    The same rule as the dbt macro ``nominal_parameters``, for marts without the column.
+    Empty when ``dim_runs`` is missing: ``sizes_in_order`` then orders sizes by name.
     """
-    match = _SIZE_NAME.fullmatch(model_size.lower())
-    return float(match[1]) * _SIZE_SUFFIX[match[2]] if match else None
+    relation = mart_relation(con, RUNS_DIM, ("model_size", "nominal_parameters"))
+    if relation is None:
+        return {}
+    return dict(
+        con.execute(
+            f"select model_size, min(nominal_parameters) from {relation} "
+            "where model_size is not null group by model_size"
+        ).fetchall()
+    )
 
 
-def sizes_by_name(rows: list[dict[str, Any]]) -> list[str]:
-    """``size_order`` for rows without ``nominal_parameters``: parsed from the size name."""
-    return size_order(
-        [{"model_size": r["model_size"], "nominal_parameters": nominal_parameters(r["model_size"])}
-         for r in rows]
-    )  # fmt: skip
+def sizes_in_order(sizes: Iterable[str], parameters: Mapping[str, float | None]) -> list[str]:
+    """``size_order`` of ``sizes``, each size's parameter count from ``parameters``
+    (``size_parameters``); a size it lacks counts as unknown."""
+    return size_order([{"model_size": s, "nominal_parameters": parameters.get(s)} for s in sizes])

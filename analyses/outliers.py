@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Mapping
 from typing import Any
 
 import altair as alt
 import duckdb
 
 from . import theme
-from .marts import AnyChart, mart_relation, query_rows, sizes_by_name
+from .marts import AnyChart, mart_relation, query_rows, size_parameters, sizes_in_order
 
 NAME = "run_outliers"
 TITLE = "Outlier runs and why"
@@ -140,10 +141,12 @@ def chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
     )
     if not rows:
         return None
-    return table_chart(rows)
+    return table_chart(rows, size_parameters(con))
 
 
-def table_lines(rows: list[dict[str, Any]]) -> tuple[list[list[str]], list[list[list[str]]]]:
+def table_lines(
+    rows: list[dict[str, Any]], parameters: Mapping[str, float | None]
+) -> tuple[list[list[str]], list[list[list[str]]]]:
     """The table's body: every line as its cells' texts (long cells wrapped onto the
     lines below), and the same lines grouped in one block per run.
 
@@ -152,7 +155,7 @@ def table_lines(rows: list[dict[str, Any]]) -> tuple[list[list[str]], list[list[
     of its signals fire.
     """
     firing = [r for r in rows if r["fires"]]
-    sizes = sizes_by_name(rows)
+    sizes = sizes_in_order({r["model_size"] for r in rows}, parameters)
     signals = signal_order({r["signal"] for r in rows})
     firing.sort(key=lambda r: (r["suite"], sizes.index(r["model_size"]), r["seed"],
                                signals.index(r["signal"])))  # fmt: skip
@@ -188,9 +191,10 @@ def table_lines(rows: list[dict[str, Any]]) -> tuple[list[list[str]], list[list[
     return lines, blocks
 
 
-def table_chart(rows: list[dict[str, Any]]) -> AnyChart:
-    """Rows are fct_run_outliers rows (every signal of every run)."""
-    lines, blocks = table_lines(rows)
+def table_chart(rows: list[dict[str, Any]], parameters: Mapping[str, float | None]) -> AnyChart:
+    """Rows are fct_run_outliers rows (every signal of every run); ``parameters`` order
+    the sizes (``marts.size_parameters``)."""
+    lines, blocks = table_lines(rows, parameters)
     n_runs = len({(r["suite"], r["model_size"], r["seed"]) for r in rows})
     n_signals = len({r["signal"] for r in rows})
     truncated = len(lines) > MAX_LINES
@@ -331,14 +335,18 @@ def lead_chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
         order by suite, model_size, signal
         """,
     )
-    return lead_time_chart(leads, alarms)
+    return lead_time_chart(leads, alarms, size_parameters(con))
 
 
-def lead_time_chart(leads: list[dict[str, Any]], alarms: list[dict[str, Any]]) -> AnyChart:
+def lead_time_chart(
+    leads: list[dict[str, Any]],
+    alarms: list[dict[str, Any]],
+    parameters: Mapping[str, float | None],
+) -> AnyChart:
     """``leads``: one row per outlier run × signal (final_step, first_flag_step,
     lead_steps, flag_score, flag_threshold); ``alarms``: per suite × size × signal the
     number of stable runs and of those flagged at some step."""
-    sizes = sizes_by_name(leads + alarms)
+    sizes = sizes_in_order({r["model_size"] for r in leads + alarms}, parameters)
     signals = signal_order({r["signal"] for r in leads + alarms})
     runs = sorted(
         {(r["suite"], r["model_size"], r["seed"]) for r in leads},
@@ -422,14 +430,7 @@ def lead_time_chart(leads: list[dict[str, Any]], alarms: list[dict[str, Any]]) -
             row=alt.Row(
                 "run_index:O",
                 title=None,
-                header=alt.Header(
-                    labelExpr=theme.labels_by_index(run_labels),
-                    labelAngle=0,
-                    labelAlign="left",
-                    labelFontSize=12,
-                    labelFontWeight="bold",
-                    labelLimit=240,
-                ),
+                header=theme.row_header(run_labels, labelFontWeight="bold", labelLimit=240),
             ),
             spacing={"row": 12},
         )

@@ -21,7 +21,7 @@ as in the loss chart, and its title says so.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,8 @@ import altair as alt
 import duckdb
 
 from . import theme
-from .marts import AnyChart, mart_relation, query_rows, size_order
+from .encodings import BAND_TEXT, band_tooltip, counted, series_encodings, step_axis
+from .marts import AnyChart, mart_relation, query_rows
 
 NAME = "performance"
 TITLE = "Downstream performance and agreement across seeds"
@@ -97,8 +98,6 @@ INTER_COLUMNS = (
     "n_seed_pairs",
 )
 
-# Dash per suite, in suite order: solid for the first (normally the standard suite).
-DASHES = [[1, 0], [7, 3], [2, 2], [10, 3, 2, 3]]
 CELL_WIDTH = 230
 CELL_HEIGHT = 120
 
@@ -173,8 +172,7 @@ def score_rows(
         [series.task, series.metric, series.filter, series.num_fewshot],
     )
     for row in rows:
-        n = row.pop("n_runs")
-        row["basis"] = f"{n} seed{'s' if n != 1 else ''}"
+        row["basis"] = counted(row.pop("n_runs"), "seed")
     return [_tag(row, series, panel) for row in rows]
 
 
@@ -182,56 +180,35 @@ def _tag(row: dict[str, Any], series: Series, panel: str) -> dict[str, Any]:
     return {"task": series.label, "panel": panel, **row}
 
 
-def _self_rows(
-    con: duckdb.DuckDBPyConnection, relation: str, series: Series
+def _mean_kappa_rows(
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    series: Series,
+    panel: str,
+    *,
+    kappa: str,
+    count: str,
+    noun: str,
 ) -> list[dict[str, Any]]:
-    # Mean over seeds of each run's κ against its own final checkpoint.
+    """One row per suite × size × step of ``panel``: the mean of the column ``kappa``;
+    its basis is ``count`` (an SQL aggregate: how many ``noun``s the mean is over)."""
     rows = query_rows(
         con,
         f"""
         select suite, model_size, min(nominal_parameters) as nominal_parameters, step,
-               avg(kappa) as value, count(kappa) as n_seeds
+               avg({kappa}) as value, {count} as n
         from {relation}
         where task = ? and filter = ? and num_fewshot = ?
         group by suite, model_size, step
-        having count(kappa) > 0
+        having count({kappa}) > 0
         order by suite, nominal_parameters nulls last, model_size, step
         """,
         [series.task, series.filter, series.num_fewshot],
     )
-    out = []
     for row in rows:
-        n = row.pop("n_seeds")
-        seeds = f"{n} seed{'s' if n != 1 else ''}"
-        row.update(band_low=None, band_high=None, basis=f"mean of {seeds}")
-        out.append(_tag(row, series, SELF_KAPPA))
-    return out
-
-
-def _inter_rows(
-    con: duckdb.DuckDBPyConnection, relation: str, series: Series
-) -> list[dict[str, Any]]:
-    # mean_pairwise_kappa repeats on every seed's row of a step; one value per step.
-    rows = query_rows(
-        con,
-        f"""
-        select suite, model_size, min(nominal_parameters) as nominal_parameters, step,
-               avg(mean_pairwise_kappa) as value, max(n_seed_pairs) as n_pairs
-        from {relation}
-        where task = ? and filter = ? and num_fewshot = ?
-        group by suite, model_size, step
-        having count(mean_pairwise_kappa) > 0
-        order by suite, nominal_parameters nulls last, model_size, step
-        """,
-        [series.task, series.filter, series.num_fewshot],
-    )
-    out = []
-    for row in rows:
-        n = row.pop("n_pairs")
-        pairs = f"{n} seed pair{'s' if n != 1 else ''}"
-        row.update(band_low=None, band_high=None, basis=f"mean of {pairs}")
-        out.append(_tag(row, series, INTER_KAPPA))
-    return out
+        basis = f"mean of {counted(row.pop('n'), noun)}"
+        row.update(band_low=None, band_high=None, basis=basis)
+    return [_tag(row, series, panel) for row in rows]
 
 
 def chosen_tasks(series: list[Series]) -> list[Series]:
@@ -259,68 +236,31 @@ def chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
     for series in tasks:
         rows += score_rows(con, relation, series, SCORE)
         if self_relation is not None:
-            rows += _self_rows(con, self_relation, series)
+            # Mean over seeds of each run's κ against its own final checkpoint.
+            rows += _mean_kappa_rows(
+                con, self_relation, series, SELF_KAPPA,
+                kappa="kappa", count="count(kappa)", noun="seed",
+            )  # fmt: skip
         if inter_relation is not None:
-            rows += _inter_rows(con, inter_relation, series)
+            # mean_pairwise_kappa repeats on every seed's row of a step; one value per step.
+            rows += _mean_kappa_rows(
+                con, inter_relation, series, INTER_KAPPA,
+                kappa="mean_pairwise_kappa", count="max(n_seed_pairs)", noun="seed pair",
+            )  # fmt: skip
     if not rows:
         return None
     panels = [p for p in (SCORE, SELF_KAPPA, INTER_KAPPA) if any(r["panel"] == p for r in rows)]
     return performance_chart(rows, [s.label for s in tasks], panels)
 
 
-def step_axis(rows: list[dict[str, Any]]) -> alt.X:
-    """Log-scaled ``step + 1``, ticks at powers of ten (the field comes from a calculate)."""
-    last = max(row["step"] for row in rows) + 1
-    decades = [10**k for k in range(0, max(1, math.ceil(math.log10(last))) + 1)]
-    return alt.X(
-        "step_plus_one:Q",
-        title="training step + 1 (log scale)",
-        scale=alt.Scale(type="log", nice=False, padding=6),
-        axis=alt.Axis(values=decades, format="~s", labelFlush=True),
-    )
-
-
-def series_encodings(rows: list[dict[str, Any]]) -> tuple[alt.Color, alt.StrokeDash, list[str]]:
-    """Colour by model size (parameter order) and dash by suite, with line-like legends."""
-    sizes = size_order(rows)
-    suites = sorted({row["suite"] for row in rows})
-    color = alt.Color(
-        "model_size:N",
-        title="model size",
-        scale=alt.Scale(domain=sizes),
-        sort=sizes,
-        legend=alt.Legend(symbolType="stroke", symbolOpacity=1, symbolStrokeWidth=3),
-    )
-    dash = alt.StrokeDash(
-        "suite:N",
-        title="suite",
-        scale=alt.Scale(domain=suites, range=[DASHES[i % len(DASHES)] for i in range(len(suites))]),
-        sort=suites,
-        legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=2, symbolSize=400, labelLimit=320),
-    )
-    return color, dash, suites
-
-
-def band_and_line(
-    rows: list[dict[str, Any]], y_title: str | None, under: tuple[alt.Chart, ...] = ()
-) -> alt.LayerChart:
-    """The q25–q75 band under the line, over log steps; rows need value/band_low/band_high.
-
-    ``under`` are layers drawn first (reference lines).
-    """
+def band_and_line_layers(
+    rows: list[dict[str, Any]], y_title: str | None, tooltip: list[alt.Tooltip]
+) -> tuple[alt.Chart, alt.Chart]:
+    """The q25–q75 band (``band_low``–``band_high``) and the line over it (``value``),
+    colour per size and dash per suite, over log steps; scales fit ``rows``."""
     x = step_axis(rows)
-    color, dash, _ = series_encodings(rows)
+    color, dash = series_encodings(rows)
     y = alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False), axis=alt.Axis(format=".2f"))
-    tooltip = [
-        alt.Tooltip("task:N", title="task"),
-        alt.Tooltip("panel:N", title="measure"),
-        alt.Tooltip("suite:N", title="suite"),
-        alt.Tooltip("model_size:N", title="model size"),
-        alt.Tooltip("step:Q", title="step", format=","),
-        alt.Tooltip("value:Q", title="value", format=".3f"),
-        alt.Tooltip("band:N", title="25th–75th pct"),
-        alt.Tooltip("basis:N", title="over"),
-    ]
     band = (
         alt.Chart()
         .mark_area(opacity=theme.BAND_OPACITY, line=False)
@@ -337,25 +277,64 @@ def band_and_line(
         .mark_line(strokeWidth=1.6, point=alt.OverlayMarkDef(size=10, filled=True))
         .encode(x=x, y=y, color=color, strokeDash=dash, tooltip=tooltip)
     )
+    return band, line
+
+
+def band_and_line(
+    rows: list[dict[str, Any]], y_title: str | None, under: tuple[alt.Chart, ...] = ()
+) -> alt.LayerChart:
+    """The q25–q75 band under the line, over log steps; rows need value/band_low/band_high.
+
+    ``under`` are layers drawn first (reference lines).
+    """
+    keys = [
+        alt.Tooltip("task:N", title="task"),
+        alt.Tooltip("panel:N", title="measure"),
+        alt.Tooltip("suite:N", title="suite"),
+        alt.Tooltip("model_size:N", title="model size"),
+    ]
+    band, line = band_and_line_layers(rows, y_title, band_tooltip(keys, "value"))
     return alt.layer(*under, band, line, data=alt.Data(values=rows)).transform_calculate(
-        step_plus_one="datum.step + 1",
-        band=(
-            "isValid(datum.band_low) && isValid(datum.band_high)"
-            " ? format(datum.band_low, '.3f') + ' – ' + format(datum.band_high, '.3f')"
-            " : 'n/a'"
-        ),
+        step_plus_one="datum.step + 1", band=BAND_TEXT
+    )
+
+
+def task_panel_grid(
+    layered: alt.LayerChart,
+    task_labels: Sequence,
+    panels: list[str],
+    *,
+    label_limit: int,
+    row_spacing: int,
+    title: alt.Title,
+) -> alt.FacetChart:
+    """``layered`` in one facet row per task and one column per measure panel, each cell
+    with its own y scale.
+
+    Faceted on the integer positions ``task_index`` and ``panel_index`` (natural order)
+    and headed with the labels: a facet with both rows and columns and a custom ``sort``
+    puts cells in the wrong places (Vega-Lite 6 through vl-convert).
+    """
+    return (
+        layered.facet(
+            row=alt.Row(
+                "task_index:O",
+                title=None,
+                header=theme.row_header(task_labels, labelLimit=label_limit),
+            ),
+            column=alt.Column("panel_index:O", title=None, header=theme.column_header(panels)),
+            spacing={"row": row_spacing, "column": 28},
+        )
+        .resolve_scale(y="independent")
+        .properties(title=title)
     )
 
 
 def performance_chart(
     rows: list[dict[str, Any]], task_labels: list[str], panels: list[str]
 ) -> AnyChart:
-    """Rows are one per task × measure panel × suite × size × step (see ``score_rows``).
-
-    The grid is faceted on the integer positions ``task_index`` and ``panel_index``
-    (natural order) and headed with the labels: a facet with both rows and columns
-    and a custom ``sort`` puts cells in the wrong places (Vega-Lite 6 through vl-convert).
-    """
+    """Rows are one per task × measure panel × suite × size × step (see ``score_rows``),
+    laid out by ``task_panel_grid``."""
     rows = [
         {
             **row,
@@ -365,40 +344,19 @@ def performance_chart(
         for row in rows
     ]
     layered = band_and_line(rows, y_title=None).properties(width=CELL_WIDTH, height=CELL_HEIGHT)
-    return (
-        layered.facet(
-            row=alt.Row(
-                "task_index:O",
-                title=None,
-                header=alt.Header(
-                    labelExpr=theme.labels_by_index(task_labels),
-                    labelAngle=0,
-                    labelAlign="left",
-                    labelFontSize=12,
-                    labelLimit=240,
-                ),
-            ),
-            column=alt.Column(
-                "panel_index:O",
-                title=None,
-                header=alt.Header(
-                    labelExpr=theme.labels_by_index(panels),
-                    labelFontSize=13,
-                    labelFontWeight="bold",
-                ),
-            ),
-            spacing={"row": 12, "column": 28},
-        )
-        .resolve_scale(y="independent")
-        .properties(
-            title=alt.Title(
-                TITLE,
-                subtitle=[
-                    "Score: median over seeds (line), 25th–75th percentile (band). "
-                    "Self-consistency: κ against the run's final checkpoint, mean over seeds.",
-                    "Inter-seed agreement: mean κ over all pairs of seeds at the same step. "
-                    "Colour: model size; dash: suite.",
-                ],
-            )
-        )
+    return task_panel_grid(
+        layered,
+        task_labels,
+        panels,
+        label_limit=240,
+        row_spacing=12,
+        title=alt.Title(
+            TITLE,
+            subtitle=[
+                "Score: median over seeds (line), 25th–75th percentile (band). "
+                "Self-consistency: κ against the run's final checkpoint, mean over seeds.",
+                "Inter-seed agreement: mean κ over all pairs of seeds at the same step. "
+                "Colour: model size; dash: suite.",
+            ],
+        ),
     )

@@ -38,8 +38,9 @@ import altair as alt
 import duckdb
 
 from . import theme
+from .encodings import BAND_TEXT, band_tooltip, counted
 from .marts import AnyChart, mart_relation, query_rows, size_order
-from .performance import series_encodings, step_axis
+from .performance import band_and_line_layers, task_panel_grid
 
 NAME = "probe_accuracy"
 TITLE = "Linear probes across seeds at each size's best layer"
@@ -89,13 +90,6 @@ HEATMAP_ROW = 18  # pixels per layer, for deep models
 HEATMAP_MIN_HEIGHT = 150
 HEATMAP_SCHEME = "viridis"
 
-# Tooltip text of the seed band (a calculate transform).
-BAND_TEXT = (
-    "isValid(datum.band_low) && isValid(datum.band_high)"
-    " ? format(datum.band_low, '.3f') + ' – ' + format(datum.band_high, '.3f')"
-    " : 'n/a'"
-)
-
 # One line of the probe chart: (suite, model size).
 RunKey = tuple[str, str]
 
@@ -119,8 +113,7 @@ def consistency_rows(
         metrics,
     )
     for row in rows:
-        n = row.pop("n_runs")
-        row["basis"] = f"{n} seed{'s' if n != 1 else ''}"
+        row["basis"] = counted(row.pop("n_runs"), "seed")
     return rows
 
 
@@ -241,30 +234,23 @@ def probe_chart(
     """Series rows are one per task × panel × suite × size × step at the best layer;
     baseline rows one per reference rule (``baseline`` value, task and panel).
 
-    Faceted on the integer positions ``task_index`` and ``panel_index`` and headed with
-    the labels (a row-and-column facet with a custom ``sort`` misplaces cells under
-    vl-convert; see ``performance.performance_chart``).
+    Laid out by ``performance.task_panel_grid``.
     """
     rows = [
         {**row, "task_index": tasks.index(row["task"]), "panel_index": panels.index(row["panel"])}
         for row in series + baselines
         if row["panel"] in panels
     ]
-    drawn = [r for r in rows if r["kind"] == "series"]
-    x = step_axis(drawn)
-    color, dash, _ = series_encodings(drawn)
-    y = alt.Y("value:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(format=".2f"))
-    tooltip = [
-        alt.Tooltip("task:N", title="task"),
-        alt.Tooltip("panel:N", title="measure"),
-        alt.Tooltip("suite:N", title="suite"),
-        alt.Tooltip("model_size:N", title="model size"),
-        alt.Tooltip("layer:O", title="layer"),
-        alt.Tooltip("step:Q", title="step", format=","),
-        alt.Tooltip("value:Q", title="median", format=".3f"),
-        alt.Tooltip("band:N", title="25th–75th pct"),
-        alt.Tooltip("basis:N", title="over"),
-    ]
+    tooltip = band_tooltip(
+        [
+            alt.Tooltip("task:N", title="task"),
+            alt.Tooltip("panel:N", title="measure"),
+            alt.Tooltip("suite:N", title="suite"),
+            alt.Tooltip("model_size:N", title="model size"),
+            alt.Tooltip("layer:O", title="layer"),
+        ],
+        "median",
+    )
     reference = (
         alt.Chart()
         .mark_rule(strokeDash=[2, 3], color=theme.MUTED, strokeWidth=1.2)
@@ -277,69 +263,34 @@ def probe_chart(
         )
         .transform_filter("datum.kind === 'baseline'")
     )
-    band = (
-        alt.Chart()
-        .mark_area(opacity=theme.BAND_OPACITY, line=False)
-        .encode(
-            x=x,
-            y=alt.Y("band_low:Q", title=None),
-            y2="band_high:Q",
-            color=color,
-            detail="suite:N",
-        )
-        .transform_filter("datum.kind === 'series'")
-    )
-    line = (
-        alt.Chart()
-        .mark_line(strokeWidth=1.6, point=alt.OverlayMarkDef(size=10, filled=True))
-        .encode(x=x, y=y, color=color, strokeDash=dash, tooltip=tooltip)
-        .transform_filter("datum.kind === 'series'")
-    )
+    band, line = band_and_line_layers([r for r in rows if r["kind"] == "series"], None, tooltip)
+    series_only = "datum.kind === 'series'"
     layered = (
-        alt.layer(reference, band, line, data=alt.Data(values=rows))
-        .transform_calculate(
-            step_plus_one="datum.step + 1",
-            band=BAND_TEXT,
+        alt.layer(
+            reference,
+            band.transform_filter(series_only),
+            line.transform_filter(series_only),
+            data=alt.Data(values=rows),
         )
+        .transform_calculate(step_plus_one="datum.step + 1", band=BAND_TEXT)
         .properties(width=CELL_WIDTH, height=CELL_HEIGHT)
     )
-    return (
-        layered.facet(
-            row=alt.Row(
-                "task_index:O",
-                title=None,
-                header=alt.Header(
-                    labelExpr=theme.labels_by_index(task_labels),
-                    labelAngle=0,
-                    labelAlign="left",
-                    labelFontSize=12,
-                    labelLimit=300,
-                ),
-            ),
-            column=alt.Column(
-                "panel_index:O",
-                title=None,
-                header=alt.Header(
-                    labelExpr=theme.labels_by_index(panels),
-                    labelFontSize=13,
-                    labelFontWeight="bold",
-                ),
-            ),
-            spacing={"row": 14, "column": 28},
-        )
-        .resolve_scale(y="independent")
-        .properties(
-            title=alt.Title(
-                TITLE,
-                subtitle=[
-                    "Median over seeds (line), 25th–75th percentile (band); colour: model size, "
-                    "dash: suite. Each size at its best layer for the task (row header): the",
-                    "layer with the highest median accuracy at that size's final step "
-                    "(0 = embeddings). Dotted: majority-class accuracy; compression 1 = "
-                    "uniform code.",
-                ],
-            )
-        )
+    return task_panel_grid(
+        layered,
+        task_labels,
+        panels,
+        label_limit=300,
+        row_spacing=14,
+        title=alt.Title(
+            TITLE,
+            subtitle=[
+                "Median over seeds (line), 25th–75th percentile (band); colour: model size, "
+                "dash: suite. Each size at its best layer for the task (row header): the",
+                "layer with the highest median accuracy at that size's final step "
+                "(0 = embeddings). Dotted: majority-class accuracy; compression 1 = "
+                "uniform code.",
+            ],
+        ),
     )
 
 
@@ -410,16 +361,15 @@ def heatmap_chart(rows: list[dict[str, Any]], size: str, tasks: list[str]) -> An
                 scale=alt.Scale(scheme=HEATMAP_SCHEME, zero=False),
                 legend=alt.Legend(format=".2f", gradientLength=HEATMAP_MIN_HEIGHT),
             ),
-            tooltip=[
-                alt.Tooltip("task:N", title="task"),
-                alt.Tooltip("suite:N", title="suite"),
-                alt.Tooltip("model_size:N", title="model size"),
-                alt.Tooltip("layer:O", title="layer"),
-                alt.Tooltip("step:Q", title="step", format=","),
-                alt.Tooltip("value:Q", title="median accuracy", format=".3f"),
-                alt.Tooltip("band:N", title="25th–75th pct"),
-                alt.Tooltip("basis:N", title="over"),
-            ],
+            tooltip=band_tooltip(
+                [
+                    alt.Tooltip("task:N", title="task"),
+                    alt.Tooltip("suite:N", title="suite"),
+                    alt.Tooltip("model_size:N", title="model size"),
+                    alt.Tooltip("layer:O", title="layer"),
+                ],
+                "median accuracy",
+            ),
         )
     )
     cell = heat.transform_calculate(band=BAND_TEXT).properties(
@@ -427,25 +377,9 @@ def heatmap_chart(rows: list[dict[str, Any]], size: str, tasks: list[str]) -> An
     )
     return cell.facet(
         row=alt.Row(
-            "suite_index:O",
-            title=None,
-            header=alt.Header(
-                labelExpr=theme.labels_by_index(suite_labels),
-                labelAngle=0,
-                labelAlign="left",
-                labelFontSize=12,
-                labelLimit=240,
-            ),
+            "suite_index:O", title=None, header=theme.row_header(suite_labels, labelLimit=240)
         ),
-        column=alt.Column(
-            "task_index:O",
-            title=None,
-            header=alt.Header(
-                labelExpr=theme.labels_by_index(tasks),
-                labelFontSize=13,
-                labelFontWeight="bold",
-            ),
-        ),
+        column=alt.Column("task_index:O", title=None, header=theme.column_header(tasks)),
         spacing={"row": 14, "column": 24},
     ).properties(
         title=alt.Title(

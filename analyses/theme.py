@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import altair as alt
 
@@ -102,3 +103,21 @@ def labels_by_index(labels: Sequence) -> str:
     values its own way; this turns index ``i`` back into ``labels[i]``.
     """
     return f"{json.dumps(list(labels), ensure_ascii=False)}[datum.value]"
+
+
+def row_header(labels: Sequence, **style: Any) -> alt.Header:
+    """The header of facet rows on integer indexes: ``labels`` beside the rows, left
+    aligned; ``style`` adds or overrides header properties (e.g. ``labelLimit``)."""
+    return alt.Header(
+        labelExpr=labels_by_index(labels),
+        labelAngle=0,
+        labelAlign="left",
+        labelFontSize=12,
+        **style,
+    )
+
+
+def column_header(labels: Sequence) -> alt.Header:
+    """The header of facet columns (or wrapped facets) on integer indexes: ``labels``
+    in bold above each cell."""
+    return alt.Header(labelExpr=labels_by_index(labels), labelFontSize=13, labelFontWeight="bold")

@@ -21,14 +21,22 @@ charts.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import altair as alt
 import duckdb
 
 from . import theme
-from .marts import AnyChart, mart_relation, query_rows, sizes_by_name
-from .performance import step_axis
+from .marts import (
+    AnyChart,
+    mart_relation,
+    query_rows,
+    run_status_sql,
+    size_parameters,
+    sizes_in_order,
+)
+from .encodings import step_axis
 
 NAME = "training_maps"
 TITLE = "Training maps: latent states over training, stable runs vs outliers"
@@ -78,19 +86,9 @@ def chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
         status = "null::varchar"
         join = ""
     else:
-        # A run is an outlier when any of its signals fires (is_outlier is per run).
-        status = (
-            f"case when o.is_outlier then '{OUTLIER}' when not o.is_outlier then '{STABLE}' "
-            f"else '{UNASSESSED}' end"
+        status, join = run_status_sql(
+            outliers, "p", outlier=OUTLIER, stable=STABLE, unknown=UNASSESSED
         )
-        join = f"""
-        left join (
-            select suite, model_size, seed, bool_or(is_outlier) as is_outlier
-            from {outliers}
-            group by suite, model_size, seed
-        ) as o
-            on p.suite = o.suite and p.model_size = o.model_size and p.seed = o.seed
-        """
     rows = query_rows(
         con,
         f"""
@@ -105,7 +103,7 @@ def chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
     )
     if not rows:
         return None
-    return map_chart(rows, assessed=outliers is not None)
+    return map_chart(rows, assessed=outliers is not None, parameters=size_parameters(con))
 
 
 def _seeds(seeds: set[int]) -> str:
@@ -113,11 +111,14 @@ def _seeds(seeds: set[int]) -> str:
     return ("seed " if len(ordered) == 1 else "seeds ") + ", ".join(str(s) for s in ordered)
 
 
-def map_chart(rows: list[dict[str, Any]], *, assessed: bool = True) -> AnyChart:
+def map_chart(
+    rows: list[dict[str, Any]], *, assessed: bool = True, parameters: Mapping[str, float | None]
+) -> AnyChart:
     """Rows are one per checkpoint of fct_training_phases with a ``status`` (stable,
-    outlier, unassessed, or None when the outlier mart is missing)."""
+    outlier, unassessed, or None when the outlier mart is missing); ``parameters`` order
+    the sizes (``marts.size_parameters``)."""
     suites = sorted({r["suite"] for r in rows})
-    sizes = sizes_by_name(rows)
+    sizes = sizes_in_order({r["model_size"] for r in rows}, parameters)
     sources = sorted({r["map_source"] for r in rows}, key=lambda s: (s != "hmm", s))
     maps = sorted(
         {(r["suite"], r["model_size"], r["map_source"]) for r in rows},
@@ -215,14 +216,8 @@ def map_chart(rows: list[dict[str, Any]], *, assessed: bool = True) -> AnyChart:
             row=alt.Row(
                 "group_index:O",
                 title=None,
-                header=alt.Header(
-                    labelExpr=theme.labels_by_index(labels),
-                    labelOrient="top",
-                    labelAnchor="start",
-                    labelAngle=0,
-                    labelAlign="left",
-                    labelFontSize=12,
-                    labelLimit=CELL_WIDTH,
+                header=theme.row_header(
+                    labels, labelOrient="top", labelAnchor="start", labelLimit=CELL_WIDTH
                 ),
             ),
             spacing={"row": 10},

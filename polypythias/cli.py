@@ -457,28 +457,37 @@ def build(
             "checkpoints added or re-extracted since the last build.",
         ),
     ] = False,
+    unit_tests: Annotated[
+        bool,
+        typer.Option(
+            "--unit-tests",
+            help="Also run dbt's unit tests: they check the SQL on fixed rows, not the lake "
+            "(`make test` runs them).",
+        ),
+    ] = False,
 ) -> None:
-    """Run `dbt build` over the lake into the DuckDB warehouse (models and tests).
+    """Run `dbt build` over the lake into the DuckDB warehouse (models and data tests).
 
     Incremental: the item-level eval models process only new or re-extracted
     checkpoints; the marts equal a `--full-refresh` rebuild's."""
-    _build(_lake(lake), db, docs, verbose, full_refresh)
+    _build(_lake(lake), db, docs, verbose, full_refresh, unit_tests)
 
 
 def _build(
-    lake, db: Path, docs: bool = False, verbose: bool = False, full_refresh: bool = False
+    lake, db: Path, docs: bool = False, verbose: bool = False, full_refresh: bool = False,
+    unit_tests: bool = False,
 ) -> None:
     from polypythias.warehouse.dbt import DbtBuildError, build as dbt_build
 
     _check_lake(lake)
     try:
-        ran = dbt_build(lake.uri, db, docs=docs, verbose=verbose, full_refresh=full_refresh)
+        ran = dbt_build(lake.uri, db, docs=docs, verbose=verbose, full_refresh=full_refresh,
+                        unit_tests=unit_tests)
     except DbtBuildError as error:
         _fail(str(error))
-    console.print(
-        f"warehouse built: [bold]{db}[/bold] ({ran['model']} models, "
-        f"{ran['test']} data tests and {ran['unit_test']} unit tests passed)"
-    )
+    tests = (f"{ran['test']} data tests and {ran['unit_test']} unit tests passed" if unit_tests
+             else f"{ran['test']} data tests passed; `--unit-tests` also runs dbt's unit tests")
+    console.print(f"warehouse built: [bold]{db}[/bold] ({ran['model']} models, {tests})")
 
 
 @app.command()

@@ -36,8 +36,15 @@ OUTLIER_FIRST_FLAG = {
     "agreement": None,
 }
 FALSE_ALARM = ("200k", 1, "performance", 8)
+# What dim_runs states for each size (the charts order sizes by it).
+NOMINAL_PARAMETERS = {"1m": 1e6, "200k": 2e5}
 
 DDL = {
+    "dim_runs": """
+        create table dim_runs (
+            suite varchar, model_size varchar, seed bigint, nominal_parameters double,
+            n_expected_checkpoints bigint, n_present_checkpoints bigint
+        )""",
     "fct_training_phases": """
         create table fct_training_phases (
             suite varchar, model_size varchar, map_source varchar, seed bigint, step bigint,
@@ -234,11 +241,20 @@ def loss_spikes(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def runs() -> list[dict[str, Any]]:
+    return [
+        dict(suite=SUITE, model_size=size, seed=seed, nominal_parameters=NOMINAL_PARAMETERS[size],
+             n_expected_checkpoints=len(STEPS), n_present_checkpoints=len(STEPS))
+        for size in SIZES for seed in SEEDS
+    ]  # fmt: skip
+
+
 def stability_marts(seed: int = 5) -> dict[str, list[dict[str, Any]]]:
     rng = np.random.default_rng(seed)
     phases = training_phases(rng)
     log = training_log(rng)
     return {
+        "dim_runs": runs(),
         "fct_training_phases": phases,
         "fct_run_outliers": run_outliers(),
         "fct_stability_forecast": stability_forecast(),

@@ -71,6 +71,7 @@ STAGING = [
 ]
 INTERMEDIATE = [
     "int_checkpoint_extractors_aggregated",
+    "int_diverged_checkpoints",
     "int_diverged_seeds_counted",
     "int_eval_items_predicted",
     "int_eval_prediction_pairs_agreed",
@@ -94,17 +95,23 @@ class Built:
     seconds: float
 
 
-def _build(tmp: Path, **lake_options) -> Built:
+def _build(tmp: Path, marts: list[str] | None = None, unit_tests: bool = False, **lake_options) -> Built:
+    """A warehouse over a toy lake: every model, or only ``marts`` and what they read
+    (and no test of a model outside that); dbt's unit tests only where asked (they do
+    not read the lake, so one build that runs them all is enough)."""
     truth = write_lake(tmp / "lake", **lake_options)
     db = tmp / "warehouse" / "polypythias.duckdb"
     started = time.perf_counter()
-    build(str(tmp / "lake"), db)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DBT_INDIRECT_SELECTION", "cautious")
+        selection = " ".join(f"+{mart}" for mart in marts) if marts else None
+        build(str(tmp / "lake"), db, select=selection, unit_tests=unit_tests)
     return Built(db, truth, time.perf_counter() - started)
 
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory) -> Built:
-    return _build(tmp_path_factory.mktemp("full"))
+    return _build(tmp_path_factory.mktemp("full"), unit_tests=True)
 
 
 @pytest.fixture(scope="module")
@@ -283,13 +290,29 @@ def test_dbt_tests_ran_and_passed(full):
     for result in results["results"]:
         kind = result["unique_id"].split(".")[0]
         by_type.setdefault(kind, []).append(result["status"])
-    assert len(by_type["unit_test"]) >= 10
     assert len(by_type["test"]) >= 40
     assert len(by_type["model"]) == len(MARTS) + len(STAGING) + len(INTERMEDIATE)
     assert set(by_type["unit_test"]) == set(by_type["test"]) == {"pass"}
     assert set(by_type["model"]) == {"success"}
     # dbt's files went next to the warehouse
     assert (state_dir(full.db) / "logs" / "dbt.log").is_file()
+
+
+def test_every_dbt_unit_test_ran_here_and_passed(full):
+    """The one build of the suite that runs dbt's unit tests: all of the project's."""
+    target = state_dir(full.db) / "target"
+    results = json.loads((target / "run_results.json").read_text())
+    units = {
+        r["unique_id"]: r["status"] for r in results["results"] if r["unique_id"].startswith("unit_test.")
+    }
+    assert sorted(units) == sorted(json.loads((target / "manifest.json").read_text())["unit_tests"])
+    assert len(units) >= 45
+    assert set(units.values()) == {"pass"}
+    # the statistics with hand-worked cases: the eval κ (the shared macro's) and the probes'
+    assert [u for u in units if "kappa" in u]
+    assert len([u for u in units if "probe" in u]) >= 7
+    eval_kappa = "unit_test.polypythias.int_eval_prediction_pairs_agreed."
+    assert len([u for u in units if u.startswith(eval_kappa)]) == 1
 
 
 # -- failures and young lakes -----------------------------------------------------
@@ -300,7 +323,8 @@ def test_a_failing_invariant_makes_build_raise(tmp_path):
     # the newest success of one checkpoint holds a positive log-probability
     poison_token_stats(tmp_path / "lake", ("14m", 0, 0), extraction_id(10_000, 0xBAD))
     with pytest.raises(DbtBuildError) as raised:
-        build(str(tmp_path / "lake"), tmp_path / "w.duckdb", select="+stg_lake__token_stats")
+        build(str(tmp_path / "lake"), tmp_path / "w.duckdb", select="+stg_lake__token_stats",
+              unit_tests=False)
     message = str(raised.value)
     assert "expression_is_true_stg_lake__token_stats_target_logprob" in message
     assert "[fail]" in message
@@ -325,7 +349,7 @@ def test_a_lake_with_some_datasets_builds(full, partial):
 
 def test_an_empty_lake_builds_empty_marts(tmp_path):
     (tmp_path / "lake").mkdir()
-    build(str(tmp_path / "lake"), tmp_path / "w.duckdb")
+    build(str(tmp_path / "lake"), tmp_path / "w.duckdb", unit_tests=False)
     for mart in MARTS:
         assert query(tmp_path / "w.duckdb", f"select count(*) as n from {mart}")[0]["n"] == 0
 
@@ -351,7 +375,7 @@ def test_spill_files_of_a_killed_build_are_removed_by_the_next(tmp_path):
     running.mkdir()
 
     (tmp_path / "lake").mkdir()
-    build(str(tmp_path / "lake"), db, select="stg_lake__manifest")
+    build(str(tmp_path / "lake"), db, select="stg_lake__manifest", unit_tests=False)
 
     assert not killed.exists()
     assert running.is_dir()

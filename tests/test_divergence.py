@@ -237,7 +237,7 @@ def test_a_diverged_checkpoint_is_recorded_and_left_out_of_the_marts(suite_with_
     assert again.checkpoints == 0 and lake.read(MANIFEST).num_rows == manifest.num_rows
 
     db = tmp_path / "warehouse.duckdb"
-    dbt.build(str(tmp_path / "lake"), db)  # every dbt test passes too
+    dbt.build(str(tmp_path / "lake"), db, unit_tests=False)  # every data test passes too
     token_stats = lake.read(TOKEN_STATS)
     with duckdb.connect(str(db), read_only=True) as con:
         def rows(sql):
@@ -296,7 +296,7 @@ def test_weight_stats_files_from_before_nonfinite_read_it_as_null(tmp_path, toke
     assert "nonfinite" not in pq.read_schema(path).names
 
     db = tmp_path / "warehouse.duckdb"
-    dbt.build(str(tmp_path / "lake"), db, select="+stg_lake__weight_stats")
+    dbt.build(str(tmp_path / "lake"), db, select="+stg_lake__weight_stats", unit_tests=False)
     with duckdb.connect(str(db), read_only=True) as con:
         rows = con.execute(
             "select count(*), count(nonfinite), bool_or(is_diverged), count(l1) "

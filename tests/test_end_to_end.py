@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -58,8 +59,12 @@ def pipeline(tmp_path_factory):
     rerun = invoke("extract", "--suite", micro / "suite.yaml", "--lake", lake, "--no-progress")
     assert "0 extractions succeeded" in rerun.output  # only the two broken ones were retried
 
-    built = invoke("build", "--lake", lake, "--db", db)
+    # with the docs site and dbt's unit tests: one build serves the marts' tests, the
+    # docs' test and the CLI's --unit-tests
+    built = invoke("build", "--lake", lake, "--db", db, "--docs", "--unit-tests")
     assert built.exit_code == 0, built.output
+    unit_tests = re.search(r"(\d+) unit tests passed", " ".join(built.output.split()))
+    assert unit_tests and int(unit_tests[1]) > 0, built.output
     reported = invoke("report", "--db", db, "--out", reports)
     assert reported.exit_code == 0, reported.output
     return {"lake": Lake(lake), "db": db, "reports": reports}
@@ -178,11 +183,7 @@ def test_the_warehouse_opens_in_the_duckdb_shell_and_the_sql_verb(pipeline):
     assert bad.exit_code == 2 and "no_such_mart" in bad.output
 
 
-def test_build_writes_the_docs_site(pipeline, tmp_path):
-    result = CliRunner().invoke(
-        app, ["build", "--lake", pipeline["lake"].uri, "--db", str(pipeline["db"]), "--docs"]
-    )
-    assert result.exit_code == 0, result.output
+def test_build_writes_the_docs_site(pipeline):
     catalog = json.loads((pipeline["db"].parent / ".dbt/target/catalog.json").read_text())
     assert any(node.endswith("fct_loss_consistency") for node in catalog["nodes"])
 

@@ -302,3 +302,21 @@ def test_include_path_yamls_get_absolute_data_files_and_keep_function_tags(tmp_p
     assert config["dataset_kwargs"]["data_files"]["test"] == [
         str(tmp_path / "sub" / "a.jsonl"), str(tmp_path / "b.jsonl"), "/abs/c.jsonl", "hf://x/d.jsonl",
     ]
+
+
+def test_token_ids_are_reused_only_while_the_tokenizer_stays_the_same(workdir, micro_tokenizer):
+    # The same words in another order: every text gets other token ids.
+    other = build_tokenizer(list(reversed(Grammar().vocabulary())), model_max_length=64)
+    assert other.encode("the dog") != micro_tokenizer.encode("the dog")
+    model = tiny_model(len(micro_tokenizer), 4)
+
+    def loglikelihoods(evals, tokenizer) -> list:
+        return evals.run(model, tokenizer, CHECKPOINT, CPU)["eval_samples"]["choice_loglikelihoods"].to_pylist()
+
+    evals = extractor(make_suite(workdir, limit=6))
+    first = loglikelihoods(evals, micro_tokenizer)
+    after_switch = loglikelihoods(evals, other)
+    assert after_switch == loglikelihoods(extractor(make_suite(workdir, limit=6)), other)
+    assert after_switch != first
+    # ... and back: the first tokenizer's ids again, as a fresh extractor computes them.
+    assert loglikelihoods(evals, micro_tokenizer) == first

@@ -92,21 +92,21 @@ def lake(tmp_path_factory) -> Path:
 
 def test_incremental_build_equals_a_full_rebuild(lake: Path, tmp_path: Path) -> None:
     kept = tmp_path / "kept" / "w.duckdb"
-    build(str(lake), kept)
+    build(str(lake), kept, unit_tests=False)
     before = _tables(kept)
 
     # one new checkpoint, and a superseding re-extraction of an existing one (a later
     # extraction id with other predictions)
     synthetic_lake.write_checkpoint(Lake(lake), SPEC, *ADDED)
     synthetic_lake.write_checkpoint(Lake(lake), SPEC, *REEXTRACTED, attempt=1)
-    build(str(lake), kept)
+    build(str(lake), kept, unit_tests=False)
     # the incremental build read the changed checkpoints' files only: the new one's,
     # and both of the re-extracted one's (the earlier is superseded by the later)
     assert _files_staged(kept)[-1].endswith(
         "stg_lake__eval_samples: 3 eval_samples file(s) of new or changed checkpoints"
     )
     rebuilt = tmp_path / "rebuilt" / "w.duckdb"
-    build(str(lake), rebuilt)
+    build(str(lake), rebuilt, unit_tests=False)
     after = _assert_same_marts(kept, rebuilt)
     # the changes reached the marts: the comparison is not vacuous
     assert len(after["fct_inter_seed_agreement"][1]) > len(before["fct_inter_seed_agreement"][1])

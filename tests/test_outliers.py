@@ -43,7 +43,7 @@ def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("outliers")
     truth = write_lake(tmp / "lake")
     db = tmp / "warehouse" / "polypythias.duckdb"
-    build(str(tmp / "lake"), db)
+    build(str(tmp / "lake"), db, unit_tests=False)
     return db, truth
 
 

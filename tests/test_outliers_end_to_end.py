@@ -46,7 +46,10 @@ def unstable_suite(tmp_path_factory):
            "--inject", INJECTION, "--lake", lake, "--no-progress")
     invoke("extract", "--suite", micro / "suite.yaml", "--lake", lake,
            "--extractors", "token_stats,weight_stats,evals", "--no-progress")
-    invoke("build", "--lake", lake, "--db", db)
+    built = invoke("build", "--lake", lake, "--db", db)
+    # By default a build leaves dbt's unit tests out (they check the SQL, not the lake).
+    said = " ".join(built.output.split())
+    assert "data tests passed" in said and "unit tests passed" not in said and "--unit-tests" in said
     invoke("report", "--db", db, "--out", reports)
     return {"micro": micro, "db": db, "reports": reports}
 

@@ -460,14 +460,18 @@ def test_registry_has_the_new_figures():
             assert figure.build is MY_FIGURES[figure.name]
 
 
-def test_nominal_parameters_from_size_names():
-    assert marts.nominal_parameters("410m") == 4.1e8
-    assert marts.nominal_parameters("1.4B") == 1.4e9
-    assert marts.nominal_parameters("200k") == 2e5
-    assert marts.nominal_parameters("big") is None
-    assert marts.nominal_parameters("1e3m") is None
-    assert marts.sizes_by_name([{"model_size": s} for s in ("1m", "big", "200k")]) == [
-        "200k",
-        "1m",
-        "big",
-    ]
+def test_sizes_in_parameter_order_from_dim_runs(warehouse, tmp_path):
+    db, _ = warehouse
+    bare = fx.make_stability_warehouse(tmp_path / "bare.duckdb", {})
+    found = {}
+    for name, path in (("built", db), ("bare", bare)):
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            found[name] = marts.size_parameters(con)
+        finally:
+            con.close()
+    assert found["built"] == fx.NOMINAL_PARAMETERS
+    assert marts.sizes_in_order(["1m", "big", "200k"], found["built"]) == ["200k", "1m", "big"]
+    # Without dim_runs nothing states a size's parameters: sizes go by name.
+    assert found["bare"] == {}
+    assert marts.sizes_in_order(["200k", "big", "1m"], found["bare"]) == ["1m", "200k", "big"]

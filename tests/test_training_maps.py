@@ -69,7 +69,7 @@ def maps(tmp_path_factory) -> Maps:
     db = tmp / "warehouse" / "polypythias.duckdb"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DBT_INDIRECT_SELECTION", "cautious")
-        build(str(tmp / "lake"), db, select=SELECT)
+        build(str(tmp / "lake"), db, select=SELECT, unit_tests=False)
     return Maps(db, tmp / "lake", written)
 
 
@@ -291,7 +291,8 @@ KEYS = "suite, model_size, horizon_step, seed, step"
 def test_a_rebuild_gives_the_same_states(maps):
     """Near the end of the module: refits the Python model in place."""
     before = query(maps.db, f"select * from intermediate.int_training_map_states_fitted order by {KEYS}")
-    build(str(maps.lake), maps.db, select="int_training_map_states_fitted", full_refresh=True)
+    build(str(maps.lake), maps.db, select="int_training_map_states_fitted", full_refresh=True,
+          unit_tests=False)
     after = query(maps.db, f"select * from intermediate.int_training_map_states_fitted order by {KEYS}")
     assert after == before
 
@@ -316,7 +317,7 @@ def test_an_incremental_build_refits_only_the_horizons_that_changed(maps):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DBT_INDIRECT_SELECTION", "cautious")
-        build(str(maps.lake), maps.db, select="+int_training_map_states_fitted")
+        build(str(maps.lake), maps.db, select="+int_training_map_states_fitted", unit_tests=False)
     incremental = fitted(maps).sort_values(KEYS.split(", ")).reset_index(drop=True)
 
     kept = incremental.state_probability == mark
@@ -329,7 +330,8 @@ def test_an_incremental_build_refits_only_the_horizons_that_changed(maps):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DBT_INDIRECT_SELECTION", "cautious")
-        build(str(maps.lake), maps.db, select="+int_training_map_states_fitted", full_refresh=True)
+        build(str(maps.lake), maps.db, select="+int_training_map_states_fitted", full_refresh=True,
+              unit_tests=False)
     refreshed = fitted(maps).sort_values(KEYS.split(", ")).reset_index(drop=True)
     assert not (refreshed.state_probability == mark).any()
     # The same maps as refitting everything: kept horizons in all but the mark.

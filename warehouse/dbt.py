@@ -86,6 +86,7 @@ def build(
     verbose: bool = False,
     full_refresh: bool = False,
     variables: dict[str, object] | None = None,
+    unit_tests: bool = True,
 ) -> Counter[str]:
     """Build every model and run every test (data and unit) over the lake.
 
@@ -98,7 +99,9 @@ def build(
     keep their rows).
     ``variables`` overrides project vars (e.g. ``{"training_map_max_horizons": 5}``).
     ``select`` is a dbt selection (``"fct_loss_consistency+"``, space-separated for
-    several). With ``docs``, also writes the docs site (``dbt docs generate``) into
+    several). ``unit_tests=False`` leaves out dbt's unit tests, which check the SQL
+    on fixed rows and not the lake (the test suite runs them once, not in every
+    build). With ``docs``, also writes the docs site (``dbt docs generate``) into
     ``<db dir>/.dbt/target``. Raises DbtBuildError naming each failed node; the
     warehouse keeps whatever built before the failure.
     """
@@ -124,6 +127,7 @@ def build(
     ]  # fmt: skip
     selection = ["--select", *select.split()] if select else []
     refresh = ["--full-refresh"] if full_refresh else []
+    units = [] if unit_tests else ["--exclude-resource-type", "unit_test"]
     # --quiet keeps dbt to errors; its full log is in <db dir>/.dbt/logs either way.
     quiet = [] if verbose else ["--quiet"]
     temp = _spill_dir(state_dir(db_path) / "tmp")
@@ -136,7 +140,7 @@ def build(
     }
     try:
         with _environment(settings):
-            outcome = _invoke("build", ["build", *quiet, *common, *selection, *refresh])
+            outcome = _invoke("build", ["build", *quiet, *common, *selection, *refresh, *units])
             if docs:
                 _invoke("docs generate", ["docs", "generate", *quiet, *common, *selection])
     finally:

@@ -85,12 +85,7 @@ recorded as (
         renamed.*,
         successful_extractions.origin
     from renamed
-    inner join successful_extractions
-        on renamed.suite = successful_extractions.suite
-        and renamed.model_size = successful_extractions.model_size
-        and renamed.seed = successful_extractions.seed
-        and renamed.step = successful_extractions.step
-        and renamed.extraction_id = successful_extractions.extraction_id
+    inner join successful_extractions using (suite, model_size, seed, step, extraction_id)
 
 ),
 
@@ -133,20 +128,8 @@ final as (
         recorded.extraction_id
         <> coalesce(winners.extraction_id, latest_samples.extraction_id) as is_superseded
     from recorded
-    inner join latest_samples
-        on recorded.suite = latest_samples.suite
-        and recorded.model_size = latest_samples.model_size
-        and recorded.seed = latest_samples.seed
-        and recorded.step = latest_samples.step
-        and recorded.task = latest_samples.task
-        and recorded.num_fewshot = latest_samples.num_fewshot
-    left join winners
-        on recorded.suite = winners.suite
-        and recorded.model_size = winners.model_size
-        and recorded.seed = winners.seed
-        and recorded.step = winners.step
-        and recorded.task = winners.task
-        and recorded.num_fewshot = winners.num_fewshot
+    inner join latest_samples using (suite, model_size, seed, step, task, num_fewshot)
+    left join winners using (suite, model_size, seed, step, task, num_fewshot)
 
 )
 

@@ -205,3 +205,20 @@
         {{ return(lake_empty_relation(dataset)) }}
     {%- endif -%}
 {% endmacro %}
+
+
+{% macro latest_successful_extractions(manifest, extractor) %}
+    {#- The extraction whose rows staging keeps per checkpoint: the latest
+        successful attempt of `extractor` in `manifest` (stg_lake__manifest: a CTE
+        name or a relation). Rows of any other attempt (superseded, failed, or never
+        recorded in the manifest) are dropped by joining on these. -#}
+    select
+        suite,
+        model_size,
+        seed,
+        step,
+        extraction_id
+    from {{ manifest }}
+    where extractor = '{{ extractor }}'
+        and is_latest_success
+{% endmacro %}

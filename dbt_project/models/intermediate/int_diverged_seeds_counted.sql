@@ -1,5 +1,5 @@
 {#-
-    The diverged checkpoints (dim_checkpoints.is_diverged) an extractor was
+    The diverged checkpoints (int_diverged_checkpoints) an extractor was
     expected of or attempted on, counted per step: what a consistency mart reports
     as left out (n_seeds_diverged). A diverged checkpoint no extractor of a group
     was expected of or attempted on is not counted for that group.
@@ -7,9 +7,9 @@
 
 with
 
-dim_checkpoints as (
+diverged_checkpoints as (
 
-    select * from {{ ref('dim_checkpoints') }}
+    select * from {{ ref('int_diverged_checkpoints') }}
 
 ),
 
@@ -38,22 +38,17 @@ grouped_extractors as (
 counted as (
 
     select
-        dim_checkpoints.suite,
-        dim_checkpoints.model_size,
-        dim_checkpoints.step,
+        diverged_checkpoints.suite,
+        diverged_checkpoints.model_size,
+        diverged_checkpoints.step,
         grouped_extractors.extractor_group,
-        count(distinct dim_checkpoints.seed) as n_seeds_diverged
-    from dim_checkpoints
-    inner join grouped_extractors
-        on dim_checkpoints.suite = grouped_extractors.suite
-        and dim_checkpoints.model_size = grouped_extractors.model_size
-        and dim_checkpoints.seed = grouped_extractors.seed
-        and dim_checkpoints.step = grouped_extractors.step
-    where dim_checkpoints.is_diverged
+        count(distinct diverged_checkpoints.seed) as n_seeds_diverged
+    from diverged_checkpoints
+    inner join grouped_extractors using (suite, model_size, seed, step)
     group by
-        dim_checkpoints.suite,
-        dim_checkpoints.model_size,
-        dim_checkpoints.step,
+        diverged_checkpoints.suite,
+        diverged_checkpoints.model_size,
+        diverged_checkpoints.step,
         grouped_extractors.extractor_group
 
 ),

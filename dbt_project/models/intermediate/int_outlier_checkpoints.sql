@@ -103,18 +103,9 @@ final as (
         extracted.diverged_reason
 
     from checkpoints
-    inner join runs
-        on checkpoints.suite = runs.suite
-        and checkpoints.model_size = runs.model_size
-        and checkpoints.seed = runs.seed
-    inner join sizes
-        on checkpoints.suite = sizes.suite
-        and checkpoints.model_size = sizes.model_size
-    left join extracted
-        on checkpoints.suite = extracted.suite
-        and checkpoints.model_size = extracted.model_size
-        and checkpoints.seed = extracted.seed
-        and checkpoints.step = extracted.step
+    inner join runs using (suite, model_size, seed)
+    inner join sizes using (suite, model_size)
+    left join extracted using (suite, model_size, seed, step)
 
 )
 

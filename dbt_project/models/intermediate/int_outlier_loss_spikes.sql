@@ -67,10 +67,7 @@ final_steps as (
         windows.seed,
         coalesce(max(checkpoints.final_step), max(windows.step)) as final_step
     from windows
-    left join checkpoints
-        on windows.suite = checkpoints.suite
-        and windows.model_size = checkpoints.model_size
-        and windows.seed = checkpoints.seed
+    left join checkpoints using (suite, model_size, seed)
     group by windows.suite, windows.model_size, windows.seed
 
 ),
@@ -88,10 +85,7 @@ deviations as (
         cast({{ settings.outlier_warmup_fraction }} as double) * final_steps.final_step
             as warmup_step
     from windows
-    inner join final_steps
-        on windows.suite = final_steps.suite
-        and windows.model_size = final_steps.model_size
-        and windows.seed = final_steps.seed
+    inner join final_steps using (suite, model_size, seed)
 
 ),
 

@@ -203,30 +203,35 @@ signals as (
                     end || ')'
         end as detail
     from checkpoints
-    left join training_map
-        on checkpoints.suite = training_map.suite
-        and checkpoints.model_size = training_map.model_size
-        and checkpoints.seed = training_map.seed
-        and checkpoints.step = training_map.step
+    left join training_map using (suite, model_size, seed, step)
 
     union all
+
+    {#- the z-score signals: performance and agreement are worse below their
+        threshold, final_loss (token loss) above it -#}
+    {%- for signal, beyond, threshold in [
+        ('performance', '<', settings.performance_z_threshold),
+        ('final_loss', '>', settings.final_loss_z_threshold),
+        ('agreement', '<', settings.agreement_z_threshold),
+    ] %}
 
     select
         checkpoints.*,
-        'performance' as signal,
-        performance.score,
-        cast({{ settings.performance_z_threshold }} as double) as threshold,
-        performance.score < {{ settings.performance_z_threshold }} as is_beyond,
-        performance.detail
+        '{{ signal }}' as signal,
+        {{ signal }}.score,
+        cast({{ threshold }} as double) as threshold,
+        {{ signal }}.score {{ beyond }} {{ threshold }} as is_beyond,
+        {{ signal }}.detail
     from checkpoints
-    left join z_scores as performance
-        on checkpoints.suite = performance.suite
-        and checkpoints.model_size = performance.model_size
-        and checkpoints.seed = performance.seed
-        and checkpoints.step = performance.step
-        and performance.signal = 'performance'
+    left join z_scores as {{ signal }}
+        on checkpoints.suite = {{ signal }}.suite
+        and checkpoints.model_size = {{ signal }}.model_size
+        and checkpoints.seed = {{ signal }}.seed
+        and checkpoints.step = {{ signal }}.step
+        and {{ signal }}.signal = '{{ signal }}'
 
     union all
+    {%- endfor %}
 
     select
         checkpoints.*,
@@ -253,45 +258,7 @@ signals as (
                     || ' robust deviations, at step ' || loss_spike_signal.max_deviation_step
         end as detail
     from checkpoints
-    left join loss_spike_signal
-        on checkpoints.suite = loss_spike_signal.suite
-        and checkpoints.model_size = loss_spike_signal.model_size
-        and checkpoints.seed = loss_spike_signal.seed
-        and checkpoints.step = loss_spike_signal.step
-
-    union all
-
-    select
-        checkpoints.*,
-        'final_loss' as signal,
-        final_loss.score,
-        cast({{ settings.final_loss_z_threshold }} as double) as threshold,
-        final_loss.score > {{ settings.final_loss_z_threshold }} as is_beyond,
-        final_loss.detail
-    from checkpoints
-    left join z_scores as final_loss
-        on checkpoints.suite = final_loss.suite
-        and checkpoints.model_size = final_loss.model_size
-        and checkpoints.seed = final_loss.seed
-        and checkpoints.step = final_loss.step
-        and final_loss.signal = 'final_loss'
-
-    union all
-
-    select
-        checkpoints.*,
-        'agreement' as signal,
-        agreement.score,
-        cast({{ settings.agreement_z_threshold }} as double) as threshold,
-        agreement.score < {{ settings.agreement_z_threshold }} as is_beyond,
-        agreement.detail
-    from checkpoints
-    left join z_scores as agreement
-        on checkpoints.suite = agreement.suite
-        and checkpoints.model_size = agreement.model_size
-        and checkpoints.seed = agreement.seed
-        and checkpoints.step = agreement.step
-        and agreement.signal = 'agreement'
+    left join loss_spike_signal using (suite, model_size, seed, step)
 
     union all
 
@@ -312,11 +279,7 @@ signals as (
                 || ' up to step ' || diverged_running.step
         end as detail
     from checkpoints
-    inner join diverged_running
-        on checkpoints.suite = diverged_running.suite
-        and checkpoints.model_size = diverged_running.model_size
-        and checkpoints.seed = diverged_running.seed
-        and checkpoints.step = diverged_running.step
+    inner join diverged_running using (suite, model_size, seed, step)
 
 ),
 

@@ -96,12 +96,7 @@ entries as (
         min(states.step) as entry_step,
         min(grid.checkpoint_index) as entry_index
     from states
-    inner join grid
-        on states.suite = grid.suite
-        and states.model_size = grid.model_size
-        and states.map_source = grid.map_source
-        and states.horizon_step = grid.horizon_step
-        and states.step = grid.step
+    inner join grid using (suite, model_size, map_source, horizon_step, step)
     group by all
 
 ),
@@ -120,11 +115,7 @@ state_visits as (
         quantile_cont(cast(entries.entry_step as double), 0.5) as median_entry_step,
         any_value(run_counts.n_runs) as n_runs
     from entries
-    inner join run_counts
-        on entries.suite = run_counts.suite
-        and entries.model_size = run_counts.model_size
-        and entries.map_source = run_counts.map_source
-        and entries.horizon_step = run_counts.horizon_step
+    inner join run_counts using (suite, model_size, map_source, horizon_step)
     group by all
 
 ),
@@ -143,12 +134,7 @@ rare_visits as (
             || ' of ' || state_visits.n_runs || ' runs of ' || entries.model_size || ' visit'
             as departure
     from entries
-    inner join state_visits
-        on entries.suite = state_visits.suite
-        and entries.model_size = state_visits.model_size
-        and entries.map_source = state_visits.map_source
-        and entries.horizon_step = state_visits.horizon_step
-        and entries.state = state_visits.state
+    inner join state_visits using (suite, model_size, map_source, horizon_step, state)
     where state_visits.n_visiting_runs
         < cast({{ settings.training_map_rare_fraction }} as double) * state_visits.n_runs
 
@@ -167,19 +153,9 @@ skipped_states as (
         'never visits state ' || state_visits.state || ', which the other '
             || state_visits.n_visiting_runs || ' runs visit' as departure
     from runs
-    inner join state_visits
-        on runs.suite = state_visits.suite
-        and runs.model_size = state_visits.model_size
-        and runs.map_source = state_visits.map_source
-        and runs.horizon_step = state_visits.horizon_step
-        and state_visits.n_visiting_runs = state_visits.n_runs - 1
-    anti join entries
-        on runs.suite = entries.suite
-        and runs.model_size = entries.model_size
-        and runs.map_source = entries.map_source
-        and runs.horizon_step = entries.horizon_step
-        and runs.seed = entries.seed
-        and state_visits.state = entries.state
+    inner join state_visits using (suite, model_size, map_source, horizon_step)
+    anti join entries using (suite, model_size, map_source, horizon_step, seed, state)
+    where state_visits.n_visiting_runs = state_visits.n_runs - 1
 
 ),
 
@@ -190,12 +166,7 @@ common_entries as (
         state_visits.median_entry_index,
         state_visits.median_entry_step
     from entries
-    inner join state_visits
-        on entries.suite = state_visits.suite
-        and entries.model_size = state_visits.model_size
-        and entries.map_source = state_visits.map_source
-        and entries.horizon_step = state_visits.horizon_step
-        and entries.state = state_visits.state
+    inner join state_visits using (suite, model_size, map_source, horizon_step, state)
     where state_visits.is_common
 
 ),
@@ -215,12 +186,7 @@ orders as (
             []
         ) as entry_order
     from runs
-    left join common_entries
-        on runs.suite = common_entries.suite
-        and runs.model_size = common_entries.model_size
-        and runs.map_source = common_entries.map_source
-        and runs.horizon_step = common_entries.horizon_step
-        and runs.seed = common_entries.seed
+    left join common_entries using (suite, model_size, map_source, horizon_step, seed)
     group by all
 
 ),
@@ -236,11 +202,7 @@ majority_orders as (
         orders.entry_order as majority_order,
         count(*) as n_majority_runs
     from orders
-    inner join run_counts
-        on orders.suite = run_counts.suite
-        and orders.model_size = run_counts.model_size
-        and orders.map_source = run_counts.map_source
-        and orders.horizon_step = run_counts.horizon_step
+    inner join run_counts using (suite, model_size, map_source, horizon_step)
     group by all
     having count(*) > any_value(run_counts.n_runs) / 2
 
@@ -261,16 +223,8 @@ reordered as (
             || run_counts.n_runs || ' runs: '
             || array_to_string(majority_orders.majority_order, ', ') || ')' as departure
     from orders
-    inner join majority_orders
-        on orders.suite = majority_orders.suite
-        and orders.model_size = majority_orders.model_size
-        and orders.map_source = majority_orders.map_source
-        and orders.horizon_step = majority_orders.horizon_step
-    inner join run_counts
-        on orders.suite = run_counts.suite
-        and orders.model_size = run_counts.model_size
-        and orders.map_source = run_counts.map_source
-        and orders.horizon_step = run_counts.horizon_step
+    inner join majority_orders using (suite, model_size, map_source, horizon_step)
+    inner join run_counts using (suite, model_size, map_source, horizon_step)
     where orders.entry_order <> majority_orders.majority_order
 
 ),
@@ -325,12 +279,7 @@ per_run as (
         string_agg(departures.departure, '; ' order by departures.kind_order, departures.state)
             as departures
     from runs
-    left join departures
-        on runs.suite = departures.suite
-        and runs.model_size = departures.model_size
-        and runs.map_source = departures.map_source
-        and runs.horizon_step = departures.horizon_step
-        and runs.seed = departures.seed
+    left join departures using (suite, model_size, map_source, horizon_step, seed)
     group by all
 
 ),
@@ -372,15 +321,8 @@ final as (
         case when run_counts.n_runs >= 3 then per_run.departures end as departures
 
     from per_run
-    inner join run_counts
-        on per_run.suite = run_counts.suite
-        and per_run.model_size = run_counts.model_size
-        and per_run.map_source = run_counts.map_source
-        and per_run.horizon_step = run_counts.horizon_step
-    left join preferred_sources
-        on per_run.suite = preferred_sources.suite
-        and per_run.model_size = preferred_sources.model_size
-        and per_run.map_source = preferred_sources.map_source
+    inner join run_counts using (suite, model_size, map_source, horizon_step)
+    left join preferred_sources using (suite, model_size, map_source)
 
 )
 

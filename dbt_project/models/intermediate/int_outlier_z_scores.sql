@@ -13,7 +13,7 @@
       pairs with an undefined κ left out), averaged over the tasks; its z-score
       against the other runs' means.
 
-    Diverged checkpoints (NaN or inf weights or outputs, int_checkpoint_extractors_aggregated)
+    Diverged checkpoints (NaN or inf weights or outputs, int_diverged_checkpoints)
     are left out of every signal here, on both sides: they get no z-score and are
     in no other run's reference (the `diverged` signal reports them).
 -#}
@@ -39,36 +39,19 @@ all_prediction_pairs as (
 
 ),
 
-checkpoint_extractors as (
+diverged_checkpoints as (
 
-    select * from {{ ref('int_checkpoint_extractors_aggregated') }}
+    select * from {{ ref('int_diverged_checkpoints') }}
 
 ),
 
 ---------- diverged checkpoints, left out
 
-diverged_checkpoints as (
-
-    select
-        suite,
-        model_size,
-        seed,
-        step
-    from checkpoint_extractors
-    group by suite, model_size, seed, step
-    having bool_or(is_diverged)
-
-),
-
 eval_scores as (
 
     select all_eval_scores.*
     from all_eval_scores
-    anti join diverged_checkpoints
-        on all_eval_scores.suite = diverged_checkpoints.suite
-        and all_eval_scores.model_size = diverged_checkpoints.model_size
-        and all_eval_scores.seed = diverged_checkpoints.seed
-        and all_eval_scores.step = diverged_checkpoints.step
+    anti join diverged_checkpoints using (suite, model_size, seed, step)
 
 ),
 
@@ -76,11 +59,7 @@ checkpoint_losses as (
 
     select all_checkpoint_losses.*
     from all_checkpoint_losses
-    anti join diverged_checkpoints
-        on all_checkpoint_losses.suite = diverged_checkpoints.suite
-        and all_checkpoint_losses.model_size = diverged_checkpoints.model_size
-        and all_checkpoint_losses.seed = diverged_checkpoints.seed
-        and all_checkpoint_losses.step = diverged_checkpoints.step
+    anti join diverged_checkpoints using (suite, model_size, seed, step)
 
 ),
 
@@ -278,11 +257,7 @@ agreement as (
             || printf('%.3f', agreement_z.others_mean)
             || ', sd ' || printf('%.2g', agreement_z.others_std) || ')' as detail
     from agreement_z
-    inner join run_kappas
-        on agreement_z.suite = run_kappas.suite
-        and agreement_z.model_size = run_kappas.model_size
-        and agreement_z.seed = run_kappas.seed
-        and agreement_z.step = run_kappas.step
+    inner join run_kappas using (suite, model_size, seed, step)
     where agreement_z.z is not null
 
 ),

@@ -65,13 +65,8 @@ imported as (
         cast(null as double) as log_likelihood,
         cast(null as double) as bic
     from imported_rows
-    inner join imported_maps
-        on imported_rows.suite = imported_maps.suite
-        and imported_rows.model_size = imported_maps.model_size
-    inner join imported_steps
-        on imported_rows.suite = imported_steps.suite
-        and imported_rows.model_size = imported_steps.model_size
-        and imported_rows.step = imported_steps.step
+    inner join imported_maps using (suite, model_size)
+    inner join imported_steps using (suite, model_size, step)
 
 ),
 

@@ -59,10 +59,7 @@ final as (
         coalesce(checkpoint_counts.n_present_checkpoints, 0) as n_present_checkpoints
 
     from runs
-    left join checkpoint_counts
-        on runs.suite = checkpoint_counts.suite
-        and runs.model_size = checkpoint_counts.model_size
-        and runs.seed = checkpoint_counts.seed
+    left join checkpoint_counts using (suite, model_size, seed)
 
 )
 

@@ -146,11 +146,7 @@ missing_checkpoints as (
             else 'the suite grid expects this checkpoint and no extraction was ever attempted on it'
         end as detail
     from checkpoints
-    inner join extraction_outcomes
-        on checkpoints.suite = extraction_outcomes.suite
-        and checkpoints.model_size = extraction_outcomes.model_size
-        and checkpoints.seed = extraction_outcomes.seed
-        and checkpoints.step = extraction_outcomes.step
+    inner join extraction_outcomes using (suite, model_size, seed, step)
     where checkpoints.is_expected
         and not extraction_outcomes.has_any_success
 
@@ -195,11 +191,7 @@ matrix_sequences as (
         lag(sampled_checkpoints.run_position) over matrix_run as previous_position,
         lag(sampled_checkpoints.run_position, 2) over matrix_run as second_previous_position
     from matrices
-    inner join sampled_checkpoints
-        on matrices.suite = sampled_checkpoints.suite
-        and matrices.model_size = sampled_checkpoints.model_size
-        and matrices.seed = sampled_checkpoints.seed
-        and matrices.step = sampled_checkpoints.step
+    inner join sampled_checkpoints using (suite, model_size, seed, step)
     window matrix_run as (
         partition by
             matrices.suite, matrices.model_size, matrices.seed,
@@ -252,11 +244,7 @@ run_sequences as (
         lead(intervals.distance_skipping_previous) over run as distance_previous_to_next,
         lag(intervals.distance_from_previous) over run as previous_distance
     from sampled_checkpoints
-    left join intervals
-        on sampled_checkpoints.suite = intervals.suite
-        and sampled_checkpoints.model_size = intervals.model_size
-        and sampled_checkpoints.seed = intervals.seed
-        and sampled_checkpoints.step = intervals.step
+    left join intervals using (suite, model_size, seed, step)
     window run as (
         partition by sampled_checkpoints.suite, sampled_checkpoints.model_size, sampled_checkpoints.seed
         order by sampled_checkpoints.step

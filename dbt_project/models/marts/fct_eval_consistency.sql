@@ -13,9 +13,9 @@ all_eval_scores as (
 
 ),
 
-dim_checkpoints as (
+diverged_checkpoints as (
 
-    select * from {{ ref('dim_checkpoints') }}
+    select * from {{ ref('int_diverged_checkpoints') }}
 
 ),
 
@@ -29,12 +29,7 @@ eval_scores as (
 
     select all_eval_scores.*
     from all_eval_scores
-    left join dim_checkpoints
-        on all_eval_scores.suite = dim_checkpoints.suite
-        and all_eval_scores.model_size = dim_checkpoints.model_size
-        and all_eval_scores.seed = dim_checkpoints.seed
-        and all_eval_scores.step = dim_checkpoints.step
-    where not coalesce(dim_checkpoints.is_diverged, false)
+    anti join diverged_checkpoints using (suite, model_size, seed, step)
 
 ),
 
@@ -106,10 +101,7 @@ final as (
         coalesce(diverged_seeds.n_seeds_diverged, 0) as n_seeds_diverged
 
     from across_seeds
-    left join diverged_seeds
-        on across_seeds.suite = diverged_seeds.suite
-        and across_seeds.model_size = diverged_seeds.model_size
-        and across_seeds.step = diverged_seeds.step
+    left join diverged_seeds using (suite, model_size, step)
 
 )
 

@@ -43,11 +43,7 @@ missing_results as (
         'the suite grid expects evals at this checkpoint; the lake holds no eval results for it'
             as detail
     from suite_grid
-    anti join evaluated_checkpoints
-        on suite_grid.suite = evaluated_checkpoints.suite
-        and suite_grid.model_size = evaluated_checkpoints.model_size
-        and suite_grid.seed = evaluated_checkpoints.seed
-        and suite_grid.step = evaluated_checkpoints.step
+    anti join evaluated_checkpoints using (suite, model_size, seed, step)
     where suite_grid.extractor = 'evals'
 
 ),

@@ -63,12 +63,7 @@ final as (
         current_results.extraction_id
 
     from current_results
-    left join file_variants
-        on current_results.suite = file_variants.suite
-        and current_results.model_size = file_variants.model_size
-        and current_results.seed = file_variants.seed
-        and current_results.step = file_variants.step
-        and current_results.extraction_id = file_variants.extraction_id
+    left join file_variants using (suite, model_size, seed, step, extraction_id)
 
 )
 

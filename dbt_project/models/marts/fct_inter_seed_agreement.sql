@@ -37,9 +37,7 @@ compared_seeds as (
         items.seed,
         reference_seeds.reference_seed
     from items
-    inner join reference_seeds
-        on items.suite = reference_seeds.suite
-        and items.model_size = reference_seeds.model_size
+    inner join reference_seeds using (suite, model_size)
     where items.seed <> reference_seeds.reference_seed
         and items.prediction is not null
 

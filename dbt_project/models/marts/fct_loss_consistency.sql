@@ -13,9 +13,9 @@ checkpoint_losses as (
 
 ),
 
-dim_checkpoints as (
+diverged_checkpoints as (
 
-    select * from {{ ref('dim_checkpoints') }}
+    select * from {{ ref('int_diverged_checkpoints') }}
 
 ),
 
@@ -29,12 +29,7 @@ finite_losses as (
 
     select checkpoint_losses.*
     from checkpoint_losses
-    left join dim_checkpoints
-        on checkpoint_losses.suite = dim_checkpoints.suite
-        and checkpoint_losses.model_size = dim_checkpoints.model_size
-        and checkpoint_losses.seed = dim_checkpoints.seed
-        and checkpoint_losses.step = dim_checkpoints.step
-    where not coalesce(dim_checkpoints.is_diverged, false)
+    anti join diverged_checkpoints using (suite, model_size, seed, step)
 
 ),
 
@@ -102,14 +97,8 @@ final as (
         coalesce(diverged_seeds.n_seeds_diverged, 0) as n_seeds_diverged
 
     from steps
-    left join across_seeds
-        on steps.suite = across_seeds.suite
-        and steps.model_size = across_seeds.model_size
-        and steps.step = across_seeds.step
-    left join diverged_seeds
-        on steps.suite = diverged_seeds.suite
-        and steps.model_size = diverged_seeds.model_size
-        and steps.step = diverged_seeds.step
+    left join across_seeds using (suite, model_size, step)
+    left join diverged_seeds using (suite, model_size, step)
 
 )
 

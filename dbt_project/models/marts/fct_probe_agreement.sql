@@ -36,9 +36,7 @@ compared_seeds as (
         probe_predictions.seed,
         reference_seeds.reference_seed
     from probe_predictions
-    inner join reference_seeds
-        on probe_predictions.suite = reference_seeds.suite
-        and probe_predictions.model_size = reference_seeds.model_size
+    inner join reference_seeds using (suite, model_size)
     where probe_predictions.seed <> reference_seeds.reference_seed
 
 ),

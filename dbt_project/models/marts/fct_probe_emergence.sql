@@ -100,13 +100,7 @@ per_run as (
         thresholds.*,
         emerged.emergence_step
     from thresholds
-    left join emerged
-        on thresholds.suite = emerged.suite
-        and thresholds.model_size = emerged.model_size
-        and thresholds.seed = emerged.seed
-        and thresholds.task = emerged.task
-        and thresholds.layer = emerged.layer
-        and thresholds.metric = emerged.metric
+    left join emerged using (suite, model_size, seed, task, layer, metric)
 
 ),
 
@@ -156,12 +150,7 @@ final as (
             as emergence_step_spread
 
     from per_run
-    inner join across_seeds
-        on per_run.suite = across_seeds.suite
-        and per_run.model_size = across_seeds.model_size
-        and per_run.task = across_seeds.task
-        and per_run.layer = across_seeds.layer
-        and per_run.metric = across_seeds.metric
+    inner join across_seeds using (suite, model_size, task, layer, metric)
 
 )
 

@@ -9,24 +9,7 @@ probe_results as (
 test_scores as (
 
     -- accuracy and macro-F1 on the test split, as the extractor reports them
-    select
-        suite,
-        model_size,
-        seed,
-        step,
-        task,
-        level,
-        layer,
-        metric,
-        value,
-        majority_accuracy,
-        codelength,
-        uniform_codelength,
-        n_classes,
-        n_train,
-        n_test,
-        extraction_id
-    from probe_results
+    select * from probe_results
 
 ),
 
@@ -36,23 +19,11 @@ compression as (
     -- metric row of a probe (should two rows disagree, two compression rows come
     -- out and the mart's primary-key test fails)
     select distinct
-        suite,
-        model_size,
-        seed,
-        step,
-        task,
-        level,
-        layer,
-        'compression' as metric,
-        -- how many times shorter the online code is than the uniform code
-        case when codelength > 0 then uniform_codelength / codelength end as value,
-        majority_accuracy,
-        codelength,
-        uniform_codelength,
-        n_classes,
-        n_train,
-        n_test,
-        extraction_id
+        * replace (
+            'compression' as metric,
+            -- how many times shorter the online code is than the uniform code
+            case when codelength > 0 then uniform_codelength / codelength end as value
+        )
     from probe_results
 
 ),
@@ -60,7 +31,7 @@ compression as (
 unioned as (
 
     select * from test_scores
-    union all
+    union all by name
     select * from compression
 
 ),

@@ -212,28 +212,11 @@ scored as (
         loss_log.first_spike_deviation
     from runs
     cross join signal_names
-    inner join size_seeds
-        on runs.suite = size_seeds.suite
-        and runs.model_size = size_seeds.model_size
-    left join at_end
-        on runs.suite = at_end.suite
-        and runs.model_size = at_end.model_size
-        and runs.seed = at_end.seed
-        and signal_names.signal = at_end.signal
-    left join performance
-        on runs.suite = performance.suite
-        and runs.model_size = performance.model_size
-        and runs.seed = performance.seed
-        and signal_names.signal = performance.signal
-    left join loss_log
-        on runs.suite = loss_log.suite
-        and runs.model_size = loss_log.model_size
-        and runs.seed = loss_log.seed
-    left join first_flags
-        on runs.suite = first_flags.suite
-        and runs.model_size = first_flags.model_size
-        and runs.seed = first_flags.seed
-        and signal_names.signal = first_flags.signal
+    inner join size_seeds using (suite, model_size)
+    left join at_end using (suite, model_size, seed, signal)
+    left join performance using (suite, model_size, seed, signal)
+    left join loss_log using (suite, model_size, seed)
+    left join first_flags using (suite, model_size, seed, signal)
 
 ),
 

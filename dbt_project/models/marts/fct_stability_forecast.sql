@@ -73,15 +73,8 @@ final as (
             as is_false_alarm
 
     from signals_by_step
-    left join run_ends
-        on signals_by_step.suite = run_ends.suite
-        and signals_by_step.model_size = run_ends.model_size
-        and signals_by_step.seed = run_ends.seed
-    inner join first_flags
-        on signals_by_step.suite = first_flags.suite
-        and signals_by_step.model_size = first_flags.model_size
-        and signals_by_step.seed = first_flags.seed
-        and signals_by_step.signal = first_flags.signal
+    left join run_ends using (suite, model_size, seed)
+    inner join first_flags using (suite, model_size, seed, signal)
 
 )
 

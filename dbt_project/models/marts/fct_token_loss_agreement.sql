@@ -80,14 +80,8 @@ final as (
         coalesce(pair_agreement.n_seed_pairs, 0) as n_seed_pairs
 
     from seeds
-    left join token_spread
-        on seeds.suite = token_spread.suite
-        and seeds.model_size = token_spread.model_size
-        and seeds.step = token_spread.step
-    left join pair_agreement
-        on seeds.suite = pair_agreement.suite
-        and seeds.model_size = pair_agreement.model_size
-        and seeds.step = pair_agreement.step
+    left join token_spread using (suite, model_size, step)
+    left join pair_agreement using (suite, model_size, step)
 
 )
 

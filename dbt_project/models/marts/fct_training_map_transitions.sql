@@ -90,10 +90,7 @@ final as (
         transitions.median_step
 
     from transitions
-    inner join runs_per_map
-        on transitions.suite = runs_per_map.suite
-        and transitions.model_size = runs_per_map.model_size
-        and transitions.map_source = runs_per_map.map_source
+    inner join runs_per_map using (suite, model_size, map_source)
 
 )
 

@@ -44,11 +44,7 @@ final as (
         map_states.checkpoint_index
 
     from map_states
-    inner join final_horizons
-        on map_states.suite = final_horizons.suite
-        and map_states.model_size = final_horizons.model_size
-        and map_states.map_source = final_horizons.map_source
-        and map_states.horizon_step = final_horizons.horizon_step
+    inner join final_horizons using (suite, model_size, map_source, horizon_step)
 
 )
 

@@ -23,11 +23,7 @@ weight_stats as (
 
     select all_weight_stats.*
     from all_weight_stats
-    inner join dim_checkpoints
-        on all_weight_stats.suite = dim_checkpoints.suite
-        and all_weight_stats.model_size = dim_checkpoints.model_size
-        and all_weight_stats.seed = dim_checkpoints.seed
-        and all_weight_stats.step = dim_checkpoints.step
+    inner join dim_checkpoints using (suite, model_size, seed, step)
     where not dim_checkpoints.is_diverged
         and not all_weight_stats.is_diverged
 
@@ -118,16 +114,8 @@ final as (
         distributions.biases_var
 
     from checkpoints
-    left join matrices
-        on checkpoints.suite = matrices.suite
-        and checkpoints.model_size = matrices.model_size
-        and checkpoints.seed = matrices.seed
-        and checkpoints.step = matrices.step
-    left join distributions
-        on checkpoints.suite = distributions.suite
-        and checkpoints.model_size = distributions.model_size
-        and checkpoints.seed = distributions.seed
-        and checkpoints.step = distributions.step
+    left join matrices using (suite, model_size, seed, step)
+    left join distributions using (suite, model_size, seed, step)
 
 )
 

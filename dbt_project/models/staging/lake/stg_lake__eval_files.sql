@@ -62,12 +62,7 @@ final as (
 
     select renamed.*
     from renamed
-    inner join successful_ingests
-        on renamed.suite = successful_ingests.suite
-        and renamed.model_size = successful_ingests.model_size
-        and renamed.seed = successful_ingests.seed
-        and renamed.step = successful_ingests.step
-        and renamed.extraction_id = successful_ingests.extraction_id
+    inner join successful_ingests using (suite, model_size, seed, step, extraction_id)
 
 )
 

@@ -52,12 +52,7 @@ recorded as (
         renamed.*,
         successful_extractions.origin
     from renamed
-    inner join successful_extractions
-        on renamed.suite = successful_extractions.suite
-        and renamed.model_size = successful_extractions.model_size
-        and renamed.seed = successful_extractions.seed
-        and renamed.step = successful_extractions.step
-        and renamed.extraction_id = successful_extractions.extraction_id
+    inner join successful_extractions using (suite, model_size, seed, step, extraction_id)
 
 ),
 
@@ -97,14 +92,7 @@ final as (
         recorded.*,
         ranked.recency_rank > 1 as is_superseded
     from recorded
-    inner join ranked
-        on recorded.suite = ranked.suite
-        and recorded.model_size = ranked.model_size
-        and recorded.seed = ranked.seed
-        and recorded.step = ranked.step
-        and recorded.task = ranked.task
-        and recorded.num_fewshot = ranked.num_fewshot
-        and recorded.extraction_id = ranked.extraction_id
+    inner join ranked using (suite, model_size, seed, step, task, num_fewshot, extraction_id)
 
 )
 

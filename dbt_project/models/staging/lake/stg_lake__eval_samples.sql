@@ -44,11 +44,7 @@ final as (
         ---------- provenance: the checkpoint's successful evaluations when staged
         checkpoint_extractions.source_extractions
     from staged
-    inner join checkpoint_extractions
-        on staged.suite = checkpoint_extractions.suite
-        and staged.model_size = checkpoint_extractions.model_size
-        and staged.seed = checkpoint_extractions.seed
-        and staged.step = checkpoint_extractions.step
+    inner join checkpoint_extractions using (suite, model_size, seed, step)
 
 )
 

@@ -81,20 +81,8 @@ final as (
         latest_success.extraction_id is not null as is_latest_success,
         latest_settled.extraction_id is not null as is_latest_settled
     from renamed
-    left join latest_success
-        on renamed.suite = latest_success.suite
-        and renamed.model_size = latest_success.model_size
-        and renamed.seed = latest_success.seed
-        and renamed.step = latest_success.step
-        and renamed.extractor = latest_success.extractor
-        and renamed.extraction_id = latest_success.extraction_id
-    left join latest_settled
-        on renamed.suite = latest_settled.suite
-        and renamed.model_size = latest_settled.model_size
-        and renamed.seed = latest_settled.seed
-        and renamed.step = latest_settled.step
-        and renamed.extractor = latest_settled.extractor
-        and renamed.extraction_id = latest_settled.extraction_id
+    left join latest_success using (suite, model_size, seed, step, extractor, extraction_id)
+    left join latest_settled using (suite, model_size, seed, step, extractor, extraction_id)
 
 )
 

@@ -14,16 +14,7 @@ manifest as (
 
 current_extractions as (
 
-    -- the latest successful probes attempt per checkpoint, as in stg_lake__probe_results
-    select
-        suite,
-        model_size,
-        seed,
-        step,
-        extraction_id
-    from manifest
-    where extractor = 'probes'
-        and is_latest_success
+    {{ latest_successful_extractions('manifest', 'probes') }}
 
 ),
 
@@ -53,12 +44,7 @@ final as (
 
     select renamed.*
     from renamed
-    inner join current_extractions
-        on renamed.suite = current_extractions.suite
-        and renamed.model_size = current_extractions.model_size
-        and renamed.seed = current_extractions.seed
-        and renamed.step = current_extractions.step
-        and renamed.extraction_id = current_extractions.extraction_id
+    inner join current_extractions using (suite, model_size, seed, step, extraction_id)
 
 )
 

@@ -39,9 +39,7 @@ final as (
 
     select renamed.*
     from renamed
-    inner join latest_grids
-        on renamed.suite = latest_grids.suite
-        and renamed.extraction_id = latest_grids.extraction_id
+    inner join latest_grids using (suite, extraction_id)
 
 )
 

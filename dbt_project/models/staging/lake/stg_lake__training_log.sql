@@ -43,11 +43,7 @@ final as (
 
     select renamed.*
     from renamed
-    inner join latest_files
-        on renamed.suite = latest_files.suite
-        and renamed.model_size = latest_files.model_size
-        and renamed.seed = latest_files.seed
-        and renamed.extraction_id = latest_files.extraction_id
+    inner join latest_files using (suite, model_size, seed, extraction_id)
 
 )
 

@@ -88,12 +88,7 @@ final as (
         renamed.*,
         current_extractions.is_diverged
     from renamed
-    inner join current_extractions
-        on renamed.suite = current_extractions.suite
-        and renamed.model_size = current_extractions.model_size
-        and renamed.seed = current_extractions.seed
-        and renamed.step = current_extractions.step
-        and renamed.extraction_id = current_extractions.extraction_id
+    inner join current_extractions using (suite, model_size, seed, step, extraction_id)
 
 )
 
