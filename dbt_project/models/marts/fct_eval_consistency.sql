@@ -56,14 +56,7 @@ across_seeds as (
 
         ---------- spread of the score across seeds
         count(*) as n_runs,
-        -- quantile_cont interpolates linearly, as numpy.quantile does by default
-        quantile_cont(value, 0.5) as value_median,
-        quantile_cont(value, 0.25) as value_q25,
-        quantile_cont(value, 0.75) as value_q75,
-        avg(value) as value_mean,
-        stddev_samp(value) as value_std,
-        min(value) as value_min,
-        max(value) as value_max,
+        {{ spread_across_seeds('value', 'value') }},
 
         ---------- sampling error within each run, kept apart from the seed spread
         avg(stderr) as stderr_mean

@@ -52,14 +52,7 @@ across_seeds as (
 
         ---------- spread of the per-run mean token loss across the finite seeds
         count(*) as n_seeds,
-        -- quantile_cont interpolates linearly, as numpy.quantile does by default
-        quantile_cont(mean_token_loss, 0.5) as loss_median,
-        quantile_cont(mean_token_loss, 0.25) as loss_q25,
-        quantile_cont(mean_token_loss, 0.75) as loss_q75,
-        avg(mean_token_loss) as loss_mean,
-        stddev_samp(mean_token_loss) as loss_std,
-        min(mean_token_loss) as loss_min,
-        max(mean_token_loss) as loss_max
+        {{ spread_across_seeds('mean_token_loss', 'loss') }}
 
     from finite_losses
     group by suite, model_size, step
