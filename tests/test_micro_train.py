@@ -72,6 +72,13 @@ def test_default_config():
     assert config.checkpoint_steps[-1] == config.total_steps
 
 
+def test_the_evaluation_grid_is_step_0_and_every_other_checkpoint_back_from_the_last():
+    assert TrainConfig().checkpoint_steps == [0, 1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 192, 224, 256]
+    assert TrainConfig().eval_grid_steps == [0, 1, 4, 16, 64, 128, 192, 256]
+    assert TrainConfig(total_steps=8).eval_grid_steps == [0, 2, 4, 6, 8]  # checkpoints 0…8
+    assert TrainConfig(total_steps=6, n_linear=1).eval_grid_steps == [0, 2, 6]  # 0, 1, 2, 4, 6
+
+
 def test_learning_rate_warms_up_then_decays():
     config = TrainConfig(total_steps=100, warmup_fraction=0.1, learning_rate=1e-3, min_lr_ratio=0.1)
     assert config.warmup_steps == 10
@@ -115,7 +122,7 @@ def test_suite_layout(suite):
         "name": "micro",
         "sizes": ["200k"],
         "seeds": [0, 1],
-        "steps": {"all": [0, 1, 2, 4, 8, 12, 24]},
+        "steps": {"all": [0, 1, 2, 4, 8, 12, 24], "eval_grid": [0, 2, 8, 24]},
         "checkpoints": {"local": "{size}/seed{seed}/step{step}", "tokenizer": "tokenizer"},
         "extractors": {
             "token_stats": {
@@ -123,14 +130,14 @@ def test_suite_layout(suite):
             },
             "weight_stats": {"steps": "all"},
             "evals": {
-                "steps": "all",
+                "steps": "eval_grid",
                 "tasks": ["micro_gender_agreement", "micro_lambada", "micro_verb_agreement"],
                 "include_path": "eval/tasks",
                 "include_defaults": False,
                 "batch_size": 64,
             },
             "probes": {
-                "steps": "all",
+                "steps": "eval_grid",
                 "tasks": {
                     "pos": {"format": "conllu", "field": "upos",
                             "train": "probe/pos_train.conllu", "test": "probe/pos_test.conllu"},

@@ -351,6 +351,14 @@ class TrainConfig:
     def checkpoint_steps(self) -> list[int]:
         return pythia_style_steps(self.total_steps, self.n_linear)
 
+    @property
+    def eval_grid_steps(self) -> list[int]:
+        """The checkpoints evals and probes run on: step 0 and every other checkpoint
+        counted back from the last (0, 1, 4, 16, 64, 128, 192, 256 by default). As
+        PolyPythias evaluates a grid of its checkpoints, the costly extractors skip
+        half of them; token and weight statistics cover every checkpoint."""
+        return sorted({0, *self.checkpoint_steps[::-2]})
+
     def lr_at(self, step: int) -> float:
         """Learning rate of optimiser step `step` (1-based): linear warmup, then
         cosine decay to `min_lr_ratio` of the peak at `total_steps`."""
@@ -461,7 +469,7 @@ def suite_document(config: TrainConfig) -> dict:
         "name": config.suite_name,
         "sizes": list(config.sizes),
         "seeds": list(config.seeds),
-        "steps": {"all": config.checkpoint_steps},
+        "steps": {"all": config.checkpoint_steps, "eval_grid": config.eval_grid_steps},
         "checkpoints": {"local": "{size}/seed{seed}/step{step}", "tokenizer": "tokenizer"},
         "extractors": {
             "token_stats": {
@@ -473,7 +481,7 @@ def suite_document(config: TrainConfig) -> dict:
             },
             "weight_stats": {"steps": "all"},
             "evals": {
-                "steps": "all",
+                "steps": "eval_grid",
                 "tasks": list(eval_tasks.TASK_NAMES),
                 "include_path": "eval/tasks",
                 # Only the micro tasks: skip indexing lm-eval's ~14k built-in ones.
@@ -481,7 +489,7 @@ def suite_document(config: TrainConfig) -> dict:
                 "batch_size": EVALS_BATCH_SIZE,
             },
             "probes": {
-                "steps": "all",
+                "steps": "eval_grid",
                 "tasks": {
                     "pos": {
                         "format": "conllu", "field": "upos",
