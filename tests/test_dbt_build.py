@@ -365,18 +365,50 @@ def test_a_missing_or_unsafe_lake_root_is_refused_before_dbt_runs(tmp_path):
 
 def test_spill_files_of_a_killed_build_are_removed_by_the_next(tmp_path):
     db = tmp_path / "warehouse" / "w.duckdb"
-    spill = state_dir(db) / "tmp"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    killed = spill / f"build-{int(dead.stdout)}"
-    killed.mkdir(parents=True)
-    (killed / "duckdb_temp_storage_DEFAULT-0.tmp").write_bytes(b"x" * 1024)
-    running = spill / f"build-{os.getppid()}"  # a live process: another build's
-    running.mkdir()
+    spill = state_dir(db) / "tmp" / "spill"
+    spill.mkdir(parents=True)
+    left_behind = spill / "duckdb_temp_storage_DEFAULT-0.tmp"  # by a build that was killed
+    left_behind.write_bytes(b"x" * 1024)
 
     (tmp_path / "lake").mkdir()
     build(str(tmp_path / "lake"), db, select="stg_lake__manifest", unit_tests=False)
 
-    assert not killed.exists()
-    assert running.is_dir()
-    assert sorted(p.name for p in spill.iterdir()) == [running.name]  # its own is gone too
+    assert not left_behind.exists()
+    assert not spill.exists()  # its own spill folder is gone too
+
+
+def test_a_second_build_of_a_warehouse_being_built_is_refused(tmp_path):
+    db = tmp_path / "warehouse" / "w.duckdb"
+    lock = state_dir(db) / "tmp" / ".lock"
+    lock.parent.mkdir(parents=True)
+    running = lock.parent / "spill" / "duckdb_temp_storage_DEFAULT-0.tmp"  # the running build's
+    running.parent.mkdir()
+    running.write_bytes(b"x")
+    (tmp_path / "lake").mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)", str(lock)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DbtBuildError, match="another build is writing a warehouse in"):
+            build(str(tmp_path / "lake"), db, select="stg_lake__manifest", unit_tests=False)
+        assert running.exists()  # left to the build that owns it
+    finally:
+        holder.kill()
+        holder.wait()
+    build(str(tmp_path / "lake"), db, select="stg_lake__manifest", unit_tests=False)  # lock released
+
+
+def test_a_rebuild_reuses_the_last_parse_of_the_project(tmp_path):
+    db = tmp_path / "warehouse" / "w.duckdb"
+    (tmp_path / "lake").mkdir()
+    log = state_dir(db) / "logs" / "dbt.log"
+    build(str(tmp_path / "lake"), db, select="stg_lake__manifest", unit_tests=False)
+    first = log.read_text()
+    assert "Unable to do partial parsing because saved manifest not found" in first
+    build(str(tmp_path / "lake"), db, select="stg_lake__manifest", unit_tests=False)
+    second = log.read_text()[len(first):]
+    assert "Unable to do partial parsing" not in second
+    assert "Partial parsing enabled: 0 files deleted, 0 files added, 0 files changed" in second

@@ -11,9 +11,8 @@ A dataset the lake does not hold yet is read as empty by the project's
 ``lake_source`` macro, so the build works on a young lake.
 
 DuckDB settings for lakes of tens of millions of item rows (``profiles.yml`` reads
-them from the environment set here): spill files go to
-``<db dir>/.dbt/tmp/build-<pid>`` next to the warehouse (a later build removes those
-of a build that was killed); ``POLYPYTHIAS_MEMORY_LIMIT`` (e.g. ``8GB``) caps
+them from the environment set here): spill files go to ``<db dir>/.dbt/tmp/spill``
+next to the warehouse (a later build removes those of a build that was killed); ``POLYPYTHIAS_MEMORY_LIMIT`` (e.g. ``8GB``) caps
 DuckDB's memory (default: DuckDB's own, 80% of RAM) and ``POLYPYTHIAS_THREADS`` its threads
 (default: every core); insertion order is not preserved, so large inserts stream.
 Builds are incremental where it pays (the item-level eval models; training-map
@@ -130,38 +129,54 @@ def build(
     units = [] if unit_tests else ["--exclude-resource-type", "unit_test"]
     # --quiet keeps dbt to errors; its full log is in <db dir>/.dbt/logs either way.
     quiet = [] if verbose else ["--quiet"]
-    temp = _spill_dir(state_dir(db_path) / "tmp")
-    settings = {
-        DB_ENV: str(db_path),
-        TEMP_ENV: str(temp),
-        MEMORY_ENV: os.environ.get(MEMORY_ENV) or _default_memory_limit(),
-        THREADS_ENV: os.environ.get(THREADS_ENV) or str(os.cpu_count() or 1),
-        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-    }
-    try:
+    with _spill_dir(state_dir(db_path) / "tmp") as temp:
+        settings = {
+            DB_ENV: str(db_path),
+            TEMP_ENV: str(temp),
+            MEMORY_ENV: os.environ.get(MEMORY_ENV) or _default_memory_limit(),
+            THREADS_ENV: os.environ.get(THREADS_ENV) or str(os.cpu_count() or 1),
+            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        }
         with _environment(settings):
             outcome = _invoke("build", ["build", *quiet, *common, *selection, *refresh, *units])
             if docs:
                 _invoke("docs generate", ["docs", "generate", *quiet, *common, *selection])
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
     return Counter(
         getattr(r.node, "resource_type", "?") for r in getattr(outcome, "results", None) or []
     )
 
 
-def _spill_dir(root: Path) -> Path:
-    """This build's own folder for DuckDB's spill files, under ``root``; removes the
-    folders of builds whose process is gone (DuckDB deletes its spill files on a
-    clean exit only: a killed build left tens of GB behind on the PolyPythias lake)."""
+@contextmanager
+def _spill_dir(root: Path) -> Iterator[Path]:
+    """The warehouse's folder for DuckDB's spill files, ``root/spill``, emptied before
+    and after the build and locked while it runs.
+
+    DuckDB deletes its spill files on a clean exit only (a killed build left tens of GB
+    behind on the PolyPythias lake), so the next build removes them. The path is the
+    same from build to build: dbt hashes the profile, which names it, and reparses the
+    whole project (~8 s) when the hash changes. The lock (``root/.lock``; the kernel
+    releases it when a build dies) keeps a second build of the same warehouse from
+    emptying the folder under a running one: that build is refused, as DuckDB would
+    refuse its second writer anyway.
+    """
+    import fcntl
+
     root.mkdir(parents=True, exist_ok=True)
-    for folder in root.glob("build-*"):
-        pid = folder.name.removeprefix("build-")
-        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(folder, ignore_errors=True)
-    own = root / f"build-{os.getpid()}"
-    own.mkdir(exist_ok=True)
-    return own
+    with open(root / ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DbtBuildError(
+                "build", [], f"another build is writing a warehouse in {root.parent.parent} "
+                f"(it holds {lock.name}); wait for it to finish"
+            ) from None
+        spill = root / "spill"
+        shutil.rmtree(spill, ignore_errors=True)
+        spill.mkdir()
+        try:
+            yield spill
+        finally:
+            shutil.rmtree(spill, ignore_errors=True)
 
 
 def _default_memory_limit() -> str:
