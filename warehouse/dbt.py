@@ -12,9 +12,10 @@ A dataset the lake does not hold yet is read as empty by the project's
 
 DuckDB settings for lakes of tens of millions of item rows (``profiles.yml`` reads
 them from the environment set here): spill files go to ``<db dir>/.dbt/tmp/spill``
-next to the warehouse (a later build removes those of a build that was killed); ``POLYPYTHIAS_MEMORY_LIMIT`` (e.g. ``8GB``) caps
-DuckDB's memory (default: DuckDB's own, 80% of RAM) and ``POLYPYTHIAS_THREADS`` its threads
-(default: every core); insertion order is not preserved, so large inserts stream.
+next to the warehouse (a later build removes those of a build that was killed);
+``POLYPYTHIAS_MEMORY_LIMIT`` (e.g. ``8GB``) caps DuckDB's memory (default: DuckDB's
+own, 80% of RAM) and ``POLYPYTHIAS_THREADS`` its threads (default: every core);
+insertion order is not preserved, so large inserts stream.
 Builds are incremental where it pays (the item-level eval models; training-map
 horizons whose input is unchanged keep their fits); ``full_refresh`` rebuilds them
 from the whole lake and refits every horizon.
@@ -155,9 +156,9 @@ def _spill_dir(root: Path) -> Iterator[Path]:
     behind on the PolyPythias lake), so the next build removes them. The path is the
     same from build to build: dbt hashes the profile, which names it, and reparses the
     whole project (~8 s) when the hash changes. The lock (``root/.lock``; the kernel
-    releases it when a build dies) keeps a second build of the same warehouse from
-    emptying the folder under a running one: that build is refused, as DuckDB would
-    refuse its second writer anyway.
+    releases it when a build dies) keeps a second build in the same folder (whose
+    warehouses share ``.dbt/``) from emptying the folder under a running one: that
+    build is refused, as DuckDB would refuse a second writer of the same file anyway.
     """
     import fcntl
 
