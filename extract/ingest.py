@@ -16,9 +16,19 @@ Identity comes from what a file says about itself, never from where it lies:
   joined by ``-``, are the variant (``standard`` when none). The default pattern
   reads ``EleutherAI/pythia-70m`` (standard, seed 0), ``pythia-v1.1-160m-deduped``
   (deduped), ``pythia-14m-seed3`` (seed 3), ``pythia-160m-data-seed1`` (data-seed),
-  ``intervention-pythia-v1.1-70m-deduped`` (intervention-deduped), ``pythia-70m-v0``;
+  ``intervention-pythia-v1.1-70m-deduped`` (intervention-deduped), ``pythia-70m-v0``
+  (v0), and any further suffix as part of the variant: ``pythia-v1.1-1b-bf16`` (bf16),
+  ``pythia-v1.1-160m-0.5MtokBS`` (0.5MtokBS),
+  ``intervention-pythia-v1.1-1.4b-deduped-long`` (intervention-deduped-long);
 - the step comes from the revision (``revision=step1000`` in model_args, else 0.4's
-  ``config.model_revision``); a file without a step revision is refused;
+  ``config.model_revision``); a pattern with a group ``step`` is searched in
+  ``NAME@REVISION`` instead, for revisions that are not ``stepN`` (OLMo's
+  ``step20000-tokens84B``). A file that states no checkpoint (a final model's
+  results) is refused unless ``--step`` names its step; the step is never guessed;
+- files of GPT-NeoX's ``evaluate.py`` and of the prompt-source fork name no
+  pretrained model: their identity comes from the training configuration they
+  record (``polypythias.extract.neox_identity``): v0 runs, size from the
+  architecture, deduplication from ``train_data_paths``, run kind from the run's name;
 - the suite partition is ``<suite>`` for the standard variant, ``<suite>-<variant>``
   otherwise, so standard and deduplicated twins of a size stay apart.
 
@@ -28,6 +38,10 @@ recorded in ``eval_files.finding`` (the file is still ingested under its own
 identity), because public sets contain mislabelled files. The names compared are
 the file's and those of its folders up to and including the folder given on the
 command line (for a file given directly, its own folder).
+
+Every failure is one line naming the file (a non-UTF-8, invalid, too large or too
+deeply nested file; a NaN or infinite metric, of which nothing lands) and never
+stops the others; files that are no results at all (a PDF, a plot) are skipped.
 
 When the evaluation ran (``evaluated_at``, which decides which rerun of a checkpoint
 the marts keep): 0.4's ``date``; the older format records none, so the file's
@@ -44,6 +58,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import socket
 from collections import Counter
@@ -59,9 +74,11 @@ from polypythias.extract.lm_eval_tables import (
     LmEvalFormatError,
     detect_format,
     evaluated_at_of,
+    prompt_source_tasks,
     results_table,
     samples_table,
 )
+from polypythias.extract.neox_identity import OLD_SIZE_NAMES, NeoxIdentityError, neox_run
 from polypythias.extract.runner import package_versions
 from polypythias.warehouse.lake import Lake, LakeError, new_extraction_id, validate_partition_value
 from polypythias.warehouse.schemas import EVAL_FILES, EVAL_RESULTS, EVAL_SAMPLES, MANIFEST
@@ -75,11 +92,15 @@ DEFAULT_PATTERN = (
     r"(?P<size>\d+(?:\.\d+)?[mb])"
     r"(?:-(?P<deduped>deduped))?"
     r"(?:-(?:(?P<seeding>data-seed|weight-seed)|seed)(?P<seed>\d+))?"
-    r"(?:-(?P<version>v0))?/?$"
+    r"(?:-(?P<suffix>[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*?))?/?$"
 )
 
 #: Group names of the pattern that are not parts of the variant.
-_IDENTITY_GROUPS = {"size", "seed"}
+_IDENTITY_GROUPS = {"size", "seed", "step"}
+#: Results files are kilobytes (a 0.4 file with its task configs a few megabytes).
+MAX_RESULTS_FILE_BYTES = 64 * 2**20
+#: Steps are stored as 64-bit integers.
+MAX_STEP = 2**63 - 1
 _STEP_REVISION = re.compile(r"step(\d+)")
 #: What a file or folder name may say about the checkpoint it holds.
 _NAME_STEP = re.compile(r"(?<![A-Za-z])step[-_]?(\d+)(?!\d)")
@@ -88,7 +109,12 @@ _NAME_SEED = re.compile(r"(?<![A-Za-z])seed[-_]?(\d+)(?!\d)")
 
 
 class IngestError(Exception):
-    """A file that cannot be ingested; the message names the file and the problem."""
+    """A file that cannot be ingested; the message names the file and the problem,
+    ``reason`` is the kind of problem (failures are counted by it)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 # -- identity -------------------------------------------------------------------
@@ -111,6 +137,10 @@ class Identity:
         return f"{self.suite}/{self.model_size}/seed{self.seed}/step{self.step}"
 
 
+class PatternMismatch(ValueError):
+    """A model name the pattern does not read."""
+
+
 class ModelNamePattern:
     """A model name → (model_size, seed, variant), by a regex with named groups."""
 
@@ -123,15 +153,27 @@ class ModelNamePattern:
             raise ValueError("--pattern needs a named group 'size', e.g. (?P<size>\\d+m)")
         self.pattern = pattern
         self._variant_groups = [g for g in self.regex.groupindex if g not in _IDENTITY_GROUPS]
+        self.has_step = "step" in self.regex.groupindex
+
+    def step_of(self, name: str, revision: str | None) -> int | None:
+        """The ``step`` group's number, the pattern searched in ``NAME@REVISION``."""
+        match = self.regex.search(f"{name}@{revision or ''}")
+        text = match.group("step") if match else None
+        return int(text) if text and text.isdigit() else None
 
     def parse(self, name: str) -> tuple[str, int, str]:
         """(model_size, seed, variant) of a model name, else ValueError."""
         match = self.regex.search(name)
         if match is None or not match.group("size"):
-            raise ValueError(f"model name {name!r} does not match the pattern {self.pattern!r}")
+            shown = "the default pattern" if self.pattern == DEFAULT_PATTERN else f"--pattern {_short(self.pattern)!r}"
+            raise PatternMismatch(f"model name {_short(name)!r} does not match {shown}")
         seed = match.groupdict().get("seed")
         parts = [match.group(g) for g in self._variant_groups if match.group(g)]
         return match.group("size"), int(seed) if seed else 0, "-".join(parts) or "standard"
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def suite_partition(suite: str, variant: str) -> str:
@@ -161,25 +203,30 @@ class Candidate:
     names: tuple[str, ...]
 
 
-def find_files(paths: Iterable[Path]) -> tuple[list[Candidate], list[tuple[Path, str]]]:
-    """Results files under the given files and folders, and the paths that are not.
+def find_files(paths: Iterable[Path]) -> tuple[list[Candidate], list[tuple[Path, str]], list[Path]]:
+    """Results files under the given files and folders, the paths that are not there
+    or cannot be results, and the files that are no results at all (skipped).
 
-    Folders are walked recursively for ``*.json`` files (hidden files and folders
-    are skipped; samples JSONL is read through its results file, other files are
-    ignored). A file given directly must be a JSON results file.
+    Folders are walked recursively: ``*.json`` files are candidates; hidden files
+    and folders, and samples JSONL (read through its results file) are passed over;
+    any other file (a PDF, a plot, a README) is counted as skipped. A file given
+    directly is a candidate when it is ``.json`` and skipped otherwise.
     """
     found: dict[Path, Candidate] = {}
     problems: list[tuple[Path, str]] = []
+    not_results: list[Path] = []
     for given in paths:
         path = Path(given).absolute()
         if path.is_dir():
             files = sorted(
-                f for f in path.rglob("*.json")
+                f for f in path.rglob("*")
                 if f.is_file() and not any(p.startswith(".") for p in f.relative_to(path).parts)
             )
-            if not files:
+            json_files = [f for f in files if f.suffix == ".json"]
+            not_results += [f for f in files if f.suffix not in (".json", ".jsonl")]
+            if not json_files:
                 problems.append((path, "no lm-eval results files (*.json) in this folder"))
-            for file in files:
+            for file in json_files:
                 relative = file.relative_to(path)
                 names = (file.name, *reversed(relative.parts[:-1]), path.name)
                 found.setdefault(file.resolve(), Candidate(file, names))
@@ -188,12 +235,12 @@ def find_files(paths: Iterable[Path]) -> tuple[list[Candidate], list[tuple[Path,
                 problems.append((path, "a samples file is read through its results file: "
                                        "give results_<timestamp>.json or its folder"))
             elif path.suffix != ".json":
-                problems.append((path, "not an lm-eval results file (expected a .json file)"))
+                not_results.append(path)
             else:
                 found.setdefault(path.resolve(), Candidate(path, (path.name, path.parent.name)))
         else:
             problems.append((path, "no such file or folder"))
-    return sorted(found.values(), key=lambda c: str(c.path)), problems
+    return sorted(found.values(), key=lambda c: str(c.path)), problems, not_results
 
 
 # -- reading one file -----------------------------------------------------------
@@ -219,52 +266,76 @@ class ResultFile:
     finding: str | None
 
 
-def read_result_file(candidate: Candidate, pattern: ModelNamePattern, suite: str) -> ResultFile:
-    """Read, identify and convert one results file; IngestError names the file."""
+def read_result_file(candidate: Candidate, pattern: ModelNamePattern, suite: str,
+                     step: int | None = None) -> ResultFile:
+    """Read, identify and convert one results file; IngestError names the file.
+
+    ``step`` is the step of a file that states no checkpoint (``--step``)."""
     path = candidate.path
     try:
-        return _read(candidate, pattern, suite)
-    except (IngestError, LmEvalFormatError, LakeError, ValueError, OSError) as error:
-        raise IngestError(f"{path}: {error}") from None
-    except (KeyError, TypeError, AttributeError) as error:  # lm-eval-like, but misshapen
-        raise IngestError(f"{path}: malformed lm-eval output ({type(error).__name__}: {error})") from None
+        return _read(candidate, pattern, suite, step)
+    except IngestError as error:
+        raise IngestError(f"{_shown(path)}: {_one_line(str(error))}", error.reason) from None
+    except LmEvalFormatError as error:
+        raise IngestError(f"{_shown(path)}: {_one_line(str(error))}", "malformed lm-eval output") from None
+    except PatternMismatch as error:
+        raise IngestError(f"{_shown(path)}: {_one_line(str(error))}", "model name not read by the pattern") from None
+    except LakeError as error:
+        raise IngestError(f"{_shown(path)}: {_one_line(str(error))}", "unsafe partition value") from None
+    except OSError as error:
+        raise IngestError(f"{_shown(path)}: cannot read it: {error.strerror or error}", "cannot read") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as error:  # lm-eval-like, but misshapen
+        raise IngestError(f"{_shown(path)}: malformed lm-eval output ({type(error).__name__}: "
+                          f"{_one_line(str(error), 80)})", "malformed lm-eval output") from None
 
 
-def _read(candidate: Candidate, pattern: ModelNamePattern, suite: str) -> ResultFile:
+def _read(candidate: Candidate, pattern: ModelNamePattern, suite: str, step_option: int | None) -> ResultFile:
     path = candidate.path
+    size = path.stat().st_size
+    if size > MAX_RESULTS_FILE_BYTES:
+        raise IngestError(f"{size / 2**20:.0f} MiB, more than a results file has "
+                          f"({MAX_RESULTS_FILE_BYTES // 2**20} MiB at most)", "too large")
     content = path.read_bytes()
-    try:
-        document = json.loads(content)
-    except UnicodeDecodeError as error:
-        raise IngestError(f"not a text file ({error.reason})") from None
-    except json.JSONDecodeError as error:
-        raise IngestError(f"not valid JSON: {error}") from None
+    document = _parse(content)
     try:
         format_ = detect_format(document)
     except LmEvalFormatError as error:
-        raise IngestError(f"not lm-eval output: {error}") from None
+        raise IngestError(f"not lm-eval output: {error}", "not lm-eval output") from None
+    _refuse_non_finite(document, format_)
 
     config = document.get("config")
     config = config if isinstance(config, Mapping) else {}
-    raw_args = config.get("model_args")
+    raw_args = config.get("model_args", document.get("model_args"))
     args = parse_model_args(raw_args)
-    pretrained = args.get("pretrained") or _text(document.get("model_name")) or _text(config.get("model_name"))
-    if not pretrained:
-        raise IngestError(f"config.model_args {raw_args!r} names no pretrained model")
-    revision = args.get("revision") or _text(config.get("model_revision")) or _text(document.get("model_revision"))
-    step = _STEP_REVISION.fullmatch(revision or "")
-    if step is None:
-        raise IngestError(f"config.model_args {raw_args!r} has no step revision (revision=stepN), "
-                          f"got revision {revision!r}")
-    size, seed, variant = pattern.parse(pretrained)
-    identity = Identity(suite_partition(suite, variant), size, seed, int(step.group(1)), variant)
+    old_size_names = False
+    if isinstance(raw_args, Mapping) and "pretrained" not in raw_args:
+        try:
+            run = neox_run(raw_args, list(candidate.names), step_option)
+        except NeoxIdentityError as error:
+            raise IngestError(str(error), error.reason) from None
+        pretrained, revision, old_size_names = run.name, f"iteration={run.step}", True
+        identity = Identity(suite_partition(suite, run.variant), run.model_size, 0, run.step, run.variant)
+        findings = run.findings
+    else:
+        pretrained = args.get("pretrained") or _text(document.get("model_name")) or _text(config.get("model_name"))
+        if not pretrained:
+            raise IngestError("model_args names no pretrained model", "no model named")
+        revision = args.get("revision") or _text(config.get("model_revision")) or _text(document.get("model_revision"))
+        size, seed, variant = pattern.parse(pretrained)
+        step = _step(pattern, pretrained, revision, step_option)
+        identity = Identity(suite_partition(suite, variant), size, seed, step, variant)
+        revision = revision or f"--step {step}"
+        findings = []
     for column, value in identity.partition().items():
         validate_partition_value(column, value)
+    if identity.step > MAX_STEP:
+        raise IngestError(f"step {identity.step} is out of range", "step out of range")
 
     evaluated_at = evaluated_at_of(document) or datetime.fromtimestamp(path.stat().st_mtime, UTC)
     shots = _num_fewshot(document, format_)
     results = results_table(document, evaluated_at, num_fewshot=shots)
     samples, samples_files = _samples(path, document) if format_ == "lm-eval-0.4" else (None, [])
+    named = name_disagreements(candidate.names, identity, old_size_names)
     return ResultFile(
         path=path,
         sha256=hashlib.sha256(content).hexdigest(),
@@ -275,12 +346,65 @@ def _read(candidate: Candidate, pattern: ModelNamePattern, suite: str) -> Result
         revision=revision,
         num_fewshot=shots,
         evaluated_at=evaluated_at,
-        n_tasks=len(document["results"]),
+        n_tasks=len(prompt_source_tasks(document) if format_ == "prompt-source" else document["results"]),
         results=results,
         samples=samples,
         samples_files=samples_files,
-        finding=name_disagreements(candidate.names, identity),
+        finding="; ".join([*findings, *([named] if named else [])]) or None,
     )
+
+
+def _parse(content: bytes) -> object:
+    """The JSON document of a file's bytes; IngestError says why not."""
+    try:
+        return json.loads(content)
+    except UnicodeDecodeError as error:
+        raise IngestError(f"not UTF-8 text ({error.reason} at byte {error.start})", "not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise IngestError(f"not valid JSON: {error}", "not valid JSON") from None
+    except RecursionError:
+        raise IngestError("JSON nested too deeply to be a results file", "nested too deeply") from None
+
+
+def _refuse_non_finite(document: Mapping, format_: str) -> None:
+    """A NaN or infinite metric value or stderr fails the whole file."""
+    entries = prompt_source_tasks(document) if format_ == "prompt-source" else document["results"].items()
+    for task, entry in entries:
+        if not isinstance(entry, Mapping):
+            continue
+        for metric, value in entry.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise IngestError(f"{task} {metric} is {value}: only finite numbers are ingested", "non-finite value")
+
+
+def _step(pattern: ModelNamePattern, pretrained: str, revision: str | None, step_option: int | None) -> int:
+    """The step a file states (its ``stepN`` revision, or the pattern's ``step`` group),
+    else ``--step``; IngestError when there is none."""
+    if pattern.has_step:
+        stated = pattern.step_of(pretrained, revision)
+    else:
+        match = _STEP_REVISION.fullmatch(revision or "")
+        stated = int(match.group(1)) if match else None
+    if stated is not None:
+        return stated
+    if step_option is not None:
+        return step_option
+    said = f"revision {_one_line(revision, 40)!r}" if revision else "no revision"
+    raise IngestError(f"states no checkpoint ({said}, no stepN): import it with --step N naming its step",
+                      "states no checkpoint")
+
+
+def _shown(path: Path) -> str:
+    """A path as errors show it: relative to the working folder when under it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _one_line(text: str, limit: int = 140) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _num_fewshot(document: Mapping, format_: str) -> int:
@@ -307,12 +431,13 @@ def _samples(path: Path, document: Mapping) -> tuple[pa.Table | None, list[str]]
             with file.open("rb") as handle:
                 lines = [_sample_line(file, number, raw) for number, raw in enumerate(handle, start=1)]
         except OSError as error:
-            raise IngestError(f"samples file {file}: cannot read it: {error.strerror or error}") from None
+            raise IngestError(f"samples file {file}: cannot read it: {error.strerror or error}",
+                              "unreadable samples file") from None
         try:
             samples = [line for line in lines if line is not None]  # blank lines are skipped
             tables.append(samples_table(task, samples, _shots(n_shot.get(task))))
         except LmEvalFormatError as error:
-            raise IngestError(f"samples file {file}: {error}") from None
+            raise IngestError(f"samples file {file}: {error}", "unreadable samples file") from None
         files.append(str(file))
     return (pa.concat_tables(tables) if tables else None), files
 
@@ -323,15 +448,16 @@ def _sample_line(file: Path, number: int, raw: bytes) -> Mapping | None:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise IngestError(f"{where}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        raise IngestError(f"{where}: not UTF-8 text ({error.reason} at byte {error.start})",
+                          "unreadable samples file") from None
     if not text.strip():
         return None
     try:
         sample = json.loads(text)
     except json.JSONDecodeError as error:
-        raise IngestError(f"{where}: not valid JSON: {error}") from None
+        raise IngestError(f"{where}: not valid JSON: {error}", "unreadable samples file") from None
     if not isinstance(sample, Mapping):
-        raise IngestError(f"{where}: not a JSON object (one sample per line)")
+        raise IngestError(f"{where}: not a JSON object (one sample per line)", "unreadable samples file")
     return sample
 
 
@@ -343,12 +469,13 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def name_disagreements(names: Iterable[str], identity: Identity) -> str | None:
+def name_disagreements(names: Iterable[str], identity: Identity, old_size_names: bool = False) -> str | None:
     """What the file's and folders' names say against the file's identity, or None.
 
-    A name says a step (``step1000``), a size (``70m``, ``1.4b``), a seed
-    (``seed3``) or deduplication (``deduped``). Deduplication is only taken to be
-    denied when some name gives a size and none says ``deduped``.
+    A name says a step (``step1000``), a size (``70m``, ``1.4b``; with
+    ``old_size_names``, the first Pythia runs' names such as ``19M`` for 70m too), a
+    seed (``seed3``) or deduplication (``deduped``). Deduplication is only taken to
+    be denied when some name gives a size and none says ``deduped``.
     """
     findings: list[str] = []
     names = [n.removesuffix(".json") for n in names]
@@ -363,7 +490,8 @@ def name_disagreements(names: Iterable[str], identity: Identity) -> str | None:
             if int(text) != identity.step:
                 findings.append(f"{where(name)} says step {int(text)} but model_args revision is step{identity.step}")
         for text in dict.fromkeys(_NAME_SIZE.findall(name)):
-            if text.lower() != identity.model_size.lower():
+            size = OLD_SIZE_NAMES.get(text.lower(), text.lower()) if old_size_names else text.lower()
+            if size != identity.model_size.lower():
                 findings.append(f"{where(name)} says size {text} but model_args is size {identity.model_size}")
         for text in dict.fromkeys(_NAME_SEED.findall(name)):
             if int(text) != identity.seed:
@@ -389,7 +517,10 @@ class Outcome:
     identity: Identity | None = None
     rows: dict[str, int] = field(default_factory=dict)
     finding: str | None = None
+    #: One line naming the file and what is wrong (failed).
     error: str | None = None
+    #: Why it failed or was skipped, in a few words (failures are counted by it).
+    reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -410,6 +541,10 @@ class IngestSummary:
     def ok(self) -> bool:
         return not self.of("failed")
 
+    def reasons(self, status: str) -> Counter:
+        """How many files of a status each reason accounts for."""
+        return Counter(o.reason for o in self.of(status))
+
 
 def ingest(
     paths: Iterable[Path],
@@ -418,25 +553,36 @@ def ingest(
     suite: str = DEFAULT_SUITE,
     on_start: Callable[[int], None] | None = None,
     on_file: Callable[[Outcome], None] | None = None,
+    step: int | None = None,
 ) -> IngestSummary:
     """Ingest every results file under ``paths``; one failing file never stops the rest.
 
-    ``on_start`` is told how many files were found, ``on_file`` each file's outcome
-    (for a progress bar).
+    ``step`` is the step of files that state no checkpoint (a final model's results);
+    without it they fail. ``on_start`` is told how many files were found, ``on_file``
+    each file's outcome (for a progress bar).
     """
     pattern = pattern or ModelNamePattern()
     try:
         validate_partition_value("suite", suite)
     except LakeError as error:
         raise LakeError(f"--suite: {error}") from None
-    candidates, problems = find_files(paths)
-    summary = IngestSummary([Outcome(p, "failed", error=f"{p}: {why}") for p, why in problems])
+    if step is not None and not 0 <= step <= MAX_STEP:
+        raise LakeError(f"--step {step} is out of range (0 to {MAX_STEP})")
+    candidates, problems, not_results = find_files(paths)
+    summary = IngestSummary(
+        [Outcome(p, "failed", error=f"{_shown(p)}: {why}", reason=why.partition(":")[0]) for p, why in problems]
+        + [Outcome(p, "skipped", reason="not a results file") for p in not_results]
+    )
     if on_start:
         on_start(len(candidates))
     done = _already_ingested(lake)
     versions, host = package_versions(), socket.gethostname()
     for candidate in candidates:
-        outcome = _ingest_one(candidate, lake, pattern, suite, done, versions, host)
+        try:
+            outcome = _ingest_one(candidate, lake, pattern, suite, step, done, versions, host)
+        except Exception as error:  # noqa: BLE001 - one file's failure, whatever it is, is that file's alone
+            outcome = Outcome(candidate.path, "failed", reason="unexpected error",
+                              error=f"{_shown(candidate.path)}: {type(error).__name__}: {_one_line(str(error), 100)}")
         summary.outcomes.append(outcome)
         if on_file:
             on_file(outcome)
@@ -453,16 +599,16 @@ def _already_ingested(lake: Lake) -> set[tuple]:
     return set(zip(*(manifest[c].to_pylist() for c in columns), strict=True))
 
 
-def _ingest_one(candidate, lake, pattern, suite, done, versions, host) -> Outcome:
+def _ingest_one(candidate, lake, pattern, suite, step, done, versions, host) -> Outcome:
     started = datetime.now(UTC)
     try:
-        file = read_result_file(candidate, pattern, suite)
+        file = read_result_file(candidate, pattern, suite, step)
     except IngestError as error:
-        return Outcome(candidate.path, "failed", error=str(error))
+        return Outcome(candidate.path, "failed", error=str(error), reason=error.reason)
     identity = file.identity
     key = (*identity.partition().values(), file.sha256[:16], str(file.path))
     if key in done:
-        return Outcome(file.path, "skipped", identity, finding=file.finding)
+        return Outcome(file.path, "skipped", identity, finding=file.finding, reason="already in the lake")
     extraction_id = new_extraction_id()
     tables = {EVAL_RESULTS: file.results}
     if file.samples is not None:
@@ -493,7 +639,8 @@ def _ingest_one(candidate, lake, pattern, suite, done, versions, host) -> Outcom
         lake.write(MANIFEST, identity.partition(), extraction_id,
                    pa.Table.from_pylist([manifest], schema=MANIFEST.schema))
     except LakeError as error:
-        return Outcome(file.path, "failed", identity, error=f"{file.path}: {error}")
+        return Outcome(file.path, "failed", identity, error=f"{_shown(file.path)}: {_one_line(str(error))}",
+                       reason="the lake refused the write")
     done.add(key)
     return Outcome(file.path, "ingested", identity, rows, file.finding)
 

@@ -11,6 +11,13 @@ dict ``lm_eval.simple_evaluate`` returns) and ``polypythias ingest lm-eval``
   in which tuples became lists and numbers may have become strings.
 - the older 0.3 format: ``results[task]`` maps ``"<metric>"`` and
   ``"<metric>_stderr"``; ``versions`` and ``config.num_fewshot`` beside it; no samples.
+- GPT-NeoX's own ``evaluate.py`` (the first Pythia evaluations): the 0.3 shape, with
+  ``config.model`` ``neox`` and ``config.model_args`` a dict of the whole training
+  configuration.
+- the BigScience prompt-source fork: ``table_results`` maps ``"<task>+<prompt>"`` to
+  ``task_name``, ``prompt_name`` and metrics (``results`` is the same as a list of
+  rows); the task of a row is ``<task>+<prompt>``, so that two prompts of one task
+  stay two tasks.
 
 Tables come back without the ``extraction_id`` column, which the writer adds.
 """
@@ -27,6 +34,8 @@ from polypythias.warehouse.schemas import EVAL_RESULTS, EVAL_SAMPLES
 
 #: Keys of a 0.4 ``results[task]`` entry that are not metrics.
 _NOT_METRICS = {"alias", "name", "sample_len", " ", ""}
+#: Fields of a prompt-source row that describe the prompt, not a metric.
+_PROMPT_FIELDS = {"task_name", "prompt_name", "prompt_id", "prompt_original_task", "subset"}
 
 RESULTS_SCHEMA = EVAL_RESULTS.schema.remove(EVAL_RESULTS.schema.get_field_index("extraction_id"))
 SAMPLES_SCHEMA = EVAL_SAMPLES.schema.remove(EVAL_SAMPLES.schema.get_field_index("extraction_id"))
@@ -37,15 +46,23 @@ class LmEvalFormatError(ValueError):
 
 
 def detect_format(document: Mapping) -> str:
-    """'lm-eval-0.4' or 'lm-eval-0.3' for a results document, else LmEvalFormatError."""
-    results = document.get("results") if isinstance(document, Mapping) else None
+    """'lm-eval-0.4', 'lm-eval-0.3', 'gpt-neox' or 'prompt-source' for a results
+    document, else LmEvalFormatError."""
+    if not isinstance(document, Mapping):
+        raise LmEvalFormatError("not a JSON object: not an lm-eval results file")
+    results = document.get("results")
+    if isinstance(document.get("table_results"), Mapping) or isinstance(results, list):
+        return "prompt-source"
     if not isinstance(results, Mapping):
         raise LmEvalFormatError("no 'results' object: not an lm-eval results file")
     if "n-shot" in document or "lm_eval_version" in document or any(
         "," in key for entry in results.values() if isinstance(entry, Mapping) for key in entry
     ):
         return "lm-eval-0.4"
-    if isinstance(document.get("config"), Mapping) and "versions" in document:
+    config = document.get("config")
+    if isinstance(config, Mapping) and config.get("model") == "neox" and isinstance(config.get("model_args"), Mapping):
+        return "gpt-neox"
+    if isinstance(config, Mapping) and "versions" in document:
         return "lm-eval-0.3"
     raise LmEvalFormatError("'results' without 'versions' and 'config': not an lm-eval results file")
 
@@ -81,6 +98,15 @@ def results_table(document: Mapping, evaluated_at: datetime, num_fewshot: int = 
                     continue
                 rows.append(_result(task, metric, filter_, value, errors.get((metric, filter_)),
                                     n, shots, versions.get(task), harness, evaluated_at))
+    elif fmt == "prompt-source":
+        config = document.get("config")
+        shots = _int(config.get("num_fewshot"), num_fewshot) if isinstance(config, Mapping) else num_fewshot
+        for task, entry in prompt_source_tasks(document):
+            for metric, value in entry.items():
+                if metric in _PROMPT_FIELDS or metric.endswith("_stderr") or not _is_number(value):
+                    continue
+                rows.append(_result(task, metric, "none", float(value), _number(entry.get(f"{metric}_stderr")),
+                                    None, shots, versions.get(task), None, evaluated_at))
     else:
         shots = _int(document["config"].get("num_fewshot"), num_fewshot)
         for task, entry in _tasks(document):
@@ -110,6 +136,28 @@ def evaluated_at_of(document: Mapping) -> datetime | None:
     if isinstance(date, int | float) and not isinstance(date, bool):
         return datetime.fromtimestamp(date, UTC)
     return None
+
+
+def prompt_source_tasks(document: Mapping) -> list[tuple[str, Mapping]]:
+    """(``<task>+<prompt>``, metrics) of a prompt-source document: its
+    ``table_results``, else its ``results`` rows."""
+    table = document.get("table_results")
+    if isinstance(table, Mapping):
+        entries = list(table.items())
+    else:
+        entries = []
+        for number, row in enumerate(document["results"], start=1):
+            if not isinstance(row, Mapping) or not isinstance(row.get("task_name"), str):
+                raise LmEvalFormatError(f"results row {number} has no task_name")
+            entries.append((f"{row['task_name']}+{row.get('prompt_name') or ''}", row))
+    for task, entry in entries:
+        if not isinstance(entry, Mapping):
+            raise LmEvalFormatError(f"table_results[{task!r}] is not an object")
+    return entries
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _tasks(document: Mapping) -> Iterable[tuple[str, Mapping]]:
