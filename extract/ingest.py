@@ -240,7 +240,7 @@ def find_files(paths: Iterable[Path]) -> tuple[list[Candidate], list[tuple[Path,
                 found.setdefault(path.resolve(), Candidate(path, (path.name, path.parent.name)))
         else:
             problems.append((path, "no such file or folder"))
-    return sorted(found.values(), key=lambda c: str(c.path)), problems, not_results
+    return sorted(found.values(), key=lambda c: str(c.path)), problems, list(dict.fromkeys(not_results))
 
 
 # -- reading one file -----------------------------------------------------------
@@ -319,7 +319,8 @@ def _read(candidate: Candidate, pattern: ModelNamePattern, suite: str, step_opti
     else:
         pretrained = args.get("pretrained") or _text(document.get("model_name")) or _text(config.get("model_name"))
         if not pretrained:
-            raise IngestError("model_args names no pretrained model", "no model named")
+            raise IngestError(f"config.model_args {_short(repr(raw_args), 50)} names no pretrained model",
+                              "no model named")
         revision = args.get("revision") or _text(config.get("model_revision")) or _text(document.get("model_revision"))
         size, seed, variant = pattern.parse(pretrained)
         step = _step(pattern, pretrained, revision, step_option)
@@ -359,7 +360,7 @@ def _parse(content: bytes) -> object:
     try:
         return json.loads(content)
     except UnicodeDecodeError as error:
-        raise IngestError(f"not UTF-8 text ({error.reason} at byte {error.start})", "not UTF-8 text") from None
+        raise IngestError(f"not a text file: not UTF-8 ({error.reason} at byte {error.start})", "not UTF-8 text") from None
     except json.JSONDecodeError as error:
         raise IngestError(f"not valid JSON: {error}", "not valid JSON") from None
     except RecursionError:
@@ -389,9 +390,8 @@ def _step(pattern: ModelNamePattern, pretrained: str, revision: str | None, step
         return stated
     if step_option is not None:
         return step_option
-    said = f"revision {_one_line(revision, 40)!r}" if revision else "no revision"
-    raise IngestError(f"states no checkpoint ({said}, no stepN): import it with --step N naming its step",
-                      "states no checkpoint")
+    raise IngestError(f"has no step revision (revision=stepN), got revision {_short(str(revision), 40)!r}: "
+                      "it states no checkpoint; import it with --step N naming its step", "states no checkpoint")
 
 
 def _shown(path: Path) -> str:
@@ -431,20 +431,20 @@ def _samples(path: Path, document: Mapping) -> tuple[pa.Table | None, list[str]]
             with file.open("rb") as handle:
                 lines = [_sample_line(file, number, raw) for number, raw in enumerate(handle, start=1)]
         except OSError as error:
-            raise IngestError(f"samples file {file}: cannot read it: {error.strerror or error}",
+            raise IngestError(f"samples file {file.name}: cannot read it: {error.strerror or error}",
                               "unreadable samples file") from None
         try:
             samples = [line for line in lines if line is not None]  # blank lines are skipped
             tables.append(samples_table(task, samples, _shots(n_shot.get(task))))
         except LmEvalFormatError as error:
-            raise IngestError(f"samples file {file}: {error}", "unreadable samples file") from None
+            raise IngestError(f"samples file {file.name}: {error}", "unreadable samples file") from None
         files.append(str(file))
     return (pa.concat_tables(tables) if tables else None), files
 
 
 def _sample_line(file: Path, number: int, raw: bytes) -> Mapping | None:
     """One line of a samples file: a JSON object, or None when blank."""
-    where = f"samples file {file} line {number}"
+    where = f"samples file {file.name} line {number}"
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:

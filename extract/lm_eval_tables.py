@@ -49,7 +49,7 @@ def detect_format(document: Mapping) -> str:
     """'lm-eval-0.4', 'lm-eval-0.3', 'gpt-neox' or 'prompt-source' for a results
     document, else LmEvalFormatError."""
     if not isinstance(document, Mapping):
-        raise LmEvalFormatError("not a JSON object: not an lm-eval results file")
+        raise LmEvalFormatError("no 'results' object: not an lm-eval results file")
     results = document.get("results")
     if isinstance(document.get("table_results"), Mapping) or isinstance(results, list):
         return "prompt-source"

@@ -334,15 +334,25 @@ def ingest_lm_eval(
             show_default=False,
         ),
     ] = None,
+    step: Annotated[
+        int | None,
+        typer.Option("--step", min=0, help="Step of files that state no checkpoint (a final model's results, "
+                     "no revision); files that state one keep theirs.", show_default=False),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Import lm-eval results files (0.3 and 0.4 formats, 0.4 samples when present).
+    """Import lm-eval results files: lm-eval 0.3 and 0.4 (with 0.4 samples when present),
+    GPT-NeoX evaluate.py files and the prompt-source fork's files (the whole Pythia
+    evaluation release).
 
-    Each file is identified by its own config.model_args (pretrained=…,revision=stepN);
-    a file or folder name that disagrees is recorded as a finding in eval_files. Files
-    already ingested (same content and path) are skipped. Old-format files record no
-    date: their modification time is used as evaluated_at. Exits 1 when any file failed,
-    after ingesting all the others.
+    Each file is identified by what it says about itself: config.model_args
+    (pretrained=…,revision=stepN), or for NeoX-era files the training configuration
+    they record (architecture, run names, train_data_paths; these are v0 runs). A
+    file or folder name that disagrees is recorded as a finding in eval_files. Files
+    already ingested (same content and path) are skipped, and so are files that are
+    no results (a PDF, a plot). Old-format files record no date: their modification
+    time is used as evaluated_at. Each failed file gets one line; the summary counts
+    failures by reason. Exits 1 when any file failed, after ingesting all the others.
     """
     from rich.markup import escape
 
@@ -357,23 +367,29 @@ def ingest_lm_eval(
     _check_lake(the_lake)
     with _file_progress(progress) as (on_start, on_file):
         try:
-            summary = ingest(paths, the_lake, the_pattern, suite, on_start, on_file)
+            summary = ingest(paths, the_lake, the_pattern, suite, on_start, on_file, step)
         except LakeError as error:
             _fail(str(error))
     rows = summary.rows
-    console.print(
-        f"[bold]{len(summary.outcomes)}[/bold] files: [green]{len(summary.of('ingested'))}[/green] ingested, "
-        f"{len(summary.of('skipped'))} skipped (already in the lake), [red]{len(summary.of('failed'))}[/red] failed; "
-        f"rows: {sum(rows.values())} ({', '.join(f'{k} {v}' for k, v in sorted(rows.items())) or 'none'}); "
-        f"findings: {sum(1 for o in summary.outcomes if o.finding and o.status == 'ingested')}; "
-        f"lake: {the_lake.uri}",
-        soft_wrap=True,
-    )
     for outcome in summary.outcomes:
         if outcome.finding and outcome.status == "ingested":
             console.print(f"[yellow]finding[/yellow] {escape(str(outcome.path))}: {escape(outcome.finding)}", soft_wrap=True)
     for outcome in summary.of("failed"):
         err.print(f"[red]failed[/red] {escape(outcome.error or str(outcome.path))}", soft_wrap=True)
+
+    def counted(status: str) -> str:
+        return ", ".join(f"{n} {reason}" for reason, n in summary.reasons(status).most_common())
+
+    skipped = f" ({escape(counted('skipped'))})" if summary.of("skipped") else ""
+    failed = f" ({escape(counted('failed'))})" if summary.of("failed") else ""
+    console.print(
+        f"[bold]{len(summary.outcomes)}[/bold] files: [green]{len(summary.of('ingested'))}[/green] ingested, "
+        f"{len(summary.of('skipped'))} skipped{skipped}, [red]{len(summary.of('failed'))}[/red] failed{failed}; "
+        f"rows: {sum(rows.values())} ({', '.join(f'{k} {v}' for k, v in sorted(rows.items())) or 'none'}); "
+        f"findings: {sum(1 for o in summary.outcomes if o.finding and o.status == 'ingested')}; "
+        f"lake: {escape(the_lake.uri)}",
+        soft_wrap=True,
+    )
     if not summary.ok:
         raise typer.Exit(1)
 

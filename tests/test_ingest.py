@@ -44,7 +44,9 @@ def test_every_pythia_file_lands_under_its_own_identity_with_its_numbers(pythia_
     lake, summary = pythia_lake
     files = sorted(PYTHIA_EVALS.rglob("*.json"))
     assert len(files) == 188
-    assert summary.ok and len(summary.of("ingested")) == 188 and not summary.of("skipped")
+    assert summary.ok and len(summary.of("ingested")) == 188
+    # The fixture's README is no results file: skipped, not failed.
+    assert [(o.path.name, o.reason) for o in summary.of("skipped")] == [("README.md", "not a results file")]
     eval_files = {r["path"]: r for r in lake.read(EVAL_FILES).to_pylist()}
     assert set(eval_files) == {str(f) for f in files}
     results = lake.read(EVAL_RESULTS).to_pylist()
@@ -102,6 +104,7 @@ def test_reingesting_is_skipped(pythia_lake):
     before = {d.name: lake.read(d).num_rows for d in (EVAL_RESULTS, EVAL_FILES, MANIFEST)}
     again = ingest([PYTHIA_EVALS / "pythia-v1" / "pythia-160m"], lake)
     assert again.ok and len(again.of("skipped")) == 42 and not again.of("ingested")
+    assert again.reasons("skipped") == {"already in the lake": 42}
     assert {d.name: lake.read(d).num_rows for d in (EVAL_RESULTS, EVAL_FILES, MANIFEST)} == before
 
 
@@ -147,14 +150,16 @@ def test_bad_files_are_named_and_the_others_load(tmp_path):
     summary = ingest([tmp_path, tmp_path / "README.md", tmp_path / "missing"], lake)
     assert [o.path.name for o in summary.of("ingested")] == ["160m_step4.json"]
     errors = {o.path.name: o.error for o in summary.of("failed")}
-    assert set(errors) == {"foreign.json", "broken.json", "no_step.json", "other_model.json", "README.md", "missing"}
+    assert set(errors) == {"foreign.json", "broken.json", "no_step.json", "other_model.json", "missing"}
+    # No results at all: skipped, once, whether found in the folder or given directly.
+    assert [(o.path.name, o.reason) for o in summary.of("skipped")] == [("README.md", "not a results file")]
     for name, error in errors.items():
         assert str(tmp_path / name) in error
     assert "not lm-eval output" in errors["foreign.json"]
     assert "not valid JSON" in errors["broken.json"]
-    assert "no step revision" in errors["no_step.json"] and "'main'" in errors["no_step.json"]
+    assert "states no checkpoint" in errors["no_step.json"] and "'main'" in errors["no_step.json"]
+    assert "--step N" in errors["no_step.json"]
     assert "gpt-neox-20b" in errors["other_model.json"] and "pattern" in errors["other_model.json"]
-    assert "expected a .json" in errors["README.md"]
     # A failed file leaves nothing in the lake; only the good one is there.
     assert lake.read(EVAL_FILES)["path"].to_pylist() == [str(good)]
     assert lake.read(MANIFEST).num_rows == 1
