@@ -6,10 +6,15 @@ A training map gives each checkpoint of a suite's runs of one size a latent stat
 ``seed``, ``state`` and optionally ``score`` (any order, any case), separated by
 tabs or commas: ``.tsv``/``.tab`` files are read as tab-separated, ``.csv`` files as
 comma-separated, anything else by its header line (a tab in it: tabs, else commas).
+What pandas writes by default is read as released: an unnamed first column (an
+empty header field) is the row index and is ignored; other columns the map does
+not use (the PolyPythias map's ``group``) are ignored and named in
+``TrainingMap.ignored_columns``.
 
 Every row is checked and an error names the file and the line: ``step``, ``seed``
-and ``state`` must be non-negative integers, ``score`` a finite number or empty
-(no score), each seed × step at most once; blank lines are skipped. The suite and
+and ``state`` must be non-negative integers (within 64 bits; ``state`` within 32),
+``score`` a finite number or empty (no score), each seed × step at most once; the
+index column, integers; blank lines are skipped. The suite and
 the model size are given on the command line (a file does not say them) and are
 checked like every partition value of the lake.
 
@@ -39,6 +44,11 @@ from polypythias.warehouse.schemas import TRAINING_MAP_STATES
 REQUIRED = ("step", "seed", "state")
 OPTIONAL = ("score",)
 _INTEGER = re.compile(r"^\d+$")
+_INDEX = re.compile(r"^-?\d+$")
+#: The largest value each integer column holds (its type in the lake).
+_MAXIMUM = {"step": 2**63 - 1, "seed": 2**63 - 1, "state": 2**31 - 1}
+#: The column pandas writes for the row index: no name.
+_INDEX_COLUMN = ""
 _TAB_SUFFIXES = {".tsv", ".tab"}
 
 
@@ -57,6 +67,8 @@ class TrainingMap:
     steps: list[int]
     states: list[int]
     scores: list[float | None]
+    #: Columns of the file the map does not use (the row index is not among them).
+    ignored_columns: tuple[str, ...] = ()
 
     @property
     def n_rows(self) -> int:
@@ -121,6 +133,9 @@ def read_training_map(path: Path) -> TrainingMap:
                     f"{path} line {number}: {len(fields)} fields, but the header has "
                     f"{columns['__width__']} ({_separator_name(delimiter)}-separated)"
                 )
+            if _INDEX_COLUMN in columns and not _INDEX.match(fields[columns[_INDEX_COLUMN]].strip()):
+                raise TrainingMapError(f"{path} line {number}: the unnamed first column holds "
+                                       f"{fields[columns[_INDEX_COLUMN]]!r}, not a row index")
             step = _non_negative_integer(path, number, "step", fields[columns["step"]])
             seed = _non_negative_integer(path, number, "seed", fields[columns["seed"]])
             state = _non_negative_integer(path, number, "state", fields[columns["state"]])
@@ -138,7 +153,8 @@ def read_training_map(path: Path) -> TrainingMap:
         raise TrainingMapError(f"{path} line {rows.line_num}: malformed {_separator_name(delimiter)}-separated line: {error}") from None
     if not steps:
         raise TrainingMapError(f"{path}: no rows after the header (line {header_number})")
-    return TrainingMap(path, hashlib.sha256(content).hexdigest(), delimiter, seeds, steps, states, scores)
+    ignored = tuple(name for name in columns if name not in (*REQUIRED, *OPTIONAL, _INDEX_COLUMN, "__width__"))
+    return TrainingMap(path, hashlib.sha256(content).hexdigest(), delimiter, seeds, steps, states, scores, ignored)
 
 
 def _delimiter(path: Path, header: str) -> str:
@@ -155,18 +171,21 @@ def _separator_name(delimiter: str) -> str:
 
 
 def _header(path: Path, number: int, fields: list[str], delimiter: str) -> dict[str, int]:
+    """Column positions by name (lowercase; the row index's is the empty name)."""
     names = [f.strip().lower() for f in fields]
-    known = set(REQUIRED) | set(OPTIONAL)
-    unknown = [f.strip() for f, name in zip(fields, names, strict=True) if name not in known]
-    if unknown:
-        raise TrainingMapError(
-            f"{path} line {number}: unknown column(s) {', '.join(map(repr, unknown))} in the header "
-            f"({_separator_name(delimiter)}-separated); expected step, seed, state and optionally score"
-        )
+    if _INDEX_COLUMN in names[1:]:
+        where = names.index(_INDEX_COLUMN, 1) + 1
+        raise TrainingMapError(f"{path} line {number}: column {where} has no name (only a row index, "
+                               "first, may have none)")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise TrainingMapError(f"{path} line {number}: column(s) {', '.join(repeated)} appear more than once in the header")
     missing = [n for n in REQUIRED if n not in names]
+    if missing and len(names) == 1:
+        raise TrainingMapError(
+            f"{path} line {number}: one column {fields[0].strip()!r}: expected step, seed, state and optionally "
+            f"score, {_separator_name(delimiter)}-separated"
+        )
     if missing:
         raise TrainingMapError(
             f"{path} line {number}: the header lacks {', '.join(missing)}; expected step, seed, state "
@@ -180,7 +199,9 @@ def _header(path: Path, number: int, fields: list[str], delimiter: str) -> dict[
 def _non_negative_integer(path: Path, number: int, column: str, text: str) -> int:
     value = text.strip()
     if not _INTEGER.match(value):
-        raise TrainingMapError(f"{path} line {number}: {column} {text!r} is not a non-negative integer")
+        raise TrainingMapError(f"{path} line {number}: {column} {text[:40]!r} is not a non-negative integer")
+    if len(value) > 19 or int(value) > _MAXIMUM[column]:
+        raise TrainingMapError(f"{path} line {number}: {column} {value[:40]} is out of range (at most {_MAXIMUM[column]})")
     return int(value)
 
 

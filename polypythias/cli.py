@@ -406,7 +406,9 @@ def ingest_training_map(
 ) -> None:
     """Import a training map computed elsewhere (per run and step: a state, optionally a score).
 
-    Tab- or comma-separated (.tsv/.csv, else judged by the header line). Rows are
+    Tab- or comma-separated (.tsv/.csv, else judged by the header line). A file as
+    pandas writes it is read as released: an unnamed first column (the row index) is
+    ignored, and so are other columns (a one-line notice names them). Rows are
     checked (non-negative integer step, seed and state; a finite score or empty; no
     seed × step twice) and any error names the file and line. The map supersedes any
     earlier import of the same suite and size (kept in the lake, no longer read); `polypythias build` puts it into
@@ -425,6 +427,10 @@ def ingest_training_map(
         err.print(f"[red]failed[/red] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(1) from None
     the_map = imported.map
+    if the_map.ignored_columns:
+        err.print(f"[yellow]notice[/yellow] {escape(str(file))}: column(s) "
+                  f"{escape(', '.join(map(repr, the_map.ignored_columns)))} ignored (a map uses step, seed, state, score)",
+                  soft_wrap=True)
     replaced = f"; supersedes {imported.superseded} earlier import(s)" if imported.superseded else ""
     console.print(
         f"training map of [bold]{escape(suite)}/{escape(model_size)}[/bold]: {the_map.n_rows} checkpoints of "

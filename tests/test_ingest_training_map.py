@@ -81,6 +81,40 @@ def test_the_separator_of_another_extension_comes_from_the_header(tmp_path):
     assert the_map.delimiter == "," and the_map.states == [4] and the_map.scores == [2.5]
 
 
+def test_a_map_as_pandas_writes_it(tmp_path):
+    """The PolyPythias release: DataFrame.to_csv(sep="\\t") with its unnamed index column
+    first, the columns score, state, step, seed, then a group column."""
+    import pandas as pd
+
+    frame = pd.DataFrame({
+        "score": [0.25, -1.0, 2.0, 0.5],
+        "state": [0, 1, 0, 2],
+        "step": [0, 1000, 0, 1000],
+        "seed": [1, 1, 2, 2],
+        "group": ["stable", "stable", "outlier", "outlier"],
+    }, index=[10, 11, 12, 13])
+    released = tmp_path / "released.tsv"
+    frame.to_csv(released, sep="\t")
+    assert released.read_text().startswith("\tscore\tstate\tstep\tseed\tgroup\n")
+    clean = tmp_path / "clean.tsv"
+    frame[["step", "seed", "state", "score"]].to_csv(clean, sep="\t", index=False)
+
+    the_map = read_training_map(released)
+    assert the_map.ignored_columns == ("group",)
+    assert read_training_map(clean).ignored_columns == ()
+    lakes = {name: Lake(tmp_path / name) for name in ("released", "clean")}
+    ingest_training_map(released, lakes["released"], "pythia", "70m")
+    ingest_training_map(clean, lakes["clean"], "pythia", "70m")
+    expected = sorted(zip(frame["seed"], frame["step"], frame["state"], frame["score"], strict=True))
+    assert rows_of(lakes["released"], "pythia", "70m") == rows_of(lakes["clean"], "pythia", "70m") == expected
+
+    result = CliRunner().invoke(app, ["ingest", "training-map", str(released), "--suite", "pythia",
+                                      "--model-size", "70m", "--lake", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    (notice,) = [line for line in result.stderr.splitlines() if line.startswith("notice")]
+    assert str(released) in notice and "'group'" in notice and "ignored" in notice
+
+
 # -- bad files ------------------------------------------------------------------------
 
 
@@ -91,9 +125,15 @@ def test_the_separator_of_another_extension_comes_from_the_header(tmp_path):
         ("blank.tsv", "\n \n", "the file is empty"),
         ("header-only.csv", "step,seed,state\n", "no rows after the header (line 1)"),
         ("no-state.tsv", "step\tseed\tscore\n0\t0\t1\n", "line 1: the header lacks state"),
-        ("extra.csv", "step,seed,state,checkpoint\n0,0,0,x\n", "line 1: unknown column(s) 'checkpoint'"),
+        ("unnamed.csv", "step,,seed,state\n0,1,0,0\n", "line 1: column 2 has no name"),
+        ("not-an-index.csv", ",step,seed,state\nx,0,0,0\n", "line 2: the unnamed first column holds 'x', not a row index"),
+        ("huge-step.tsv", "step\tseed\tstate\n12345678901234567890123\t0\t0\n",
+         "line 2: step 12345678901234567890123 is out of range"),
+        ("huge-state.csv", "step,seed,state\n0,0,2147483648\n", "line 2: state 2147483648 is out of range"),
+        ("infinite.csv", "step,seed,state,score\n0,0,0,inf\n", "line 2: score 'inf' is not a finite number"),
+        ("minus-infinity.csv", "step,seed,state,score\n0,0,0,-Infinity\n", "line 2: score '-Infinity' is not a finite"),
         ("twice.csv", "step,seed,state,Step\n0,0,0,0\n", "line 1: column(s) step appear more than once"),
-        ("commas.tsv", "step,seed,state\n0,0,0\n", "line 1: unknown column(s) 'step,seed,state'"),
+        ("commas.tsv", "step,seed,state\n0,0,0\n", "line 1: one column 'step,seed,state': expected step, seed"),
         ("word.csv", "step,seed,state\n0,0,0\nten,0,1\n", "line 3: step 'ten' is not a non-negative integer"),
         ("negative.csv", "step,seed,state\n0,-1,0\n", "line 2: seed '-1' is not a non-negative integer"),
         ("fraction.csv", "step,seed,state\n0,0,1.5\n", "line 2: state '1.5' is not a non-negative integer"),
