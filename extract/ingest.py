@@ -155,18 +155,23 @@ class ModelNamePattern:
         self._variant_groups = [g for g in self.regex.groupindex if g not in _IDENTITY_GROUPS]
         self.has_step = "step" in self.regex.groupindex
 
+    def _searched(self, name: str, revision: str | None) -> str:
+        """What the pattern is searched in: the model name, or with a ``step`` group
+        ``NAME@REVISION``."""
+        return f"{name}@{revision or ''}" if self.has_step else name
+
     def step_of(self, name: str, revision: str | None) -> int | None:
-        """The ``step`` group's number, the pattern searched in ``NAME@REVISION``."""
-        match = self.regex.search(f"{name}@{revision or ''}")
+        """The ``step`` group's number, or None when it matches no digits."""
+        match = self.regex.search(self._searched(name, revision))
         text = match.group("step") if match else None
         return int(text) if text and text.isdigit() else None
 
-    def parse(self, name: str) -> tuple[str, int, str]:
-        """(model_size, seed, variant) of a model name, else ValueError."""
-        match = self.regex.search(name)
+    def parse(self, name: str, revision: str | None = None) -> tuple[str, int, str]:
+        """(model_size, seed, variant) of a model name, else PatternMismatch."""
+        match = self.regex.search(self._searched(name, revision))
         if match is None or not match.group("size"):
             shown = "the default pattern" if self.pattern == DEFAULT_PATTERN else f"--pattern {_short(self.pattern)!r}"
-            raise PatternMismatch(f"model name {_short(name)!r} does not match {shown}")
+            raise PatternMismatch(f"model name {_short(self._searched(name, revision))!r} does not match {shown}")
         seed = match.groupdict().get("seed")
         parts = [match.group(g) for g in self._variant_groups if match.group(g)]
         return match.group("size"), int(seed) if seed else 0, "-".join(parts) or "standard"
@@ -322,7 +327,7 @@ def _read(candidate: Candidate, pattern: ModelNamePattern, suite: str, step_opti
             raise IngestError(f"config.model_args {_short(repr(raw_args), 50)} names no pretrained model",
                               "no model named")
         revision = args.get("revision") or _text(config.get("model_revision")) or _text(document.get("model_revision"))
-        size, seed, variant = pattern.parse(pretrained)
+        size, seed, variant = pattern.parse(pretrained, revision)
         step = _step(pattern, pretrained, revision, step_option)
         identity = Identity(suite_partition(suite, variant), size, seed, step, variant)
         revision = revision or f"--step {step}"

@@ -378,7 +378,8 @@ def ingest_lm_eval(
         err.print(f"[red]failed[/red] {escape(outcome.error or str(outcome.path))}", soft_wrap=True)
 
     def counted(status: str) -> str:
-        return ", ".join(f"{n} {reason}" for reason, n in summary.reasons(status).most_common())
+        by_count = sorted(summary.reasons(status).items(), key=lambda item: (-item[1], item[0]))
+        return ", ".join(f"{n} {reason}" for reason, n in by_count)
 
     skipped = f" ({escape(counted('skipped'))})" if summary.of("skipped") else ""
     failed = f" ({escape(counted('failed'))})" if summary.of("failed") else ""
