@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 OFFLINE := PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 DBT_SEND_ANONYMOUS_USAGE_STATS=false TOKENIZERS_PARALLELISM=false
 
-.PHONY: install demo test bench bench-evals bench-lake bench-scaling clean
+.PHONY: install demo test bench bench-evals bench-lake bench-scaling bench-ingest clean
 
 install: $(STAMP)
 
@@ -49,6 +49,9 @@ clean:
 BENCH_OUT ?= bench/out
 bench-lake: $(STAMP)
 	$(OFFLINE) $(PYTHON) bench/synthetic_lake.py --out $(BENCH_OUT)/synthetic_lake
+
+bench-ingest: $(STAMP)
+	$(OFFLINE) $(PYTHON) bench/ingest_release.py
 
 bench-scaling: $(STAMP)
 	$(OFFLINE) $(PYTHON) bench/scaling.py --work $(BENCH_OUT)/scaling

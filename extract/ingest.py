@@ -265,20 +265,23 @@ class ResultFile:
     num_fewshot: int
     evaluated_at: datetime
     n_tasks: int
-    results: pa.Table
+    #: None when the file is already in the lake (not converted).
+    results: pa.Table | None
     samples: pa.Table | None
     samples_files: list[str]
     finding: str | None
 
 
 def read_result_file(candidate: Candidate, pattern: ModelNamePattern, suite: str,
-                     step: int | None = None) -> ResultFile:
+                     step: int | None = None, done: set[tuple] | None = None) -> ResultFile:
     """Read, identify and convert one results file; IngestError names the file.
 
-    ``step`` is the step of a file that states no checkpoint (``--step``)."""
+    ``step`` is the step of a file that states no checkpoint (``--step``). A file
+    whose key (``_done_key``) is in ``done`` is identified but not converted: its
+    ``results`` is None."""
     path = candidate.path
     try:
-        return _read(candidate, pattern, suite, step)
+        return _read(candidate, pattern, suite, step, done or set())
     except IngestError as error:
         raise IngestError(f"{_shown(path)}: {_one_line(str(error))}", error.reason) from None
     except LmEvalFormatError as error:
@@ -294,7 +297,8 @@ def read_result_file(candidate: Candidate, pattern: ModelNamePattern, suite: str
                           f"{_one_line(str(error), 80)})", "malformed lm-eval output") from None
 
 
-def _read(candidate: Candidate, pattern: ModelNamePattern, suite: str, step_option: int | None) -> ResultFile:
+def _read(candidate: Candidate, pattern: ModelNamePattern, suite: str, step_option: int | None,
+          done: set[tuple]) -> ResultFile:
     path = candidate.path
     size = path.stat().st_size
     if size > MAX_RESULTS_FILE_BYTES:
@@ -339,12 +343,16 @@ def _read(candidate: Candidate, pattern: ModelNamePattern, suite: str, step_opti
 
     evaluated_at = evaluated_at_of(document) or datetime.fromtimestamp(path.stat().st_mtime, UTC)
     shots = _num_fewshot(document, format_)
-    results = results_table(document, evaluated_at, num_fewshot=shots)
-    samples, samples_files = _samples(path, document) if format_ == "lm-eval-0.4" else (None, [])
+    sha256 = hashlib.sha256(content).hexdigest()
     named = name_disagreements(candidate.names, identity, old_size_names)
+    if _done_key(identity, sha256, path) in done:
+        results, samples, samples_files = None, None, []
+    else:
+        results = results_table(document, evaluated_at, num_fewshot=shots)
+        samples, samples_files = _samples(path, document) if format_ == "lm-eval-0.4" else (None, [])
     return ResultFile(
         path=path,
-        sha256=hashlib.sha256(content).hexdigest(),
+        sha256=sha256,
         format=format_,
         identity=identity,
         model_args=raw_args if isinstance(raw_args, str) else json.dumps(raw_args, sort_keys=True, default=str),
@@ -358,6 +366,12 @@ def _read(candidate: Candidate, pattern: ModelNamePattern, suite: str, step_opti
         samples_files=samples_files,
         finding="; ".join([*findings, *([named] if named else [])]) or None,
     )
+
+
+def _done_key(identity: Identity, sha256: str, path: Path) -> tuple:
+    """What says that a file is in the lake: its checkpoint, content and path, as its
+    successful manifest row records them."""
+    return (*identity.partition().values(), sha256[:16], str(path))
 
 
 def _parse(content: bytes) -> object:
@@ -607,12 +621,12 @@ def _already_ingested(lake: Lake) -> set[tuple]:
 def _ingest_one(candidate, lake, pattern, suite, step, done, versions, host) -> Outcome:
     started = datetime.now(UTC)
     try:
-        file = read_result_file(candidate, pattern, suite, step)
+        file = read_result_file(candidate, pattern, suite, step, done)
     except IngestError as error:
         return Outcome(candidate.path, "failed", error=str(error), reason=error.reason)
     identity = file.identity
-    key = (*identity.partition().values(), file.sha256[:16], str(file.path))
-    if key in done:
+    key = _done_key(identity, file.sha256, file.path)
+    if file.results is None:
         return Outcome(file.path, "skipped", identity, finding=file.finding, reason="already in the lake")
     extraction_id = new_extraction_id()
     tables = {EVAL_RESULTS: file.results}

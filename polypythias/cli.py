@@ -328,9 +328,10 @@ def ingest_lm_eval(
     pattern: Annotated[
         str | None,
         typer.Option(
-            help="Regex with named groups size (required), seed (optional) and others (the variant), "
-            "searched in the model name. [default: reads EleutherAI/pythia-{size}[-deduped][-seed{k}] "
-            "and similar names]",
+            help="Regex with named groups size (required), seed (optional), step (optional: then it is "
+            "searched in NAME@REVISION, e.g. OLMo-(?P<size>\\d+B)@step(?P<step>\\d+)-tokens) and others (the "
+            "variant), searched in the model name. [default: reads EleutherAI/pythia-{size}[-deduped][-seed{k}]"
+            "[-suffix] and similar names]",
             show_default=False,
         ),
     ] = None,
