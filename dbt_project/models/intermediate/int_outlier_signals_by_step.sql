@@ -19,7 +19,8 @@
       why. A divergence is no noise to wait out: it flags during warm-up too.
 
     No other signal flags a checkpoint before the run's warm-up (step <
-    `outlier_warmup_fraction` × final step). Diverged checkpoints have no z-score
+    `outlier_warmup_fraction` × final step), but for an imported map (its states
+    are given, not fitted on a few early checkpoints) the training_map signal. Diverged checkpoints have no z-score
     (int_outlier_z_scores leaves them out).
 -#}
 {%- set settings = outlier_settings() -%}
@@ -201,7 +202,9 @@ signals as (
                         then ' fitted up to step ' || training_map.horizon_step
                         else ''
                     end || ')'
-        end as detail
+        end as detail,
+        -- an imported map's states are given, not fitted on a short prefix
+        coalesce(training_map.map_source = 'imported', false) as flags_in_warmup
     from checkpoints
     left join training_map using (suite, model_size, seed, step)
 
@@ -221,7 +224,8 @@ signals as (
         {{ signal }}.score,
         cast({{ threshold }} as double) as threshold,
         {{ signal }}.score {{ beyond }} {{ threshold }} as is_beyond,
-        {{ signal }}.detail
+        {{ signal }}.detail,
+        false as flags_in_warmup
     from checkpoints
     left join z_scores as {{ signal }}
         on checkpoints.suite = {{ signal }}.suite
@@ -256,7 +260,8 @@ signals as (
             when loss_spike_signal.max_deviation is not null
                 then 'largest deviation ' || printf('%.1f', loss_spike_signal.max_deviation)
                     || ' robust deviations, at step ' || loss_spike_signal.max_deviation_step
-        end as detail
+        end as detail,
+        false as flags_in_warmup
     from checkpoints
     left join loss_spike_signal using (suite, model_size, seed, step)
 
@@ -277,7 +282,8 @@ signals as (
                     || diverged_running.step || ' diverged)'
             else 'no diverged checkpoint among the run''s ' || diverged_running.n_checkpoints
                 || ' up to step ' || diverged_running.step
-        end as detail
+        end as detail,
+        true as flags_in_warmup
     from checkpoints
     inner join diverged_running using (suite, model_size, seed, step)
 
@@ -298,12 +304,13 @@ final as (
         warmup_step,
         is_after_warmup,
         n_seeds,
+        flags_in_warmup,
 
         ---------- the signal at this checkpoint
         score,
         threshold,
-        -- divergence flags during warm-up too (it is no noise to wait out)
-        coalesce((is_after_warmup or signal = 'diverged') and is_beyond, false) as flags,
+        -- divergence and an imported map's departures flag during warm-up too
+        coalesce((is_after_warmup or flags_in_warmup) and is_beyond, false) as flags,
         detail
 
     from signals

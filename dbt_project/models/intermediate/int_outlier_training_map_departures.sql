@@ -14,11 +14,16 @@
       than half of the runs share; no majority, no departure;
     - enters a common state more than `training_map_entry_shift` checkpoints
       before or after the median run (median of the runs' entry indices, linear
-      interpolation).
+      interpolation);
+    - takes a backward transition: returns to a state it entered before (from
+      another state), when no other run takes that transition (from that state to
+      that one) up to the horizon.
 
     n_departures counts them (each rare, skipped or shifted state once, the order
-    once); null when the horizon has fewer than 3 runs. `departures` says them in
-    plain words. is_preferred_source marks the map the outlier signal reads: the
+    once, each backward transition once); null when the horizon has fewer than 3
+    runs. `departures` says them in plain words; `departure_list` gives each with
+    its kind (rare_state, skipped_state, entry_order, shifted_entry,
+    backward_transition). is_preferred_source marks the map the outlier signal reads: the
     fitted one ('hmm') where a size has both.
 -#}
 {%- set settings = outlier_settings() -%}
@@ -249,6 +254,68 @@ shifted_entries as (
 
 ),
 
+moves as (
+
+    -- each checkpoint of a run with the state it comes from
+    select
+        suite,
+        model_size,
+        map_source,
+        horizon_step,
+        seed,
+        step,
+        lag(state) over (
+            partition by suite, model_size, map_source, horizon_step, seed order by step
+        ) as from_state,
+        state as to_state
+    from states
+
+),
+
+transitions as (
+
+    select * from moves
+    where from_state <> to_state
+
+),
+
+backward_transitions as (
+
+    -- a return to a state the run entered before, which no other run takes
+    select
+        transitions.suite,
+        transitions.model_size,
+        transitions.map_source,
+        transitions.horizon_step,
+        transitions.seed,
+        5 as kind_order,
+        transitions.to_state as state,
+        'returns from state ' || transitions.from_state || ' to state ' || transitions.to_state
+            || ' at step ' || transitions.step || ', a transition no other run takes'
+            as departure
+    from transitions
+    inner join entries
+        on transitions.suite = entries.suite
+        and transitions.model_size = entries.model_size
+        and transitions.map_source = entries.map_source
+        and transitions.horizon_step = entries.horizon_step
+        and transitions.seed = entries.seed
+        and transitions.to_state = entries.state
+    where entries.entry_step < transitions.step
+        and not exists (
+            select 1
+            from transitions as others
+            where others.suite = transitions.suite
+                and others.model_size = transitions.model_size
+                and others.map_source = transitions.map_source
+                and others.horizon_step = transitions.horizon_step
+                and others.seed <> transitions.seed
+                and others.from_state = transitions.from_state
+                and others.to_state = transitions.to_state
+        )
+
+),
+
 departures as (
 
     select * from rare_visits
@@ -258,6 +325,8 @@ departures as (
     select * from reordered
     union all
     select * from shifted_entries
+    union all
+    select * from backward_transitions
 
 ),
 
@@ -275,9 +344,19 @@ per_run as (
             as is_order_departure,
         count(departures.kind_order) filter (where departures.kind_order = 4)
             as n_shifted_entries,
+        count(departures.kind_order) filter (where departures.kind_order = 5)
+            as n_backward_transitions,
         count(departures.kind_order) as n_departures,
-        string_agg(departures.departure, '; ' order by departures.kind_order, departures.state)
-            as departures
+        string_agg(departures.departure, '; ' order by departures.kind_order, departures.state, departures.departure)
+            as departures,
+        list(
+            {
+                'kind': ['rare_state', 'skipped_state', 'entry_order', 'shifted_entry',
+                    'backward_transition'][departures.kind_order],
+                'departure': departures.departure
+            }
+            order by departures.kind_order, departures.state, departures.departure
+        ) filter (where departures.kind_order is not null) as departure_list
     from runs
     left join departures using (suite, model_size, map_source, horizon_step, seed)
     group by all
@@ -317,8 +396,12 @@ final as (
             as is_order_departure,
         case when run_counts.n_runs >= 3 then per_run.n_shifted_entries end
             as n_shifted_entries,
+        case when run_counts.n_runs >= 3 then per_run.n_backward_transitions end
+            as n_backward_transitions,
         case when run_counts.n_runs >= 3 then per_run.n_departures end as n_departures,
-        case when run_counts.n_runs >= 3 then per_run.departures end as departures
+        case when run_counts.n_runs >= 3 then per_run.departures end as departures,
+        case when run_counts.n_runs >= 3 and per_run.n_departures > 0 then per_run.departure_list end
+            as departure_list
 
     from per_run
     inner join run_counts using (suite, model_size, map_source, horizon_step)

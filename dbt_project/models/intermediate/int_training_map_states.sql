@@ -1,8 +1,10 @@
 {#-
     Every training map, per horizon: the HMM fitted here (map_source 'hmm',
     int_training_map_states_fitted) and the maps imported by
-    `polypythias ingest training-map` (map_source 'imported'), whose one horizon is
-    their largest step and whose states and scores are the file's own.
+    `polypythias ingest training-map` (map_source 'imported'), whose states and
+    scores are the file's own. An imported map has a horizon at each of its steps:
+    the prefix of its rows up to that step (no refit is needed: the states are
+    given), so that what is said about step t uses no later state.
 -#}
 
 with
@@ -19,22 +21,9 @@ imported_rows as (
 
 ),
 
-imported_maps as (
-
-    select
-        suite,
-        model_size,
-        max(step) as horizon_step,
-        count(distinct state) as n_states,
-        count(distinct seed) as n_runs,
-        count(*) as n_observations
-    from imported_rows
-    group by suite, model_size
-
-),
-
 imported_steps as (
 
+    -- an imported map's steps, each the horizon of the map's prefix up to it
     select
         suite,
         model_size,
@@ -45,27 +34,60 @@ imported_steps as (
 
 ),
 
-imported as (
+imported_prefixes as (
 
+    -- every row of an imported map at every horizon from its step on
     select
         imported_rows.suite,
         imported_rows.model_size,
-        'imported' as map_source,
-        imported_maps.horizon_step,
+        horizons.step as horizon_step,
         imported_rows.seed,
         imported_rows.step,
-        imported_steps.checkpoint_index,
         imported_rows.state,
+        imported_rows.score
+    from imported_rows
+    inner join imported_steps as horizons
+        on imported_rows.suite = horizons.suite
+        and imported_rows.model_size = horizons.model_size
+        and imported_rows.step <= horizons.step
+
+),
+
+imported_maps as (
+
+    select
+        suite,
+        model_size,
+        horizon_step,
+        count(distinct state) as n_states,
+        count(distinct seed) as n_runs,
+        count(*) as n_observations
+    from imported_prefixes
+    group by suite, model_size, horizon_step
+
+),
+
+imported as (
+
+    select
+        imported_prefixes.suite,
+        imported_prefixes.model_size,
+        'imported' as map_source,
+        imported_prefixes.horizon_step,
+        imported_prefixes.seed,
+        imported_prefixes.step,
+        imported_steps.checkpoint_index,
+        imported_prefixes.state,
         cast(null as double) as state_probability,
-        imported_rows.score,
+        imported_prefixes.score,
         cast(imported_maps.n_states as integer) as n_states,
         cast(null as integer) as n_features,
         cast(imported_maps.n_runs as integer) as n_runs,
         imported_maps.n_observations,
         cast(null as double) as log_likelihood,
         cast(null as double) as bic
-    from imported_rows
-    inner join imported_maps using (suite, model_size)
+    from imported_prefixes
+    inner join imported_maps using (suite, model_size, horizon_step)
     inner join imported_steps using (suite, model_size, step)
 
 ),

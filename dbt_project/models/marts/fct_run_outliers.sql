@@ -4,7 +4,9 @@
     (int_outlier_signals_by_step holds the rules).
 
     - training_map, final_loss, agreement: the signal at the run's last
-      checkpoint where it has a score (for a complete run: its final step).
+      checkpoint where it has a score (for a complete run: its final step). A
+      firing training_map's reason names the first departure and its step, then
+      every kind of departure first found later, with the step it was found at.
     - performance: the lowest mean z-score after warm-up; fires when any
       checkpoint after warm-up is below the threshold.
     - loss_spikes: the largest deviation of any logged step after warm-up (the
@@ -35,6 +37,13 @@ loss_spikes as (
 checkpoints as (
 
     select * from {{ ref('int_outlier_checkpoints') }}
+
+),
+
+training_map_departures as (
+
+    select * from {{ ref('int_outlier_training_map_departures') }}
+    where is_preferred_source
 
 ),
 
@@ -166,6 +175,76 @@ first_flags as (
 
 ),
 
+---------- training map: the first departure, then each later kind
+
+departures_listed as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        horizon_step,
+        unnest(departure_list) as departure
+    from training_map_departures
+
+),
+
+kinds_found as (
+
+    -- the first horizon at which each kind of departure shows in a run
+    select
+        suite,
+        model_size,
+        seed,
+        departure.kind as kind,
+        min(horizon_step) as horizon_step
+    from departures_listed
+    group by all
+
+),
+
+later_departures as (
+
+    -- the kinds first found after the run's first flag, each in its words there
+    select
+        kinds_found.suite,
+        kinds_found.model_size,
+        kinds_found.seed,
+        string_agg(
+            departures_listed.departure.departure || ' (found at step ' || kinds_found.horizon_step || ')',
+            '; ' order by kinds_found.horizon_step, departures_listed.departure.departure
+        ) as later_departures
+    from kinds_found
+    inner join departures_listed
+        on kinds_found.suite = departures_listed.suite
+        and kinds_found.model_size = departures_listed.model_size
+        and kinds_found.seed = departures_listed.seed
+        and kinds_found.horizon_step = departures_listed.horizon_step
+        and kinds_found.kind = departures_listed.departure.kind
+    inner join first_flags
+        on kinds_found.suite = first_flags.suite
+        and kinds_found.model_size = first_flags.model_size
+        and kinds_found.seed = first_flags.seed
+        and first_flags.signal = 'training_map'
+    where kinds_found.horizon_step > first_flags.first_flag_step
+    group by all
+
+),
+
+training_map_first as (
+
+    select
+        suite,
+        model_size,
+        seed,
+        arg_min(detail, step) as first_flag_detail
+    from signals_by_step
+    where signal = 'training_map'
+        and flags
+    group by all
+
+),
+
 ---------- one row per run × signal
 
 scored as (
@@ -203,6 +282,8 @@ scored as (
             else first_flags.first_flag_step
         end as first_fire_step,
         at_end.detail as end_detail,
+        training_map_first.first_flag_detail as training_map_first_detail,
+        later_departures.later_departures,
         performance.lowest_step as performance_lowest_step,
         performance.first_flag_detail as performance_first_detail,
         loss_log.max_deviation_step,
@@ -217,6 +298,8 @@ scored as (
     left join performance using (suite, model_size, seed, signal)
     left join loss_log using (suite, model_size, seed)
     left join first_flags using (suite, model_size, seed, signal)
+    left join training_map_first using (suite, model_size, seed)
+    left join later_departures using (suite, model_size, seed)
 
 ),
 
@@ -242,6 +325,9 @@ reasoned as (
                 end
 
             ---------- fires
+            when fires and signal = 'training_map'
+                then training_map_first_detail || ' (first at step ' || first_fire_step || ')'
+                    || coalesce('; later: ' || later_departures, '')
             when fires and signal = 'performance'
                 then performance_first_detail || ', first below ' || printf('%g', threshold)
                     || ' after warm-up; lowest ' || printf('%.2f', score) || ' at step '
