@@ -101,9 +101,9 @@ class Expected:
         self._diverged()
         for (size, seed, signal, step), score in self.scores.items():
             if signal != "loss_spikes":
-                # a divergence flags during warm-up too
+                # a divergence and an imported map's departures flag during warm-up too
                 self.flags[(size, seed, signal, step)] = (
-                    (step >= self.warmup or signal == "diverged")
+                    (step >= self.warmup or signal in ("diverged", "training_map"))
                     and score is not None and self._beyond(signal, score)
                 )
         self._verdicts()
@@ -201,16 +201,17 @@ class Expected:
                 self.flags[(*run, "loss_spikes", step)] = bool((spikes.index <= step).any())
 
     def _training_map(self, truth):
-        """The imported maps: one horizon, their last step; departures as the rules say."""
+        """The imported maps: a horizon at each step, the states up to it; departures
+        as the rules say."""
         s = self.settings
         for size, seeds in SEEDS.items():
             paths = {seed: truth.map_states[(size, seed)] for seed in seeds}
-            departures = self.departures(paths, s["training_map_rare_fraction"],
-                                         s["training_map_entry_shift"])  # fmt: skip
-            horizon = max(STEPS)
-            for seed in seeds:
-                for step in STEPS:
-                    score = departures[seed] if step == horizon and len(seeds) >= 3 else None
+            for step in STEPS:
+                prefix = {seed: {t: state for t, state in path.items() if t <= step} for seed, path in paths.items()}
+                departures = self.departures(prefix, s["training_map_rare_fraction"],
+                                             s["training_map_entry_shift"])  # fmt: skip
+                for seed in seeds:
+                    score = departures[seed] if len(seeds) >= 3 else None
                     self.scores[(size, seed, "training_map", step)] = score
 
     @staticmethod
@@ -236,13 +237,20 @@ class Expected:
         majority = counts.index[0] if counts.iloc[0] > n / 2 else None
         medians = {state: np.median([entry[state] for entry in entries.values()])
                    for state in common}  # fmt: skip
+        moves = {  # seed → [(from, to, index of the step)] where the state changes
+            seed: [(a, b, index[t]) for (_, a), (t, b) in zip(sorted(path.items()), sorted(path.items())[1:])
+                   if a != b]
+            for seed, path in paths.items()
+        }  # fmt: skip
         out = {}
         for seed, entry in entries.items():
             rare = sum(visits[state] < rare_fraction * n for state in entry)
             skipped = sum(count == n - 1 and state not in entry for state, count in visits.items())
             order = majority is not None and orders[seed] != majority
             shifted = sum(abs(entry[state] - medians[state]) > entry_shift for state in common)
-            out[seed] = rare + skipped + int(order) + shifted
+            taken_by_others = {(a, b) for other, m in moves.items() if other != seed for a, b, _ in m}
+            backward = sum(entry[b] < i and (a, b) not in taken_by_others for a, b, i in moves[seed])
+            out[seed] = rare + skipped + int(order) + shifted + backward
         return out
 
     def _verdicts(self):
@@ -320,7 +328,11 @@ def test_the_planted_run_fires_every_signal_with_a_reason_and_no_other_run_fires
     # every signal but diverged (its checkpoints are finite)
     assert all(r["fires"] for signal, r in outlier.items() if signal != "diverged")
     assert outlier["diverged"]["reason"].startswith("within threshold: no diverged checkpoint")
-    assert outlier["training_map"]["reason"] == f"visits state 3, which 1 of 5 runs of {SIZE} visit"
+    # At step 60 the planted run enters state 3, which no other run visits, while the
+    # other four have all entered state 2, which it never visits until step 100.
+    assert outlier["training_map"]["reason"] == (
+        f"visits state 3, which 1 of 5 runs of {SIZE} visit; never visits state 2, which the other 4 runs visit "
+        "(first at step 60)")
     assert outlier["loss_spikes"]["reason"].startswith(
         f"{len(SPIKE_STEPS)} loss spikes after warm-up; the first at step {SPIKE_STEPS[0]}: loss "
     )
@@ -354,7 +366,8 @@ def test_lead_time_and_false_alarms_match_an_independent_computation(built, expe
         assert row["is_false_alarm"] == (row["flags"] and not expected.is_outlier[run])
 
     # The planted run: flagged as soon as its data turn (step 60), the spikes at the
-    # first checkpoint after them (80), the imported map at its one horizon (100).
+    # first checkpoint after them (80), the imported map as soon as it enters state 3
+    # (60), no other run has (the map is read up to each step).
     leads = {
         r["signal"]: r["lead_steps"] for r in rows if (r["model_size"], r["seed"]) == OUTLIER
     }
@@ -363,7 +376,7 @@ def test_lead_time_and_false_alarms_match_an_independent_computation(built, expe
         "performance": FINAL - OUTLIER_FROM,
         "agreement": FINAL - OUTLIER_FROM,
         "loss_spikes": FINAL - min(t for t in STEPS if t >= SPIKE_STEPS[0]),
-        "training_map": 0,
+        "training_map": FINAL - 60,
         "diverged": None,
     }
     false_alarms = sorted(
@@ -392,6 +405,7 @@ def test_loss_spikes_mart_holds_every_spike_of_an_independent_computation(built,
 def test_nothing_flags_before_warm_up(built, expected):
     rows = query(built[0], "select * from fct_stability_forecast where step < "
                  f"{expected.warmup}")  # fmt: skip
+    # (an imported map's states are given: its departures may flag in warm-up; here none does)
     assert rows and not any(r["flags"] for r in rows)
     # the log is read up to each checkpoint: no training-log step after warm-up yet
     assert all(r["score"] is None for r in rows if r["signal"] == "loss_spikes")
