@@ -493,8 +493,9 @@ def name_disagreements(names: Iterable[str], identity: Identity, old_size_names:
 
     A name says a step (``step1000``), a size (``70m``, ``1.4b``; with
     ``old_size_names``, the first Pythia runs' names such as ``19M`` for 70m too), a
-    seed (``seed3``) or deduplication (``deduped``). Deduplication is only taken to
-    be denied when some name gives a size and none says ``deduped``.
+    seed (``seed3``), deduplication (``deduped``) or an intervention run
+    (``intervention``, ``intervene``). Deduplication is only taken to be denied when
+    some name gives a size and none says ``deduped``.
     """
     findings: list[str] = []
     names = [n.removesuffix(".json") for n in names]
@@ -517,6 +518,8 @@ def name_disagreements(names: Iterable[str], identity: Identity, old_size_names:
                 findings.append(f"{where(name)} says seed {int(text)} but model_args is seed {identity.seed}")
         if "deduped" in name.lower() and not deduped:
             findings.append(f"{where(name)} says deduped but model_args is not deduplicated")
+        if "interven" in name.lower() and "intervention" not in identity.variant:
+            findings.append(f"{where(name)} says intervention but the file's run is no intervention")
     if deduped and not any("deduped" in n.lower() for n in names):
         sized = next((n for n in names if _NAME_SIZE.search(n)), None)
         if sized is not None:

@@ -135,6 +135,9 @@ def test_findings_of_the_release(release):
     # Old size names in file and folder names agree with the architecture: no finding.
     assert findings[V0_FILE.name] is None
     assert findings["pythia-1.4b-deduped-5shot-global_step11500_eval_results_12-30-2022-03-48-08.json"] is None
+    # A WinoBias file in an intervention folder whose run's name says no intervention.
+    assert findings["eval_results_410m-deduped_134000.json"] == (
+        "folder 'intervene_7' says intervention but the file's run is no intervention")
 
 
 # -- each identity rule, broken by a hand-made file ------------------------------------------
