@@ -106,6 +106,8 @@ _STEP_REVISION = re.compile(r"step(\d+)")
 _NAME_STEP = re.compile(r"(?<![A-Za-z])step[-_]?(\d+)(?!\d)")
 _NAME_SIZE = re.compile(r"(?<![A-Za-z0-9.])(\d+(?:\.\d+)?[mb])(?![A-Za-z0-9])", re.IGNORECASE)
 _NAME_SEED = re.compile(r"(?<![A-Za-z])seed[-_]?(\d+)(?!\d)")
+_NAME_SHOTS = re.compile(r"(?<![A-Za-z0-9])(\d+|zero|one|five|ten)[-_]?shot", re.IGNORECASE)
+_SHOT_WORDS = {"zero": 0, "one": 1, "five": 5, "ten": 10}
 
 
 class IngestError(Exception):
@@ -170,15 +172,11 @@ class ModelNamePattern:
         """(model_size, seed, variant) of a model name, else PatternMismatch."""
         match = self.regex.search(self._searched(name, revision))
         if match is None or not match.group("size"):
-            shown = "the default pattern" if self.pattern == DEFAULT_PATTERN else f"--pattern {_short(self.pattern)!r}"
-            raise PatternMismatch(f"model name {_short(self._searched(name, revision))!r} does not match {shown}")
+            shown = "the default pattern" if self.pattern == DEFAULT_PATTERN else f"--pattern {_one_line(self.pattern, 60)!r}"
+            raise PatternMismatch(f"model name {_one_line(self._searched(name, revision), 60)!r} does not match {shown}")
         seed = match.groupdict().get("seed")
         parts = [match.group(g) for g in self._variant_groups if match.group(g)]
         return match.group("size"), int(seed) if seed else 0, "-".join(parts) or "standard"
-
-
-def _short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def suite_partition(suite: str, variant: str) -> str:
@@ -328,7 +326,7 @@ def _read(candidate: Candidate, pattern: ModelNamePattern, suite: str, step_opti
     else:
         pretrained = args.get("pretrained") or _text(document.get("model_name")) or _text(config.get("model_name"))
         if not pretrained:
-            raise IngestError(f"config.model_args {_short(repr(raw_args), 50)} names no pretrained model",
+            raise IngestError(f"config.model_args {_one_line(repr(raw_args), 50)} names no pretrained model",
                               "no model named")
         revision = args.get("revision") or _text(config.get("model_revision")) or _text(document.get("model_revision"))
         size, seed, variant = pattern.parse(pretrained, revision)
@@ -344,7 +342,7 @@ def _read(candidate: Candidate, pattern: ModelNamePattern, suite: str, step_opti
     evaluated_at = evaluated_at_of(document) or datetime.fromtimestamp(path.stat().st_mtime, UTC)
     shots = _num_fewshot(document, format_)
     sha256 = hashlib.sha256(content).hexdigest()
-    named = name_disagreements(candidate.names, identity, old_size_names)
+    named = name_disagreements(candidate.names, identity, old_size_names, shots)
     if _done_key(identity, sha256, path) in done:
         results, samples, samples_files = None, None, []
     else:
@@ -409,7 +407,7 @@ def _step(pattern: ModelNamePattern, pretrained: str, revision: str | None, step
         return stated
     if step_option is not None:
         return step_option
-    raise IngestError(f"has no step revision (revision=stepN), got revision {_short(str(revision), 40)!r}: "
+    raise IngestError(f"has no step revision (revision=stepN), got revision {_one_line(str(revision), 40)!r}: "
                       "it states no checkpoint; import it with --step N naming its step", "states no checkpoint")
 
 
@@ -422,6 +420,7 @@ def _shown(path: Path) -> str:
 
 
 def _one_line(text: str, limit: int = 140) -> str:
+    """The text on one line, cut to ``limit`` characters (an error line stays short)."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -488,13 +487,15 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def name_disagreements(names: Iterable[str], identity: Identity, old_size_names: bool = False) -> str | None:
+def name_disagreements(names: Iterable[str], identity: Identity, old_size_names: bool = False,
+                       num_fewshot: int | None = None) -> str | None:
     """What the file's and folders' names say against the file's identity, or None.
 
     A name says a step (``step1000``), a size (``70m``, ``1.4b``; with
     ``old_size_names``, the first Pythia runs' names such as ``19M`` for 70m too), a
-    seed (``seed3``), deduplication (``deduped``) or an intervention run
-    (``intervention``, ``intervene``). Deduplication is only taken to be denied when
+    seed (``seed3``), deduplication (``deduped``), an intervention run
+    (``intervention``, ``intervene``) or, compared with ``num_fewshot``, a few-shot
+    count (``5shot``, ``zero-shot``). Deduplication is only taken to be denied when
     some name gives a size and none says ``deduped``.
     """
     findings: list[str] = []
@@ -518,6 +519,10 @@ def name_disagreements(names: Iterable[str], identity: Identity, old_size_names:
                 findings.append(f"{where(name)} says seed {int(text)} but model_args is seed {identity.seed}")
         if "deduped" in name.lower() and not deduped:
             findings.append(f"{where(name)} says deduped but model_args is not deduplicated")
+        for text in dict.fromkeys(_NAME_SHOTS.findall(name)):
+            shots = _SHOT_WORDS.get(text.lower()) if not text.isdigit() else int(text)
+            if num_fewshot is not None and shots != num_fewshot:
+                findings.append(f"{where(name)} says {text}-shot but the file's num_fewshot is {num_fewshot}")
         if "interven" in name.lower() and "intervention" not in identity.variant:
             findings.append(f"{where(name)} says intervention but the file's run is no intervention")
     if deduped and not any("deduped" in n.lower() for n in names):

@@ -134,7 +134,12 @@ def test_findings_of_the_release(release):
         "wandb_group '19M-intervention' says intervention but the run is standard")
     # Old size names in file and folder names agree with the architecture: no finding.
     assert findings[V0_FILE.name] is None
-    assert findings["pythia-1.4b-deduped-5shot-global_step11500_eval_results_12-30-2022-03-48-08.json"] is None
+    # The names say five shots, the files' configurations zero.
+    assert findings["pythia-1.4b-deduped-5shot-global_step11500_eval_results_12-30-2022-03-48-08.json"] == (
+        "file name says 5-shot but the file's num_fewshot is 0; folder 'five-shot' says five-shot but the file's "
+        "num_fewshot is 0")
+    assert findings["1b-bf16-5shot_step128.json"] == "file name says 5-shot but the file's num_fewshot is 0"
+    assert findings["70m-0.25MtokBS_step104000.json"] is None  # five-shot folder, num_fewshot 5
     # A WinoBias file in an intervention folder whose run's name says no intervention.
     assert findings["eval_results_410m-deduped_134000.json"] == (
         "folder 'intervene_7' says intervention but the file's run is no intervention")

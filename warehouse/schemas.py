@@ -239,6 +239,7 @@ EVAL_FILES = Dataset(
         pa.field("path", pa.string(), nullable=False),
         pa.field("sha256", pa.string(), nullable=False),
         # lm-eval-0.3 (results/versions/config) | lm-eval-0.4 (results_<timestamp>.json)
+        # | gpt-neox (GPT-NeoX's evaluate.py) | prompt-source (the BigScience fork)
         pa.field("format", pa.string(), nullable=False),
         pa.field("model_args", pa.string(), nullable=False),
         pa.field("pretrained", pa.string(), nullable=False),
