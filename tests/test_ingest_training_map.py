@@ -231,6 +231,32 @@ def test_the_command_line(tmp_path):
     assert missing.exit_code == 2  # --suite is required
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("step\tseed\tstate\n12345678901234567890123\t0\t0\n", "line 2: step 12345678901234567890123 is out of range"),
+        ("step\tseed\tstate\tscore\n0\t0\t0\tNaN\n", "line 2: score 'NaN' is not a finite number"),
+        ("step\tseed\tstate\tscore\n0\t0\t0\tInfinity\n", "line 2: score 'Infinity' is not a finite number"),
+        ("step\tseed\tstate\n0\t0\t0\n".encode("utf-16"), "not a UTF-8 text file"),
+        ("stäp\tseed\tstate\n0\t0\t0\n".encode("latin-1"), "not a UTF-8 text file"),
+    ],
+)
+def test_the_command_line_refuses_bad_values_in_one_line(tmp_path, content, problem):
+    file = tmp_path / "map.tsv"
+    if isinstance(content, bytes):
+        file.write_bytes(content)
+    else:
+        file.write_text(content)
+    lake = tmp_path / "lake"
+    result = CliRunner().invoke(app, ["ingest", "training-map", str(file), "--suite", "pythia", "--model-size", "70m",
+                                      "--lake", str(lake)])
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"failed {file}") and problem in line and len(line) <= 200, line
+    assert "Traceback" not in result.output
+    assert not (lake / "training_map_states").exists()
+
+
 def test_help_imports_no_heavy_library():
     code = (
         "import sys; from polypythias.cli import app; from typer.testing import CliRunner; "
