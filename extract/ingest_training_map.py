@@ -186,9 +186,14 @@ def _header(path: Path, number: int, fields: list[str], delimiter: str) -> dict[
             f"{path} line {number}: one column {fields[0].strip()!r}: expected step, seed, state and optionally "
             f"score, {_separator_name(delimiter)}-separated"
         )
+    unknown = [f.strip() for f, name in zip(fields, names, strict=True)
+               if name not in (*REQUIRED, *OPTIONAL, _INDEX_COLUMN)]
     if missing:
+        # a misspelt column is the likely reason a required one is missing: name both
+        lacks = (f"unknown column(s) {', '.join(map(repr, unknown))} and no {', '.join(missing)}" if unknown
+                 else f"the header lacks {', '.join(missing)}")
         raise TrainingMapError(
-            f"{path} line {number}: the header lacks {', '.join(missing)}; expected step, seed, state "
+            f"{path} line {number}: {lacks}; expected step, seed, state "
             f"and optionally score ({_separator_name(delimiter)}-separated)"
         )
     columns = {name: i for i, name in enumerate(names)}
