@@ -44,8 +44,9 @@ deeply nested file; a NaN or infinite metric, of which nothing lands) and never
 stops the others; files that are no results at all (a PDF, a plot) are skipped.
 
 When the evaluation ran (``evaluated_at``, which decides which rerun of a checkpoint
-the marts keep): 0.4's ``date``; the older format records none, so the file's
-modification time stands in for it.
+the marts keep): 0.4's ``date``; GPT-NeoX's ``evaluate.py`` writes it into the file
+name (``…_eval_results_11-25-2022-08-12-38.json``, read as UTC); otherwise the file
+records none, and its modification time stands in for it.
 
 Re-ingesting is idempotent: a file whose content (sha256, the manifest's
 ``config_hash``) and path (the manifest's ``source``) already have a successful
@@ -108,6 +109,7 @@ _NAME_SIZE = re.compile(r"(?<![A-Za-z0-9.])(\d+(?:\.\d+)?[mb])(?![A-Za-z0-9])", 
 _NAME_SEED = re.compile(r"(?<![A-Za-z])seed[-_]?(\d+)(?!\d)")
 _NAME_SHOTS = re.compile(r"(?<![A-Za-z0-9])(\d+|zero|one|five|ten)[-_]?shot", re.IGNORECASE)
 _SHOT_WORDS = {"zero": 0, "one": 1, "five": 5, "ten": 10}
+_NAME_STAMP = re.compile(r"eval_results_(\d\d-\d\d-\d{4}-\d\d-\d\d-\d\d)\.json$")
 
 
 class IngestError(Exception):
@@ -339,7 +341,7 @@ def _read(candidate: Candidate, pattern: ModelNamePattern, suite: str, step_opti
     if identity.step > MAX_STEP:
         raise IngestError(f"step {identity.step} is out of range", "step out of range")
 
-    evaluated_at = evaluated_at_of(document) or datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    evaluated_at = evaluated_at_of(document) or _stamped_at(path) or datetime.fromtimestamp(path.stat().st_mtime, UTC)
     shots = _num_fewshot(document, format_)
     sha256 = hashlib.sha256(content).hexdigest()
     named = name_disagreements(candidate.names, identity, old_size_names, shots)
@@ -364,6 +366,16 @@ def _read(candidate: Candidate, pattern: ModelNamePattern, suite: str, step_opti
         samples_files=samples_files,
         finding="; ".join([*findings, *([named] if named else [])]) or None,
     )
+
+
+def _stamped_at(path: Path) -> datetime | None:
+    """The time GPT-NeoX's evaluate.py wrote into the file name
+    (``…_eval_results_11-25-2022-08-12-38.json``, taken as UTC), if any."""
+    match = _NAME_STAMP.search(path.name)
+    try:
+        return datetime.strptime(match.group(1), "%m-%d-%Y-%H-%M-%S").replace(tzinfo=UTC) if match else None
+    except ValueError:
+        return None
 
 
 def _done_key(identity: Identity, sha256: str, path: Path) -> tuple:

@@ -126,6 +126,14 @@ def test_v0_and_v1_of_one_size_and_step_never_merge(release):
     assert at_123000 == {("polypythias-v0", "v0"), ("polypythias", "standard"), ("polypythias-deduped", "deduped")}
 
 
+def test_reruns_of_a_neox_checkpoint_are_ordered_by_the_time_in_their_names(release):
+    lake, _ = release
+    times = {Path(r["path"]).name: r["evaluated_at"] for r in lake.read(EVAL_FILES).to_pylist()
+             if r["suite"] == "polypythias-v0" and r["step"] == 123000}
+    assert {name[-24:-5]: time.strftime("%m-%d-%Y-%H-%M-%S") for name, time in times.items()} == {
+        "11-25-2022-05-54-21": "11-25-2022-05-54-21", "11-25-2022-08-12-38": "11-25-2022-08-12-38"}
+
+
 def test_findings_of_the_release(release):
     lake, _ = release
     findings = {Path(r["path"]).name: r["finding"] for r in lake.read(EVAL_FILES).to_pylist()}
