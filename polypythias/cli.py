@@ -351,8 +351,8 @@ def ingest_lm_eval(
     they record (architecture, run names, train_data_paths; these are v0 runs). A
     file or folder name that disagrees is recorded as a finding in eval_files. Files
     already ingested (same content and path) are skipped, and so are files that are
-    no results (a PDF, a plot). Old-format files record no date: their modification
-    time is used as evaluated_at. Each failed file gets one line; the summary counts
+    no results (a PDF, a plot). Old-format files record no date: the time in a
+    GPT-NeoX file's name, else the file's modification time, is used as evaluated_at. Each failed file gets one line; the summary counts
     failures by reason. Exits 1 when any file failed, after ingesting all the others.
     """
     from rich.markup import escape
