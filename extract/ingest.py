@@ -486,6 +486,8 @@ def _sample_line(file: Path, number: int, raw: bytes) -> Mapping | None:
         sample = json.loads(text)
     except json.JSONDecodeError as error:
         raise IngestError(f"{where}: not valid JSON: {error}", "unreadable samples file") from None
+    except RecursionError:
+        raise IngestError(f"{where}: JSON nested too deeply to be a sample", "unreadable samples file") from None
     if not isinstance(sample, Mapping):
         raise IngestError(f"{where}: not a JSON object (one sample per line)", "unreadable samples file")
     return sample
