@@ -373,3 +373,20 @@ def test_every_error_line_is_short_even_for_a_kilobyte_model_args(tmp_path):
     assert len(json.dumps(json.loads(file.read_text())["config"]["model_args"])) > 4000
     assert failed.reason == "no model size" and len(failed.error) <= 200 and "\n" not in failed.error
     assert "states no Pythia architecture or size name" in failed.error
+
+
+def test_a_deeply_nested_samples_line_fails_its_file_alone(tmp_path):
+    stamp = "2024-01-01T00-00-00.000001"
+    document = {"results": {"t": {"alias": "t", "acc,none": 0.5}}, "n-shot": {"t": 0}, "date": 1.7e9,
+                "config": {"model_args": "pretrained=EleutherAI/pythia-14m,revision=step8"}, "lm_eval_version": "0.4.9"}
+    nested, good = tmp_path / "nested", tmp_path / "good"
+    for folder in (nested, good):
+        folder.mkdir()
+        (folder / f"results_{stamp}.json").write_text(json.dumps(document))
+    (nested / f"samples_t_{stamp}.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    lake = Lake(tmp_path / "lake")
+    summary = ingest([tmp_path], lake)
+    assert [o.path.parent.name for o in summary.of("ingested")] == ["good"]
+    (failed,) = summary.of("failed")
+    assert failed.reason == "unreadable samples file" and "line 1: JSON nested too deeply" in failed.error
+    assert lake.read(MANIFEST).num_rows == 1
