@@ -13,7 +13,7 @@ Seed 3 of 7m is the planted outlier:
 - its training loss spikes at steps 70 and 71 (+1.0 on a loss near 2);
 - from step 60 its token loss is 0.25 higher;
 - from step 60 it copies the answer the seeds share on an item far less often
-  (20 % instead of 85 %): lower accuracy and lower κ with every other seed;
+  (20 % instead of 85 %): lower accuracy and lower agreement with every other seed;
 - its training-map path visits state 3, which no other run visits.
 
 The other runs differ only by seeded noise; seed 1 enters state 1 one checkpoint

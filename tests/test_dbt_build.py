@@ -308,11 +308,15 @@ def test_every_dbt_unit_test_ran_here_and_passed(full):
     assert sorted(units) == sorted(json.loads((target / "manifest.json").read_text())["unit_tests"])
     assert len(units) >= 45
     assert set(units.values()) == {"pass"}
-    # the statistics with hand-worked cases: the eval κ (the shared macro's) and the probes'
+    # the statistics with hand-worked cases: the eval κ and AC1 (the shared macros') and the probes'
     assert [u for u in units if "kappa" in u]
-    assert len([u for u in units if "probe" in u]) >= 7
-    eval_kappa = "unit_test.polypythias.int_eval_prediction_pairs_agreed."
-    assert len([u for u in units if u.startswith(eval_kappa)]) == 1
+    assert [u for u in units if "ac1" in u]
+    assert len([u for u in units if "probe" in u]) >= 8
+    eval_pairs = "unit_test.polypythias.int_eval_prediction_pairs_agreed."
+    assert sorted(u.removeprefix(eval_pairs) for u in units if u.startswith(eval_pairs)) == [
+        "int_eval_prediction_pairs_agreed_computes_cohens_kappa",
+        "int_eval_prediction_pairs_agreed_computes_gwet_ac1",
+    ]
 
 
 # -- failures and young lakes -----------------------------------------------------

@@ -1,5 +1,5 @@
 """The eval marts over a toy lake with lm-eval results and samples: scores, seed
-spread against numpy, Cohen's κ against sklearn, item stability, integrity findings
+spread against numpy, Cohen's κ against sklearn, Gwet's AC1 against numpy, item stability, integrity findings
 against what the fixture planted, reruns, and lakes without some eval datasets."""
 
 from __future__ import annotations
@@ -61,6 +61,25 @@ def shared(items_a: dict, items_b: dict) -> tuple[list[int], list[int]]:
 
 def approx_or_none(value):
     return None if value is None else pytest.approx(value, rel=1e-9, abs=1e-12)
+
+
+def gwet_ac1(a: list, b: list) -> float:
+    """Gwet's AC1 from the two raters' label counts: p_e = Σ π_c (1 − π_c) / (Q − 1)
+    with π_c the raters' mean share of label c; 1 when both use a single label."""
+    a, b = np.asarray(a), np.asarray(b)
+    labels = np.union1d(a, b)
+    if len(labels) == 1:
+        return 1.0
+    pi = np.array([((a == c).mean() + (b == c).mean()) / 2 for c in labels])
+    chance = (pi * (1 - pi)).sum() / (len(labels) - 1)
+    return float(((a == b).mean() - chance) / (1 - chance))
+
+
+def test_the_independent_ac1_gives_the_hand_worked_cases():
+    # one label dominates: κ is 0, AC1 (.9 − .095)/.905
+    assert gwet_ac1([0] * 10, [0] * 9 + [1]) == pytest.approx(161 / 181)
+    assert gwet_ac1([1, 1, 1], [1, 1, 1]) == 1.0  # κ undefined (p_e = 1)
+    assert gwet_ac1([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2]) == pytest.approx(98 / 194)
 
 
 # -- scores and their spread --------------------------------------------------------
@@ -143,6 +162,34 @@ def test_inter_seed_agreement_matches_sklearn(evals):
     kappas = [r["kappa"] for r in rows if r["kappa"] is not None]
     assert kappas and all(-1 <= k <= 1 for k in kappas)
     assert len({round(k, 6) for k in kappas}) > 5  # not a constant
+
+
+def test_ac1_and_raw_agreement_match_an_independent_computation(evals):
+    items = evals.truth.eval_items
+    rows = query(evals.db, "select * from fct_inter_seed_agreement")
+    assert rows
+    for row in rows:
+        suite, size, step, task = row["suite"], row["model_size"], row["step"], row["task"]
+        a, b = shared(items[(suite, size, min(SEEDS), step, task)],
+                      items[(suite, size, row["seed"], step, task)])  # fmt: skip
+        assert row["ac1"] == pytest.approx(gwet_ac1(a, b), rel=1e-9, abs=1e-12)
+        pairs = [
+            shared(items[(suite, size, s, step, task)], items[(suite, size, t, step, task)])
+            for s, t in itertools.combinations(SEEDS, 2)
+            if (suite, size, s, step, task) in items and (suite, size, t, step, task) in items
+        ]
+        # every pair has an AC1, also those whose κ is undefined
+        assert row["mean_pairwise_ac1"] == pytest.approx(np.mean([gwet_ac1(*p) for p in pairs]))
+        assert row["mean_pairwise_observed_agreement"] == pytest.approx(
+            np.mean([np.mean(np.equal(*p)) for p in pairs])
+        )
+    assert len({round(r["ac1"], 6) for r in rows}) > 5  # not a constant
+
+    for row in query(evals.db, "select * from fct_self_consistency"):
+        run = (row["suite"], row["model_size"], row["seed"])
+        a, b = shared(items[(*run, row["step"], row["task"])],
+                      items[(*run, row["final_step"], row["task"])])  # fmt: skip
+        assert row["ac1"] == pytest.approx(gwet_ac1(a, b), rel=1e-9, abs=1e-12)
 
 
 def test_self_consistency_matches_sklearn(evals):

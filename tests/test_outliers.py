@@ -1,7 +1,7 @@
 """The outlier and early-warning marts (fct_run_outliers, fct_stability_forecast) over
 a small lake with one planted outlier run (tests/outlier_fixtures.py), against an
 independent computation of every signal with numpy, pandas and sklearn from the
-values the lake was written with: leave-one-out z-scores, Cohen's κ, rolling
+values the lake was written with: leave-one-out z-scores, Gwet's AC1, rolling
 median / MAD of the training log, the training-map departures; then the flags at
 every checkpoint, the verdict at the end, lead times and false alarms. The planted
 run fires every signal with a plain-language reason; no other run fires any."""
@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from sklearn.metrics import cohen_kappa_score
 
 from outlier_fixtures import (
     LOG_STEPS,
@@ -72,11 +70,20 @@ def loo_z(values: dict[int, float]) -> dict[int, float | None]:
     return out
 
 
-def kappa(a: list[int], b: list[int]) -> float | None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        value = cohen_kappa_score(a, b)
-    return None if np.isnan(value) else float(value)
+def gwet_ac1(a: list[int], b: list[int]) -> float:
+    """Gwet's AC1 from a confusion matrix: p_e = Σ π_c (1 − π_c) / (Q − 1), π_c the
+    raters' mean share of label c over the labels either uses; 1 with a single label."""
+    labels = sorted(set(a) | set(b))
+    if len(labels) == 1:
+        return 1.0
+    index = {label: i for i, label in enumerate(labels)}
+    table = np.zeros((len(labels), len(labels)))
+    for x, y in zip(a, b, strict=True):
+        table[index[x], index[y]] += 1
+    table /= table.sum()
+    pi = (table.sum(axis=1) + table.sum(axis=0)) / 2
+    chance = (pi * (1 - pi)).sum() / (len(labels) - 1)
+    return float((np.trace(table) - chance) / (1 - chance))
 
 
 def mean_or_none(values) -> float | None:
@@ -155,11 +162,10 @@ class Expected:
             for task in TASKS:
                 pairs = {seed: [] for seed in seeds}
                 for a, b in itertools.combinations(seeds, 2):
-                    k = kappa(truth.predictions[(size, a, step, task)],
-                              truth.predictions[(size, b, step, task)])  # fmt: skip
-                    if k is not None:
-                        pairs[a].append(k)
-                        pairs[b].append(k)
+                    k = gwet_ac1(truth.predictions[(size, a, step, task)],
+                                 truth.predictions[(size, b, step, task)])  # fmt: skip
+                    pairs[a].append(k)
+                    pairs[b].append(k)
                 for seed in seeds:
                     if pairs[seed]:
                         per_task[seed].append(np.mean(pairs[seed]))
@@ -340,7 +346,7 @@ def test_the_planted_run_fires_every_signal_with_a_reason_and_no_other_run_fires
     assert outlier["performance"]["reason"].startswith("mean z-score -")
     assert f"at step {OUTLIER_FROM} (" in outlier["performance"]["reason"]
     assert outlier["final_loss"]["reason"].startswith("token loss ")
-    assert outlier["agreement"]["reason"].startswith("mean κ ")
+    assert outlier["agreement"]["reason"].startswith("mean AC1 ")
 
     others = [r for r in rows if (r["model_size"], r["seed"]) != OUTLIER]
     assert not any(r["fires"] or r["is_outlier"] for r in others)

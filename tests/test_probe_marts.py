@@ -167,12 +167,37 @@ def test_probe_agreement_matches_sklearn(probes):
     assert len({round(k, 6) for k in kappas}) > 5  # not a constant
 
 
+def test_probe_ac1_matches_an_independent_computation(probes):
+    from test_eval_marts import gwet_ac1
+
+    items = probes.truth.probe_items
+    rows = query(probes.db, "select * from fct_probe_agreement")
+    for row in rows:
+        key = (row["suite"], row["model_size"])
+        at = (row["step"], row["task"], row["layer"])
+        a, b = shared(items[(*key, min(SEEDS), *at)], items[(*key, row["seed"], *at)])
+        assert row["ac1"] == pytest.approx(gwet_ac1(a, b), rel=1e-9, abs=1e-12)
+        pairs = [shared(items[(*key, s, *at)], items[(*key, t, *at)])
+                 for s, t in itertools.combinations(SEEDS, 2)]  # fmt: skip
+        assert row["mean_pairwise_ac1"] == pytest.approx(np.mean([gwet_ac1(*p) for p in pairs]))
+    # every probe says the majority label throughout: κ undefined, AC1 perfect agreement
+    constant = [r for r in rows if (r["step"], r["layer"], r["task"]) == PROBE_CONSTANT]
+    assert constant and all(r["ac1"] == 1 and r["mean_pairwise_ac1"] == 1 for r in constant)
+
+
 def test_both_agreements_share_one_kappa_implementation():
     for model in ("intermediate/int_eval_prediction_pairs_agreed.sql",
                   "intermediate/int_probe_prediction_pairs_agreed.sql"):  # fmt: skip
         sql = (PROJECT_DIR / "models" / model).read_text()
         assert "{{ cohens_kappa(" in sql, model
         assert "n_chance_products" not in sql and "marginals_a" not in sql, model
+
+
+def test_both_agreements_share_one_ac1_implementation():
+    for model in ("intermediate/int_eval_prediction_pairs_agreed.sql",
+                  "intermediate/int_probe_prediction_pairs_agreed.sql"):  # fmt: skip
+        sql = (PROJECT_DIR / "models" / model).read_text()
+        assert "{{ gwet_ac1(" in sql and "label_variance" not in sql, model
 
 
 # -- emergence ------------------------------------------------------------------------

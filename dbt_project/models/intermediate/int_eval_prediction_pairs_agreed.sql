@@ -10,6 +10,10 @@
 
     null when p_e = 1 (both predict one and the same label throughout).
 
+    Beside κ, on the same items, Gwet's AC1 (macro `gwet_ac1`, macros/gwet_ac1.sql):
+    chance agreement from the two checkpoints' mean label shares, so it stays
+    defined and near 1 where one label dominates and κ collapses (the κ paradox).
+
     Scale: the item pairs (90 million inter-seed pairs on the full PolyPythias
     grid) are never materialised: the join streams into a contingency table (one
     row per comparison × label pair, with its item count) that the macro reads.
@@ -145,10 +149,26 @@ agreed as (
 
 ),
 
+agreed_ac1 as (
+
+    {{ gwet_ac1(
+        'paired',
+        keys=[
+            'comparison', 'suite', 'model_size', 'task', 'filter', 'num_fewshot',
+            'seed_a', 'step_a', 'seed_b', 'step_b',
+        ],
+        label_a='prediction_a',
+        label_b='prediction_b',
+        weight='n_pairs',
+    ) }}
+
+),
+
 final as (
 
     select
         agreed.*,
+        agreed_ac1.ac1,
         ---------- provenance: the fingerprint of the group's checkpoints (incremental builds)
         groups.input_fingerprint
     from agreed
@@ -157,6 +177,17 @@ final as (
         and groups.suite = agreed.suite
         and groups.model_size = agreed.model_size
         and groups.group_value = {{ eval_pair_group_value('agreed') }}
+    inner join agreed_ac1
+        on agreed_ac1.comparison = agreed.comparison
+        and agreed_ac1.suite = agreed.suite
+        and agreed_ac1.model_size = agreed.model_size
+        and agreed_ac1.task = agreed.task
+        and agreed_ac1.filter = agreed.filter
+        and agreed_ac1.num_fewshot = agreed.num_fewshot
+        and agreed_ac1.seed_a = agreed.seed_a
+        and agreed_ac1.step_a = agreed.step_a
+        and agreed_ac1.seed_b = agreed.seed_b
+        and agreed_ac1.step_b = agreed.step_b
 
 )
 

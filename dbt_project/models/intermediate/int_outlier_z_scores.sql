@@ -8,10 +8,12 @@
       filter × num_fewshot rows, then over the tasks.
     - final_loss: the z-score of the run's mean token loss (fct_checkpoint_losses)
       against the other seeds' (higher = worse).
-    - agreement: the run's mean Cohen's κ with each other seed, per task ×
-      filter × num_fewshot (inter-seed pairs of int_eval_prediction_pairs_agreed;
-      pairs with an undefined κ left out), averaged over the tasks; its z-score
-      against the other runs' means.
+    - agreement: the run's mean Gwet's AC1 with each other seed, per task ×
+      filter × num_fewshot (inter-seed pairs of int_eval_prediction_pairs_agreed),
+      averaged over the tasks; its z-score against the other runs' means. AC1, not
+      Cohen's κ: on a task whose answer is always the same choice, a perfect seed's
+      κ with every other seed is 0 (null with another perfect one) exactly where
+      the seeds agree best; AC1 stays defined and near 1 there.
 
     Diverged checkpoints (NaN or inf weights or outputs, int_diverged_checkpoints)
     are left out of every signal here, on both sides: they get no z-score and are
@@ -188,17 +190,17 @@ final_loss as (
 run_pairs as (
 
     -- each inter-seed pair once from either side
-    select suite, model_size, step_a as step, task, filter, num_fewshot, seed_a as seed, kappa
+    select suite, model_size, step_a as step, task, filter, num_fewshot, seed_a as seed, ac1
     from prediction_pairs
     where comparison = 'inter_seed'
     union all
-    select suite, model_size, step_a as step, task, filter, num_fewshot, seed_b as seed, kappa
+    select suite, model_size, step_a as step, task, filter, num_fewshot, seed_b as seed, ac1
     from prediction_pairs
     where comparison = 'inter_seed'
 
 ),
 
-run_task_kappas as (
+run_task_agreements as (
 
     select
         suite,
@@ -208,30 +210,29 @@ run_task_kappas as (
         task,
         filter,
         num_fewshot,
-        avg(kappa) as mean_kappa
+        avg(ac1) as mean_ac1
     from run_pairs
-    where kappa is not null
     group by all
 
 ),
 
-run_kappas as (
+run_agreements as (
 
     select
         suite,
         model_size,
         seed,
         step,
-        avg(mean_kappa) as mean_kappa,
+        avg(mean_ac1) as mean_ac1,
         count(*) as n_tasks
-    from run_task_kappas
+    from run_task_agreements
     group by all
 
 ),
 
 agreement_z as (
 
-    {{ leave_one_out_z('run_kappas', keys=['suite', 'model_size', 'step'], value='mean_kappa') }}
+    {{ leave_one_out_z('run_agreements', keys=['suite', 'model_size', 'step'], value='mean_ac1') }}
 
 ),
 
@@ -244,20 +245,20 @@ agreement as (
         agreement_z.step,
         'agreement' as signal,
         agreement_z.z as score,
-        agreement_z.mean_kappa as value,
+        agreement_z.mean_ac1 as value,
         agreement_z.n_units as n_seeds,
         agreement_z.others_mean,
         agreement_z.others_std,
-        run_kappas.n_tasks,
-        'mean κ ' || printf('%.3f', agreement_z.mean_kappa) || ' with the other seeds at step '
-            || agreement_z.step || ' over ' || run_kappas.n_tasks
-            || case when run_kappas.n_tasks = 1 then ' task' else ' tasks' end
+        run_agreements.n_tasks,
+        'mean AC1 ' || printf('%.3f', agreement_z.mean_ac1) || ' with the other seeds at step '
+            || agreement_z.step || ' over ' || run_agreements.n_tasks
+            || case when run_agreements.n_tasks = 1 then ' task' else ' tasks' end
             || ', z = ' || printf('%.2f', agreement_z.z) || ' against the other '
             || (agreement_z.n_units - 1) || ' seeds'' (mean '
             || printf('%.3f', agreement_z.others_mean)
             || ', sd ' || printf('%.2g', agreement_z.others_std) || ')' as detail
     from agreement_z
-    inner join run_kappas using (suite, model_size, seed, step)
+    inner join run_agreements using (suite, model_size, seed, step)
     where agreement_z.z is not null
 
 ),

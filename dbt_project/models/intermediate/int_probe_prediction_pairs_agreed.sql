@@ -2,7 +2,8 @@
     Cohen's κ between the probe predictions of two seeds of one size at one step,
     per task and layer, on the test items both predicted (same item_id); labels
     are the probe's label strings. κ comes from the `cohens_kappa` macro, the
-    same implementation as the eval agreement (int_eval_prediction_pairs_agreed).
+    same implementation as the eval agreement (int_eval_prediction_pairs_agreed);
+    Gwet's AC1 beside it, on the same items, from the `gwet_ac1` macro.
 -#}
 with
 
@@ -64,9 +65,25 @@ agreed as (
 
 ),
 
+agreed_ac1 as (
+
+    {{ gwet_ac1(
+        'paired',
+        keys=['suite', 'model_size', 'step', 'task', 'layer', 'seed_a', 'seed_b'],
+        label_a='predicted_a',
+        label_b='predicted_b',
+    ) }}
+
+),
+
 final as (
 
-    select * from agreed
+    select
+        agreed.*,
+        agreed_ac1.ac1
+    from agreed
+    inner join agreed_ac1
+        using (suite, model_size, step, task, layer, seed_a, seed_b)
 
 )
 

@@ -43,7 +43,8 @@ compared_seeds as (
 
 all_pairs as (
 
-    -- pairs with an undefined κ (p_e = 1) are left out of the mean
+    -- pairs with an undefined κ (p_e = 1) are left out of κ's mean (n_seed_pairs
+    -- counts the rest); AC1 and raw agreement are defined for every pair
     select
         suite,
         model_size,
@@ -51,7 +52,9 @@ all_pairs as (
         task,
         layer,
         avg(kappa) as mean_pairwise_kappa,
-        count(kappa) as n_seed_pairs
+        count(kappa) as n_seed_pairs,
+        avg(ac1) as mean_pairwise_ac1,
+        avg(observed_agreement) as mean_pairwise_observed_agreement
     from prediction_pairs
     group by suite, model_size, step, task, layer
 
@@ -74,10 +77,13 @@ final as (
         coalesce(with_reference.n_items, 0) as n_items,
         with_reference.observed_agreement,
         with_reference.kappa,
+        with_reference.ac1,
 
         ---------- agreement over every pair of seeds
         all_pairs.mean_pairwise_kappa,
-        coalesce(all_pairs.n_seed_pairs, 0) as n_seed_pairs
+        coalesce(all_pairs.n_seed_pairs, 0) as n_seed_pairs,
+        all_pairs.mean_pairwise_ac1,
+        all_pairs.mean_pairwise_observed_agreement
 
     from compared_seeds
     left join prediction_pairs as with_reference

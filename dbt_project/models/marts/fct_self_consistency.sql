@@ -23,7 +23,8 @@ final as (
         ---------- agreement with the run's final checkpoint
         n_items,
         observed_agreement,
-        kappa
+        kappa,
+        ac1
 
     from prediction_pairs
     where comparison = 'self'
