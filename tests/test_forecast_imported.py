@@ -1,7 +1,8 @@
 """Early warning from an imported training map: the forecast is causal (at step t a run is
 judged on the imported states up to t), a run that departs at t is flagged at t, a
-backward transition no other run takes is a departure, and the reason names the first
-departure and each later kind. The map as pandas writes it (index column, a `group`
+backward transition no other run takes is a departure, a departure flags once it has
+held for `signal_persistence` checkpoints, and the reason names the first departure and
+each later kind. The map as pandas writes it (index column, a `group`
 column) gives the same marts as the clean file.
 
 The planted map, written out by hand: five runs, a checkpoint every 1000 steps up to
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from polypythias.extract.ingest_training_map import ingest_training_map
-from polypythias.warehouse.dbt import build
+from polypythias.warehouse.dbt import PROJECT_DIR, build
 from polypythias.warehouse.lake import Lake
 from test_dbt_build import query
 
@@ -36,6 +38,9 @@ NORMAL_ENTRIES = {
     4: (13000, 34000, 54000, 74000),
 }
 SELECT = "+fct_stability_forecast +fct_run_outliers +fct_training_phases"
+#: The departure has held for `signal_persistence` checkpoints (the default) here.
+PERSISTENCE = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]["signal_persistence"]
+FIRST_FLAG = STEPS[STEPS.index(FIRST_DEPARTURE) + PERSISTENCE - 1]
 
 
 def state_of(seed: int, step: int) -> int:
@@ -84,13 +89,14 @@ def test_the_outlier_is_flagged_at_its_first_departure_and_no_other_run_ever(war
     flagged = {(r["seed"], r["step"]) for r in rows if r["flags"]}
     assert {seed for seed, _ in flagged} == {OUTLIER}
     outlier_steps = sorted(step for _, step in flagged)
-    assert outlier_steps[0] == FIRST_DEPARTURE
+    assert outlier_steps[0] == FIRST_FLAG > FIRST_DEPARTURE
     # From its first departure on, the outlier departs at every checkpoint (early entry, then
-    # the shifted entry into state 1, then the return).
-    assert outlier_steps == [s for s in STEPS if s >= FIRST_DEPARTURE]
+    # the shifted entry into state 1, then the return): flagged from the checkpoint where
+    # the departure has persisted on.
+    assert outlier_steps == [s for s in STEPS if s >= FIRST_FLAG]
     outlier = [r for r in rows if r["seed"] == OUTLIER]
-    assert {r["first_flag_step"] for r in outlier} == {FIRST_DEPARTURE}
-    assert {r["lead_steps"] for r in outlier} == {FINAL - FIRST_DEPARTURE}
+    assert {r["first_flag_step"] for r in outlier} == {FIRST_FLAG}
+    assert {r["lead_steps"] for r in outlier} == {FINAL - FIRST_FLAG}
     assert all(r["is_outlier_at_end"] for r in outlier)
     others = [r for r in rows if r["seed"] != OUTLIER]
     assert not any(r["is_outlier_at_end"] or r["is_false_alarm"] for r in others)
@@ -118,9 +124,9 @@ def test_the_reason_names_the_first_departure_and_each_later_kind(warehouse):
     rows = query(warehouse, "select * from fct_run_outliers where suite = 'clean' and signal = 'training_map'")
     by_seed = {r["seed"]: r for r in rows}
     outlier = by_seed.pop(OUTLIER)
-    assert outlier["fires"] and outlier["first_step"] == FIRST_DEPARTURE
+    assert outlier["fires"] and outlier["first_step"] == FIRST_FLAG
     assert outlier["reason"] == (
-        "visits state 1, which 1 of 5 runs of 70m visit (first at step 1000); later: "
+        f"visits state 1, which 1 of 5 runs of 70m visit (first at step {FIRST_FLAG}); later: "
         "enters state 1 at step 1000 (median step 13000), 12 checkpoints earlier than the median run "
         "(found at step 13000); "
         "returns from state 4 to state 1 at step 83000, a transition no other run takes (found at step 83000)"

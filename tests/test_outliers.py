@@ -106,13 +106,23 @@ class Expected:
         self._loss_spikes(truth)
         self._training_map(truth)
         self._diverged()
-        for (size, seed, signal, step), score in self.scores.items():
-            if signal != "loss_spikes":
-                # a divergence and an imported map's departures flag during warm-up too
-                self.flags[(size, seed, signal, step)] = (
-                    (step >= self.warmup or signal in ("diverged", "training_map"))
-                    and score is not None and self._beyond(signal, score)
-                )
+        persistence = settings["signal_persistence"]
+        for size, seed in self.runs:
+            for signal in SIGNALS:
+                if signal == "loss_spikes":
+                    continue
+                held = 0  # consecutive checkpoints beyond the threshold, up to the step
+                for step in STEPS:
+                    score = self.scores[(size, seed, signal, step)]
+                    beyond = score is not None and self._beyond(signal, score)
+                    held = held + 1 if beyond else 0
+                    # states must persist (or hold at the run's end); a divergence is an event
+                    persists = signal == "diverged" or held >= persistence or step == FINAL
+                    # a divergence and an imported map's departures flag during warm-up too
+                    self.flags[(size, seed, signal, step)] = (
+                        (step >= self.warmup or signal in ("diverged", "training_map"))
+                        and beyond and persists
+                    )
         self._verdicts()
 
     def _beyond(self, signal: str, score: float) -> bool:
@@ -328,23 +338,26 @@ def test_run_outliers_match_an_independent_computation(built, expected):
         )
 
 
-def test_the_planted_run_fires_every_signal_with_a_reason_and_no_other_run_fires(built):
+def test_the_planted_run_fires_every_signal_with_a_reason_and_no_other_run_fires(built, expected):
     rows = query(built[0], "select * from fct_run_outliers order by model_size, seed, signal")
     outlier = {r["signal"]: r for r in rows if (r["model_size"], r["seed"]) == OUTLIER}
     # every signal but diverged (its checkpoints are finite)
     assert all(r["fires"] for signal, r in outlier.items() if signal != "diverged")
     assert outlier["diverged"]["reason"].startswith("within threshold: no diverged checkpoint")
     # At step 60 the planted run enters state 3, which no other run visits, while the
-    # other four have all entered state 2, which it never visits until step 100.
+    # other four have all entered state 2, which it never visits until step 100; the
+    # departure flags once it has held for signal_persistence checkpoints.
+    persisted = STEPS[STEPS.index(60) + expected.settings["signal_persistence"] - 1]
     assert outlier["training_map"]["reason"] == (
         f"visits state 3, which 1 of 5 runs of {SIZE} visit; never visits state 2, which the other 4 runs visit "
-        "(first at step 60)")
+        f"(first at step {persisted})")
     assert outlier["loss_spikes"]["reason"].startswith(
         f"{len(SPIKE_STEPS)} loss spikes after warm-up; the first at step {SPIKE_STEPS[0]}: loss "
     )
     assert outlier["loss_spikes"]["first_step"] == SPIKE_STEPS[0]
     assert outlier["performance"]["reason"].startswith("mean z-score -")
-    assert f"at step {OUTLIER_FROM} (" in outlier["performance"]["reason"]
+    assert f"at step {persisted} (" in outlier["performance"]["reason"]
+    assert "first flagged below -4 after warm-up" in outlier["performance"]["reason"]
     assert outlier["final_loss"]["reason"].startswith("token loss ")
     assert outlier["agreement"]["reason"].startswith("mean AC1 ")
 
@@ -371,18 +384,20 @@ def test_lead_time_and_false_alarms_match_an_independent_computation(built, expe
         assert row["lead_steps"] == lead
         assert row["is_false_alarm"] == (row["flags"] and not expected.is_outlier[run])
 
-    # The planted run: flagged as soon as its data turn (step 60), the spikes at the
-    # first checkpoint after them (80), the imported map as soon as it enters state 3
-    # (60), no other run has (the map is read up to each step).
+    # The planted run: flagged once its turned data (from step 60) have held for
+    # signal_persistence checkpoints, the imported map likewise from its entry into
+    # state 3 (60), no other run has (the map is read up to each step); the spikes,
+    # events, at the first checkpoint after them (80).
+    persisted = STEPS[STEPS.index(OUTLIER_FROM) + expected.settings["signal_persistence"] - 1]
     leads = {
         r["signal"]: r["lead_steps"] for r in rows if (r["model_size"], r["seed"]) == OUTLIER
     }
     assert leads == {
-        "final_loss": FINAL - OUTLIER_FROM,
-        "performance": FINAL - OUTLIER_FROM,
-        "agreement": FINAL - OUTLIER_FROM,
+        "final_loss": FINAL - persisted,
+        "performance": FINAL - persisted,
+        "agreement": FINAL - persisted,
         "loss_spikes": FINAL - min(t for t in STEPS if t >= SPIKE_STEPS[0]),
-        "training_map": FINAL - 60,
+        "training_map": FINAL - persisted,
         "diverged": None,
     }
     false_alarms = sorted(
@@ -425,6 +440,8 @@ def test_nothing_flags_before_warm_up(built, expected):
         ({"outlier_warmup_fraction": 2}, "var outlier_warmup_fraction must be a number >= 0 and"),
         ({"performance_tasks": "piqa"}, "var performance_tasks must be a non-empty list"),
         ({"agreement_z_threshold": 3}, "var agreement_z_threshold must be a number <= 0"),
+        ({"signal_persistence": 0}, "var signal_persistence must be an integer >= 1"),
+        ({"signal_persistence": 2.5}, "var signal_persistence must be an integer >= 1"),
     ],
 )
 def test_a_bad_var_stops_the_build_naming_it(tmp_path, override, message):

@@ -46,6 +46,16 @@
     {%- endif -%}
     {%- do settings.update({'loss_spike_window': window | int}) -%}
 
+    {%- set persistence = var('signal_persistence') -%}
+    {%- set whole = persistence | int(-1) -%}
+    {%- if persistence is boolean or whole < 1 or (persistence | string) != (whole | string) -%}
+        {{ fail(
+            "outliers: var signal_persistence must be an integer >= 1 (consecutive evaluated "
+            ~ "checkpoints), not " ~ persistence
+        ) }}
+    {%- endif -%}
+    {%- do settings.update({'signal_persistence': persistence | int}) -%}
+
     {%- set tasks = var('performance_tasks') -%}
     {%- if tasks is string or tasks is not iterable or tasks | length == 0 -%}
         {{ fail(

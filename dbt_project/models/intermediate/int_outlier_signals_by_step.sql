@@ -18,6 +18,13 @@
       or outputs) at steps ≤ t; flags at ≥ 1, naming the first diverged step and
       why. A divergence is no noise to wait out: it flags during warm-up too.
 
+    Persistence: training_map, performance, final_loss and agreement flag at t only
+    when they have been beyond their threshold at `signal_persistence` consecutive
+    evaluated checkpoints up to t (warm-up checkpoints count: the state held there
+    too), or at the run's final checkpoint while beyond (the run ends while it
+    holds). A checkpoint without a score breaks the run of checkpoints. loss_spikes
+    and diverged are events, not states: they flag as soon as they occur.
+
     No other signal flags a checkpoint before the run's warm-up (step <
     `outlier_warmup_fraction` × final step), but for an imported map (its states
     are given, not fitted on a few early checkpoints) the training_map signal. Diverged checkpoints have no z-score
@@ -204,7 +211,8 @@ signals as (
                     end || ')'
         end as detail,
         -- an imported map's states are given, not fitted on a short prefix
-        coalesce(training_map.map_source = 'imported', false) as flags_in_warmup
+        coalesce(training_map.map_source = 'imported', false) as flags_in_warmup,
+        true as must_persist
     from checkpoints
     left join training_map using (suite, model_size, seed, step)
 
@@ -225,7 +233,8 @@ signals as (
         cast({{ threshold }} as double) as threshold,
         {{ signal }}.score {{ beyond }} {{ threshold }} as is_beyond,
         {{ signal }}.detail,
-        false as flags_in_warmup
+        false as flags_in_warmup,
+        true as must_persist
     from checkpoints
     left join z_scores as {{ signal }}
         on checkpoints.suite = {{ signal }}.suite
@@ -261,7 +270,8 @@ signals as (
                 then 'largest deviation ' || printf('%.1f', loss_spike_signal.max_deviation)
                     || ' robust deviations, at step ' || loss_spike_signal.max_deviation_step
         end as detail,
-        false as flags_in_warmup
+        false as flags_in_warmup,
+        false as must_persist
     from checkpoints
     left join loss_spike_signal using (suite, model_size, seed, step)
 
@@ -283,9 +293,42 @@ signals as (
             else 'no diverged checkpoint among the run''s ' || diverged_running.n_checkpoints
                 || ' up to step ' || diverged_running.step
         end as detail,
-        true as flags_in_warmup
+        true as flags_in_warmup,
+        false as must_persist
     from checkpoints
     inner join diverged_running using (suite, model_size, seed, step)
+
+),
+
+---------- persistence
+
+runs_of_checkpoints as (
+
+    -- the checkpoints of a run × signal, numbered by how many were not beyond up
+    -- to each: consecutive beyond checkpoints share a number
+    select
+        signals.*,
+        count(*) filter (where not coalesce(is_beyond, false)) over up_to_here as n_not_beyond
+    from signals
+    window up_to_here as (
+        partition by suite, model_size, seed, signal
+        order by step
+        rows between unbounded preceding and current row
+    )
+
+),
+
+persisted as (
+
+    select
+        runs_of_checkpoints.*,
+        -- consecutive evaluated checkpoints up to t at which the signal is beyond
+        count(*) filter (where is_beyond) over (
+            partition by suite, model_size, seed, signal, n_not_beyond
+            order by step
+            rows between unbounded preceding and current row
+        ) as n_consecutive_beyond
+    from runs_of_checkpoints
 
 ),
 
@@ -309,11 +352,21 @@ final as (
         ---------- the signal at this checkpoint
         score,
         threshold,
+        n_consecutive_beyond,
         -- divergence and an imported map's departures flag during warm-up too
-        coalesce((is_after_warmup or flags_in_warmup) and is_beyond, false) as flags,
+        coalesce(
+            (is_after_warmup or flags_in_warmup)
+            and is_beyond
+            and (
+                not must_persist
+                or n_consecutive_beyond >= {{ settings.signal_persistence }}
+                or step = final_step
+            ),
+            false
+        ) as flags,
         detail
 
-    from signals
+    from persisted
 
 )
 

@@ -329,7 +329,7 @@ reasoned as (
                 then training_map_first_detail || ' (first at step ' || first_fire_step || ')'
                     || coalesce('; later: ' || later_departures, '')
             when fires and signal = 'performance'
-                then performance_first_detail || ', first below ' || printf('%g', threshold)
+                then performance_first_detail || ', first flagged below ' || printf('%g', threshold)
                     || ' after warm-up; lowest ' || printf('%.2f', score) || ' at step '
                     || performance_lowest_step
             when fires and signal = 'loss_spikes'
