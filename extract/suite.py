@@ -99,9 +99,6 @@ class CheckpointSource(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Dtype the weights are loaded in; statistics are computed in float32."
     )
-    allow_pickle: bool = Field(
-        False, description="Accept pickle (.bin) weights when no safetensors exist. Unsafe for untrusted files."
-    )
 
     @field_validator("repo", "repo_seed0", "local")
     @classmethod
