@@ -187,7 +187,9 @@ def plan(
 
 
 def write_suite_grid(suite: Suite, lake: Lake) -> None:
-    """Record the suite's expected checkpoints, when they changed since last time."""
+    """Record the suite's expected checkpoints, when they changed since last time: the
+    whole suite's, when a job extracts a selection of it (``Suite.narrowed``)."""
+    suite = suite.whole
     rows = [
         (c.model_size, c.seed, c.step, name, suite.source_of(c))
         for name in suite.extractors
