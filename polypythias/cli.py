@@ -225,12 +225,13 @@ def extract(
 
     from polypythias.extract.threads import configure_threads
 
+    # First: OpenMP reads its settings when torch loads, and reading the suite loads it.
+    configure_threads(threads)
     the_suite = _load_suite(suite, settings, sizes, seeds, steps)
     try:
         shard_range = parse_shard(shard)
     except ValueError as error:
         _fail(str(error))
-    configure_threads(threads)  # before torch starts its pools
     _quiet_libraries()
     names = [n.strip() for n in extractors.split(",") if n.strip()] if extractors else None
     _check_selection(the_suite, {name: None for name in names or the_suite.extractors})
