@@ -114,19 +114,20 @@ def check_pickle(path: Path) -> None:
             torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
-            f"{path}: refused: this pickle needs more than tensors and plain containers "
-            f"({_unsupported_global(error)}); only weights-only pickles are loaded"
+            f"{path}: refused: {_unsupported_global(error)}; only pickles of tensors and plain "
+            "containers are loaded (torch's weights-only unpickler)"
         ) from None
     except Exception as error:  # a truncated or corrupt file
         raise CheckpointError(f"{path}: not a readable torch checkpoint: {_first_line(error)}") from None
 
 
 def _unsupported_global(error: pickle.UnpicklingError) -> str:
-    """What torch's message names as refused (e.g. 'Unsupported global: GLOBAL posix.system')."""
-    for line in str(error).splitlines():
-        line = line.strip()
-        if "Unsupported" in line or "GLOBAL" in line:
-            return line.rstrip(".")[:200]
+    """What torch names as refused: 'it would call posix.system', or its message."""
+    import re
+
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if found:
+        return f"unpickling it would call {found.group(1)}"
     return _first_line(error)
 
 

@@ -5,9 +5,9 @@ treebank. The preset's inputs are pointed at test data with `--set` and its grid
 narrowed to the fixture with --sizes/--seeds/--steps: the same code path as a real
 run, only configuration differs.
 
-14m: seeds 0-2 × steps 0, 1000, every extractor. 70m: seeds 0-2 × step 1000, weight
-statistics (its full extraction costs ~10 s a checkpoint here; bench/checkpoint_cost.py
-measures it).
+14m: seeds 0-2 × steps 0, 1000, every extractor. 70m: seed 0 (its 140 MB pickle) at
+step 1000, weight statistics only: they alone cost 10 s or more per 70m checkpoint on
+two shared cores (bench/checkpoint_cost.py measures every extractor at both sizes).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ MAX_TRAIN, MAX_TEST = 300, 150
 def hub_cache(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("hf") / "hub"
     write_hub_suite(cache, TOKENIZER, sizes=("14m",), seeds=(0, 1, 2), steps=(0, 1000))
-    write_hub_suite(cache, TOKENIZER, sizes=("70m",), seeds=(0, 1, 2), steps=(1000,))
+    write_hub_suite(cache, TOKENIZER, sizes=("70m",), seeds=(0,), steps=(1000,))
     return cache
 
 
@@ -77,7 +77,7 @@ def extracted(hub_cache, tmp_path_factory):
               *settings(work / "tasks")]
     runs = [
         [*common, "--sizes", "14m", "--seeds", "0,1,2", "--steps", "0,1000"],
-        [*common, "--sizes", "70m", "--steps", "1000", "--seeds", "0,1,2", "--extractors", "weight_stats"],
+        [*common, "--sizes", "70m", "--steps", "1000", "--seeds", "0", "--extractors", "weight_stats"],
     ]
     for arguments in runs:
         done = subprocess.run([str(POLYPYTHIAS), *arguments], cwd=work, env=env,
@@ -88,7 +88,7 @@ def extracted(hub_cache, tmp_path_factory):
 
 def test_every_checkpoint_and_extractor_succeeds_and_records_its_weight_format(extracted):
     manifest = Lake(extracted / "lake").read(MANIFEST).to_pylist()
-    assert len(manifest) == 3 * 2 * 4 + 3 * 1
+    assert len(manifest) == 3 * 2 * 4 + 1
     assert {row["status"] for row in manifest} == {"success"}, [r["error"] for r in manifest]
     assert {(r["model_size"], r["extractor"]) for r in manifest if r["model_size"] == "14m"} == {
         ("14m", name) for name in ("token_stats", "weight_stats", "evals", "probes")
@@ -106,8 +106,9 @@ def test_weight_stats_have_pythias_shapes(extracted):
         if size not in PARAMETERS:
             continue
         rows = weights.filter(pc.equal(weights["model_size"], size))
+        assert rows.num_rows
         hidden, inner, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
-        for seed in (0, 1, 2):
+        for seed in sorted(set(rows["seed"].to_pylist())):
             one = [r for r in rows.to_pylist() if r["seed"] == seed and r["step"] == 1000]
             shapes = {(r["kind"], r["layer"]): (r["n_rows"], r["n_cols"]) for r in one}
             assert shapes[("embed", None)] == shapes[("unembed", None)] == (50_304, hidden)
@@ -180,7 +181,7 @@ def test_status_reports_the_narrowed_grid_and_the_marts_build_and_the_report_dra
     with duckdb.connect(str(db), read_only=True) as con:
         losses = con.sql("select model_size, seed, step from fct_checkpoint_losses order by all").fetchall()
         formats = con.sql(
-            "select seed, any_value(weights_format) from stg_lake__manifest group by seed order by seed"
+            "select seed, any_value(weights_format) from staging.stg_lake__manifest group by seed order by seed"
         ).fetchall()
     assert losses == [("14m", seed, step) for seed in (0, 1, 2) for step in (0, 1000)]
     assert formats == [(0, "bin"), (1, "safetensors"), (2, "safetensors")]
