@@ -116,9 +116,10 @@ def _load_suite(
         _fail(str(error))
 
 
-def _check_selection(suite, extractors: dict) -> None:
-    """Refuse a selection in which none of the extractors has a checkpoint to do."""
-    if suite.whole is not suite and not any(suite.checkpoints_for(name) for name in extractors):
+def _check_selection(suite, extractors: list[str]) -> None:
+    """Refuse a selection in which none of the (configured) extractors has a checkpoint."""
+    extractors = [name for name in extractors if name in suite.extractors]  # others: refused later
+    if suite.whole is not suite and extractors and not any(suite.checkpoints_for(name) for name in extractors):
         _fail(
             f"the selection (sizes {', '.join(suite.sizes)}; seeds {', '.join(map(str, suite.seeds))}; "
             f"steps {', '.join(map(str, suite.steps['all']))}) matches no checkpoint of "
@@ -234,7 +235,7 @@ def extract(
         _fail(str(error))
     _quiet_libraries()
     names = [n.strip() for n in extractors.split(",") if n.strip()] if extractors else None
-    _check_selection(the_suite, {name: None for name in names or the_suite.extractors})
+    _check_selection(the_suite, names or list(the_suite.extractors))
     the_lake = _lake(lake, the_suite)
     try:
         summary = run_extraction(
@@ -276,7 +277,7 @@ def status(
     from polypythias.extract.status import STATES, suite_status
 
     the_suite = _load_suite(suite, settings, sizes, seeds, steps)
-    _check_selection(the_suite, the_suite.extractors)
+    _check_selection(the_suite, list(the_suite.extractors))
     the_lake = _lake(lake, the_suite)
     try:
         rows = suite_status(the_suite, the_lake, build_extractors(the_suite, None))
