@@ -134,43 +134,43 @@ def real_parameters() -> dict[str, int]:
 def project(result: dict, sizes: list[str]) -> None:
     times, parameters = result["times"], result["parameters"]
     real = real_parameters()
-    reference = max(sizes, key=lambda s: parameters[s])
+    by_size = sorted(sizes, key=lambda s: parameters[s])
+    reference = by_size[-1]
     print(f"\nProjection for the whole PolyPythias grid ({len(real)} sizes x {SEEDS} seeds; weight_stats and "
           f"the load on all {STEPS_ALL} steps, the others on the {STEPS_EVAL_GRID}-step grid), one process on "
-          "this machine's CPUs")
-    print("Assumptions: seconds per checkpoint scale with parameters, linearly or by the power law "
-          f"fitted between {' and '.join(sizes)} (exponent per extractor); the inputs are this bench's "
-          f"(200 sentences, 28 eval items, {PROBE_CAPS[0]}/{PROBE_CAPS[1]} probe words per task), not the "
-          "preset's (a Pile sample, 11 full lm-eval tasks, 10000/4000 words): scale by your input sizes; "
-          "no GPU; a machine shared with other work is slower.")
-    exponents = {}
+          "this machine's CPUs, no GPU")
+    print(f"Assumptions: (a) proportional: {reference}'s seconds per checkpoint times the parameter ratio; "
+          f"(b) affine: a fixed part plus a per-parameter part, fitted through {' and '.join(by_size[:2])} "
+          "(the fixed part is work the size does not change, e.g. softmax over the 50,304-token vocabulary "
+          "at every position); the inputs are this bench's (200 sentences, 28 eval items, "
+          f"{PROBE_CAPS[0]}/{PROBE_CAPS[1]} probe words per task), not a real run's (a Pile sample, 11 full "
+          "lm-eval tasks, 10000/4000 words): scale by your input sizes; a machine shared with other work "
+          "is slower.")
+    fits = {}
     for what in ("load", *EXTRACTORS):
-        if len(sizes) >= 2:
-            small, large = sorted(sizes, key=lambda s: parameters[s])[:2]
-            ratio = statistics.median(times[(large, what)]) / statistics.median(times[(small, what)])
-            exponents[what] = __import__("math").log(ratio) / __import__("math").log(parameters[large] / parameters[small])
+        large = statistics.median(times[(reference, what)])
+        if len(by_size) >= 2:
+            small = statistics.median(times[(by_size[0], what)])
+            slope = max(0.0, (large - small) / (parameters[reference] - parameters[by_size[0]]))
         else:
-            exponents[what] = 1.0
-    print(f"{'size':>6} {'params':>12} " + " ".join(f"{w:>13}" for w in ("load", *EXTRACTORS)) + f" {'grid, hours':>22}")
-    total_linear = total_fitted = 0.0
+            slope = large / parameters[reference]
+        fits[what] = (large / parameters[reference], slope, max(0.0, large - slope * parameters[reference]))
+    print(f"{'size':>6} {'params':>12} " + " ".join(f"{w:>13}" for w in ("load", *EXTRACTORS))
+          + f" {'grid CPU-hours':>20}")
+    totals = [0.0, 0.0]
     for size, count in real.items():
-        per = {}
-        for what in ("load", *EXTRACTORS):
-            seconds = statistics.median(times[(reference, what)])
-            per[what] = (seconds * count / parameters[reference],
-                         seconds * (count / parameters[reference]) ** exponents[what])
+        per = {what: (per_param * count, fixed + slope * count)
+               for what, (per_param, slope, fixed) in fits.items()}
         hours = []
         for k in (0, 1):
             every = per["load"][k] + per["weight_stats"][k]
             grid = per["token_stats"][k] + per["evals"][k] + per["probes"][k]
             hours.append(SEEDS * (STEPS_ALL * every + STEPS_EVAL_GRID * grid) / 3600)
-        total_linear += hours[0]
-        total_fitted += hours[1]
+            totals[k] += hours[k]
         print(f"{size:>6} {count:>12,} " + " ".join(f"{per[w][0]:>6.2f}/{per[w][1]:<6.2f}" for w in per)
-              + f" {hours[0]:>10.1f} / {hours[1]:<10.1f}")
-    print("(seconds per checkpoint, linear / power-law; exponents: "
-          + ", ".join(f"{w} {e:.2f}" for w, e in exponents.items()) + ")")
-    print(f"whole grid: {total_linear:.0f} CPU-hours (linear) / {total_fitted:.0f} (power law) on this machine")
+              + f" {hours[0]:>9.1f} / {hours[1]:<9.1f}")
+    print("(seconds per checkpoint: proportional / affine)")
+    print(f"whole grid: {totals[0]:.0f} CPU-hours proportional, {totals[1]:.0f} affine, on this machine")
 
 
 def contention(work: Path, repeats: int) -> None:
@@ -201,8 +201,8 @@ def contention(work: Path, repeats: int) -> None:
                         process.terminate()
                         process.join()
                 seconds = duckdb.sql(
-                    f"select sum(duration_s) from read_parquet('{lake}/manifest/**/*.parquet') "
-                ).fetchone()[0] / 2  # two checkpoints
+                    f"select sum(duration_s) from read_parquet('{lake}/manifest/**/*.parquet')"
+                ).fetchall()[0][0] / 2  # two checkpoints
                 results.setdefault((policy, busy), []).append(seconds)
     print(f"\nContention: the 14m pass (all four extractors, per checkpoint), {cpus} CPUs, "
           "median of alternating runs")
