@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 OFFLINE := PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 DBT_SEND_ANONYMOUS_USAGE_STATS=false TOKENIZERS_PARALLELISM=false
 
-.PHONY: install demo test bench bench-evals bench-lake bench-scaling bench-ingest clean
+.PHONY: install demo test bench bench-cost bench-evals bench-lake bench-scaling bench-ingest clean
 
 install: $(STAMP)
 
@@ -32,6 +32,9 @@ $(CHROMIUM):
 
 bench: $(STAMP)
 	$(OFFLINE) $(PYTHON) bench/extract_overhead.py
+
+bench-cost: $(STAMP)
+	$(OFFLINE) $(PYTHON) bench/checkpoint_cost.py --contention
 
 bench-evals: $(STAMP)
 	$(OFFLINE) $(PYTHON) bench/evals_vs_harness_cli.py

@@ -43,7 +43,7 @@ from polypythias.warehouse.lake import Lake
 def bare(runner: Runner, task: Task, tokenizer) -> float:
     """Load one checkpoint and run only its forward passes; returns seconds."""
     started = time.perf_counter()
-    model = load_model(runner.suite, task.checkpoint, runner.device)
+    model, _ = load_model(runner.suite, task.checkpoint, runner.device)
     documents = runner.extractors["token_stats"]
     sequences = documents.encode(tokenizer, model.config.max_position_embeddings)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))

@@ -76,6 +76,8 @@ class Loaded:
     error: str | None = None
     #: Why the weights count as diverged (some are NaN or inf), else None.
     diverged: str | None = None
+    #: "safetensors" or "bin" (pickle, read weights-only): the file the weights came from.
+    weights_format: str | None = None
 
 
 @dataclass(slots=True)
@@ -85,6 +87,7 @@ class Attempt:
     checkpoint: CheckpointId
     extraction_id: str
     source: str
+    weights_format: str | None = None
     #: extractor → dataset → table (extraction_id column included)
     outputs: dict[str, dict[str, pa.Table]] = field(default_factory=dict)
     #: extractor → its manifest row
@@ -184,7 +187,9 @@ def plan(
 
 
 def write_suite_grid(suite: Suite, lake: Lake) -> None:
-    """Record the suite's expected checkpoints, when they changed since last time."""
+    """Record the suite's expected checkpoints, when they changed since last time: the
+    whole suite's, when a job extracts a selection of it (``Suite.narrowed``)."""
+    suite = suite.whole
     rows = [
         (c.model_size, c.seed, c.step, name, suite.source_of(c))
         for name in suite.extractors
@@ -229,13 +234,11 @@ class Runner:
         lake: Lake,
         extractors: dict[str, Extractor],
         device: torch.device,
-        allow_pickle: bool = False,
     ) -> None:
         self.suite = suite
         self.lake = lake
         self.extractors = extractors
         self.device = device
-        self.allow_pickle = allow_pickle
         self.versions = dict(package_versions())
         self.host = socket.gethostname()
         self.config_hashes = {name: e.config_hash() for name, e in extractors.items()}
@@ -258,8 +261,8 @@ class Runner:
         """Load the checkpoint's model and tokenizer, or the reason it cannot be."""
         started = datetime.now(UTC)
         try:
-            model = load_model(self.suite, task.checkpoint, self.device, self.allow_pickle)
-            loaded = Loaded(started, model, self._tokenizer(task.checkpoint))
+            model, weights = load_model(self.suite, task.checkpoint, self.device)
+            loaded = Loaded(started, model, self._tokenizer(task.checkpoint), weights_format=weights.format)
         except CheckpointError as error:
             return Loaded(started, error=str(error))
         nonfinite, total = _nonfinite_parameters(model)
@@ -274,7 +277,9 @@ class Runner:
         import torch
 
         checkpoint = task.checkpoint
-        attempt = Attempt(checkpoint, new_extraction_id(), self.suite.source_of(checkpoint))
+        attempt = Attempt(
+            checkpoint, new_extraction_id(), self.suite.source_of(checkpoint), loaded.weights_format
+        )
         if loaded.error is not None:
             for name in task.extractors:
                 attempt.records[name] = self._record(
@@ -373,6 +378,7 @@ class Runner:
             "host": self.host,
             "package_versions": list(self.versions.items()),
             "error": error,
+            "weights_format": attempt.weights_format,
         }
 
 
@@ -381,7 +387,6 @@ def run_extraction(
     lake: Lake,
     extractor_names: list[str] | None = None,
     shard: tuple[int, int] = (0, 1),
-    allow_pickle: bool = False,
     progress: bool = True,
     lease_s: float = DEFAULT_LEASE_S,
     workers: int = 1,
@@ -422,8 +427,8 @@ def run_extraction(
     with _fewer_garbage_collections(), _progress(progress, len(tasks), state) as advance:
         if in_process:
             extractors = {name: extractors[name] for name in needed}
-            return _extract(suite, lake, extractors, tasks, state.device, allow_pickle, lease_s, advance)
-        return _extract_in_workers(suite, lake, needed, tasks, workers, allow_pickle, lease_s, advance)
+            return _extract(suite, lake, extractors, tasks, state.device, lease_s, advance)
+        return _extract_in_workers(suite, lake, needed, tasks, workers, lease_s, advance)
 
 
 def _extract(
@@ -432,12 +437,11 @@ def _extract(
     extractors: dict[str, Extractor],
     tasks: Iterable[Task],
     device: torch.device,
-    allow_pickle: bool,
     lease_s: float,
     advance: Callable[[Task, str], None],
 ) -> Summary:
     """Claim, load, extract and write each task in turn (a write overlaps the next load)."""
-    runner = Runner(suite, lake, extractors, device, allow_pickle)
+    runner = Runner(suite, lake, extractors, device)
     claims = ClaimStore(lake, suite.name, lease_s) if lake.is_local else None
     summary = Summary()
     with claims or nullcontext(), ThreadPoolExecutor(1) as writer:
@@ -488,7 +492,6 @@ def _extract_in_workers(
     extractor_names: list[str],
     tasks: list[Task],
     workers: int,
-    allow_pickle: bool,
     lease_s: float,
     advance: Callable[[Task, str], None],
 ) -> Summary:
@@ -510,7 +513,7 @@ def _extract_in_workers(
     processes = [
         context.Process(
             target=_worker,
-            args=(index, suite, lake.uri, extractor_names, allow_pickle, lease_s, threads, todo, events),
+            args=(index, suite, lake.uri, extractor_names, lease_s, threads, todo, events),
             name=f"extract-worker-{index}",
             daemon=True,  # never outlive the job
         )
@@ -555,7 +558,6 @@ def _worker(
     suite: Suite,
     lake_uri: str,
     extractor_names: list[str],
-    allow_pickle: bool,
     lease_s: float,
     threads: int,
     todo: multiprocessing.Queue,
@@ -573,7 +575,7 @@ def _worker(
         with _fewer_garbage_collections():
             summary = _extract(
                 suite, Lake(lake_uri), extractors, iter(todo.get, None), torch.device("cpu"),
-                allow_pickle, lease_s, lambda task, outcome: events.put(("advance", index, (task, outcome))),
+                lease_s, lambda task, outcome: events.put(("advance", index, (task, outcome))),
             )
     except (ExtractorError, LakeError) as error:
         events.put(("error", index, str(error)))

@@ -99,9 +99,6 @@ class CheckpointSource(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Dtype the weights are loaded in; statistics are computed in float32."
     )
-    allow_pickle: bool = Field(
-        False, description="Accept pickle (.bin) weights when no safetensors exist. Unsafe for untrusted files."
-    )
 
     @field_validator("repo", "repo_seed0", "local")
     @classmethod
@@ -138,6 +135,8 @@ class Suite(BaseModel):
     # The folder relative paths resolve against, and the file read; set by load_suite.
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _file: Path | None = PrivateAttr(default=None)
+    # The suite a `narrowed` copy was selected from.
+    _whole: Suite | None = PrivateAttr(default=None)
 
     @field_validator("name")
     @classmethod
@@ -222,6 +221,42 @@ class Suite(BaseModel):
             for step in steps
         ]
 
+    def narrowed(
+        self, sizes: list[str] | None = None, seeds: list[int] | None = None, steps: list[int] | None = None
+    ) -> Suite:
+        """This suite restricted to some of its sizes, seeds and steps (None: all).
+
+        A selection narrows, never widens: a size, seed or step the suite does not
+        have is a SuiteError. Each named step set keeps the selected steps it has
+        (it may be left empty: that extractor then has nothing to do). The narrowed
+        suite remembers the whole one (``whole``), whose grid is what the suite expects.
+        """
+        for option, given, known in (("--sizes", sizes, self.sizes), ("--seeds", seeds, self.seeds),
+                                     ("--steps", steps, self.steps["all"])):
+            if given is None:
+                continue
+            if not given:
+                raise SuiteError(f"{option}: selects nothing")
+            unknown = [value for value in given if value not in known]
+            if unknown:
+                raise SuiteError(
+                    f"{option}: {', '.join(map(str, unknown))} not in suite {self.name!r} "
+                    f"({_summarise(known)}); a selection can only narrow the suite"
+                )
+        narrowed = self.model_copy(update={
+            "sizes": [s for s in self.sizes if sizes is None or s in sizes],
+            "seeds": [s for s in self.seeds if seeds is None or s in seeds],
+            "steps": {name: [s for s in values if steps is None or s in steps]
+                      for name, values in self.steps.items()},
+        })
+        narrowed._whole = self.whole
+        return narrowed
+
+    @property
+    def whole(self) -> Suite:
+        """The suite before any ``narrowed`` selection (itself if none)."""
+        return self._whole or self
+
     def source_of(self, checkpoint: CheckpointId) -> str:
         """Where a checkpoint lives: 'repo@revision' or a local folder path."""
         source = self.checkpoints
@@ -253,6 +288,45 @@ class CheckpointId:
         return f"{self.suite}/{self.model_size}/seed{self.seed}/step{self.step}"
 
 
+def parse_selection(
+    sizes: str | None, seeds: str | None, steps: str | None
+) -> tuple[list[str] | None, list[int] | None, list[int] | None]:
+    """The comma-separated ``--sizes``, ``--seeds`` and ``--steps`` of the command
+    line as lists (None where not given); steps may be ``start:stop:every`` ranges."""
+
+    def items(option: str, text: str | None) -> list[str] | None:
+        if text is None:
+            return None
+        values = [item.strip() for item in text.split(",") if item.strip()]
+        if not values:
+            raise SuiteError(f"{option} {text!r}: selects nothing")
+        return values
+
+    def integers(option: str, values: list[str] | None) -> list[int] | None:
+        if values is None:
+            return None
+        try:
+            return [int(value) for value in values]
+        except ValueError:
+            raise SuiteError(f"{option}: {', '.join(values)}: give non-negative integers, comma-separated") from None
+
+    step_items = items("--steps", steps)
+    try:
+        step_list = None if step_items is None else _expand_steps(
+            [int(v) if v.isdigit() else v for v in step_items]
+        )
+    except ValueError as error:
+        raise SuiteError(f"--steps: {error}") from None
+    return items("--sizes", sizes), integers("--seeds", items("--seeds", seeds)), step_list
+
+
+def _summarise(values: list) -> str:
+    """'a, b, c' for a short list, 'a, b … z (n in all)' for a long one."""
+    if len(values) <= 12:
+        return ", ".join(map(str, values))
+    return f"{values[0]}, {values[1]} … {values[-1]} ({len(values)} in all)"
+
+
 def _unique(values: list) -> list:
     if len(set(values)) != len(values):
         raise ValueError(f"duplicate values in {values}")
@@ -271,8 +345,13 @@ def _partition_value_int(column: str, value: int) -> int:
     return value
 
 
-def load_suite(name_or_path: str | Path) -> Suite:
+def load_suite(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Suite:
     """Load a preset by name (``polypythias``, ``micro``) or a suite YAML file.
+
+    ``overrides`` are ``dotted.key=VALUE`` settings (VALUE is YAML) applied to the
+    file's content before it is validated, as if the file said so: the way to point
+    a preset at your own inputs without copying it (``extractors.token_stats.documents=
+    /data/pile.jsonl``). Paths they give resolve like the file's own.
 
     SuiteError names the file and, where the YAML locates it, the line: a syntax
     error, a key given twice, a missing, unknown or mistyped field.
@@ -295,6 +374,8 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if not isinstance(data, dict):
         got = "an empty file" if data is None else f"a {type(data).__name__}"
         raise SuiteError(f"{file}: a suite file must be a YAML mapping (name: …, sizes: …), got {got}")
+    for override in overrides:
+        _apply_override(data, override)
     try:
         suite = Suite.model_validate(data)
     except ValidationError as error:
@@ -305,6 +386,34 @@ def load_suite(name_or_path: str | Path) -> Suite:
     suite._base_dir = Path.cwd() if is_preset else file.resolve().parent
     suite._file = file
     return suite
+
+
+def _apply_override(data: dict, override: str) -> None:
+    """Set ``dotted.key=VALUE`` (VALUE parsed as YAML) in the suite's data; missing
+    mappings on the way are created."""
+    key, equals, value = override.partition("=")
+    parts = key.strip().split(".")
+    if not equals or not all(parts):
+        raise SuiteError(f"--set {override!r}: give KEY=VALUE, KEY a dotted path such as extractors.evals.limit")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SuiteError(f"--set {key}: the value {value!r} is not valid YAML: {problem}") from None
+    target = data
+    for depth, part in enumerate(parts[:-1]):
+        target = target.setdefault(part, {})
+        if target is None:  # an empty mapping in the file (`evals:`)
+            target = _parent(data, parts[: depth])[part] = {}
+        if not isinstance(target, dict):
+            raise SuiteError(f"--set {key}: {'.'.join(parts[: depth + 1])} is not a mapping")
+    target[parts[-1]] = parsed
+
+
+def _parent(data: dict, parts: list[str]) -> dict:
+    for part in parts:
+        data = data[part]
+    return data
 
 
 class _Loader(yaml.SafeLoader):

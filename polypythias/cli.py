@@ -63,6 +63,33 @@ SuiteOption = Annotated[
     typer.Option("--suite", help="A suite YAML file or a preset name (polypythias, micro)."),
 ]
 ReportsOption = Annotated[Path, typer.Option("--out", help="Folder the report is written to.")]
+SizesOption = Annotated[
+    str | None,
+    typer.Option(help="Only these of the suite's model sizes, comma-separated (e.g. 14m,70m).", show_default=False),
+]
+SeedsOption = Annotated[
+    str | None,
+    typer.Option(help="Only these of the suite's seeds, comma-separated (e.g. 0,1,2).", show_default=False),
+]
+StepsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Only these of the suite's steps, comma-separated; 'a:b:c' is a range (e.g. 0,1000:3000:1000). "
+        "Each extractor still keeps to its own step set.",
+        show_default=False,
+    ),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Change a setting of the suite file (repeatable), VALUE in YAML, KEY a dotted path: "
+        "e.g. --set extractors.token_stats.documents=/data/pile.jsonl --set 'extractors.evals.tasks=[sciq]'. "
+        "Give `status` the same --set as `extract`: the settings decide what counts as done.",
+        show_default=False,
+    ),
+]
 
 
 def _fail(message: str) -> None:
@@ -73,13 +100,31 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _load_suite(name: str):
-    from polypythias.extract.suite import SuiteError, load_suite
+def _load_suite(
+    name: str, overrides: list[str] | None = None,
+    sizes: str | None = None, seeds: str | None = None, steps: str | None = None,
+):
+    """The suite file with its --set overrides, narrowed to the selected sizes, seeds, steps."""
+    from polypythias.extract.suite import SuiteError, load_suite, parse_selection
 
     try:
-        return load_suite(name)
+        suite = load_suite(name, overrides or ())
+        if sizes is None and seeds is None and steps is None:
+            return suite
+        return suite.narrowed(*parse_selection(sizes, seeds, steps))
     except SuiteError as error:
         _fail(str(error))
+
+
+def _check_selection(suite, extractors: list[str]) -> None:
+    """Refuse a selection in which none of the (configured) extractors has a checkpoint."""
+    extractors = [name for name in extractors if name in suite.extractors]  # others: refused later
+    if suite.whole is not suite and extractors and not any(suite.checkpoints_for(name) for name in extractors):
+        _fail(
+            f"the selection (sizes {', '.join(suite.sizes)}; seeds {', '.join(map(str, suite.seeds))}; "
+            f"steps {', '.join(map(str, suite.steps['all']))}) matches no checkpoint of "
+            f"{', '.join(extractors)} in suite {suite.name!r}: their step sets hold none of those steps"
+        )
 
 
 def _lake(option: str | None, suite=None):
@@ -129,10 +174,10 @@ def extract(
         str,
         typer.Option(help="Do shard i of n (0-based), e.g. 0/4 for the first of four jobs."),
     ] = "0/1",
-    allow_pickle: Annotated[
-        bool,
-        typer.Option(help="Load pickle (.bin) weights when a checkpoint has no safetensors. Unsafe."),
-    ] = False,
+    sizes: SizesOption = None,
+    seeds: SeedsOption = None,
+    steps: StepsOption = None,
+    settings: SetOption = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     lease: Annotated[
         float | None,
@@ -154,6 +199,16 @@ def extract(
             "the processes.",
         ),
     ] = 1,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            envvar="POLYPYTHIAS_EXTRACT_THREADS",
+            show_default=False,
+            help="CPU threads for torch (shared by the --workers). \\[default: the CPUs this process may "
+            "use: its CPU affinity, capped by its cgroup's CPU quota]",
+        ),
+    ] = None,
 ) -> None:
     """Extract the suite's missing work into the lake (resumable, idempotent).
 
@@ -169,18 +224,22 @@ def extract(
     from polypythias.extract.runner import parse_shard, run_extraction
     from polypythias.warehouse.lake import LakeError
 
-    the_suite = _load_suite(suite)
+    from polypythias.extract.threads import configure_threads
+
+    # First: OpenMP reads its settings when torch loads, and reading the suite loads it.
+    configure_threads(threads)
+    the_suite = _load_suite(suite, settings, sizes, seeds, steps)
     try:
         shard_range = parse_shard(shard)
     except ValueError as error:
         _fail(str(error))
     _quiet_libraries()
     names = [n.strip() for n in extractors.split(",") if n.strip()] if extractors else None
+    _check_selection(the_suite, names or list(the_suite.extractors))
     the_lake = _lake(lake, the_suite)
     try:
         summary = run_extraction(
-            the_suite, the_lake, names, shard_range, allow_pickle, progress,
-            lease or DEFAULT_LEASE_S, workers,
+            the_suite, the_lake, names, shard_range, progress, lease or DEFAULT_LEASE_S, workers,
         )
     except (ExtractorError, LakeError) as error:
         _fail(str(error))
@@ -204,18 +263,30 @@ def extract(
 
 
 @app.command()
-def status(suite: SuiteOption, lake: LakeOption = None) -> None:
-    """Expected grid against the lake: done, stale, failed and missing work per run."""
+def status(
+    suite: SuiteOption,
+    lake: LakeOption = None,
+    sizes: SizesOption = None,
+    seeds: SeedsOption = None,
+    steps: StepsOption = None,
+    settings: SetOption = None,
+) -> None:
+    """Expected grid against the lake: done, stale, failed and missing work per run
+    (of the selected sizes, seeds and steps, when --sizes, --seeds or --steps narrow it)."""
     from polypythias.extract.runner import build_extractors
     from polypythias.extract.status import STATES, suite_status
 
-    the_suite = _load_suite(suite)
+    the_suite = _load_suite(suite, settings, sizes, seeds, steps)
+    _check_selection(the_suite, list(the_suite.extractors))
     the_lake = _lake(lake, the_suite)
     try:
         rows = suite_status(the_suite, the_lake, build_extractors(the_suite, None))
     except Exception as error:  # noqa: BLE001 - any problem reading the lake is reported plainly
         _fail(str(error))
-    table = Table("model_size", "seed", *STATES, title=f"{the_suite.name} in {the_lake.uri}")
+    title = f"{the_suite.name} in {the_lake.uri}"
+    if the_suite.whole is not the_suite:
+        title += f" (selected: {len(the_suite.steps['all'])} of {len(the_suite.whole.steps['all'])} steps)"
+    table = Table("model_size", "seed", *STATES, title=title)
     for row in rows:
         table.add_row(row.model_size, str(row.seed), *(str(row.counts[s]) for s in STATES))
     console.print(table)

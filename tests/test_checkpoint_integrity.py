@@ -114,7 +114,7 @@ def test_value_samples_are_the_checkpoints_values_at_the_positions_in_every_inst
     from polypythias.extract.checkpoints import load_model
 
     checkpoint = CheckpointId(suite.name, "200k", 1, 8)
-    model = load_model(suite, checkpoint, torch.device("cpu"))
+    model, _ = load_model(suite, checkpoint, torch.device("cpu"))
     tables = [
         get_extractor("weight_stats")(suite.extractor_options("weight_stats"), suite)
         .run(model, None, checkpoint, torch.device("cpu"))["weight_stats"]

@@ -41,18 +41,31 @@ CONLLU = """\
 # sent_id = 1
 # text = The cat's toy isn't here.
 1\tThe\tthe\tDET\tDT\tDefinite=Def|PronType=Art\t3\tdet\t_\t_
-2\tcat\tcat\tNOUN\tNN\tNumber=Sing\t3\tnmod:poss\t_\t_
-3-4\tcat's\t_\t_\t_\t_\t_\t_\t_\t_
+2-3\tcat's\t_\t_\t_\t_\t_\t_\t_\t_
+2\tcat\tcat\tNOUN\tNN\tNumber=Sing\t4\tnmod:poss\t_\t_
 3\t's\t's\tPART\tPOS\t_\t2\tcase\t_\t_
-4\ttoy\ttoy\tNOUN\tNN\tNumber=Sing\t6\tnsubj\t_\t_
-5\tis\tbe\tAUX\tVBZ\tMood=Ind|Number=Sing\t6\tcop\t_\t_
-5.1\tthere\t_\t_\t_\t_\t_\t_\t_\t_
-6\there\there\tADV\tRB\t_\t0\troot\t_\t_
-7\t.\t.\t_\tSENT\t_\t6\tpunct\t_\t_
+4\ttoy\ttoy\tNOUN\tNN\tNumber=Sing\t7\tnsubj\t_\t_
+5-6\tisn't\t_\t_\t_\t_\t_\t_\t_\t_
+5\tis\tbe\tAUX\tVBZ\tMood=Ind|Number=Sing\t7\tcop\t_\t_
+6\tn't\tnot\tPART\tRB\t_\t7\tadvmod\t_\t_
+6.1\tthere\t_\t_\t_\t_\t_\t_\t_\t_
+7\there\there\tADV\tRB\t_\t0\troot\t_\tSpaceAfter=No
+8\t.\t.\t_\tSENT\t_\t7\tpunct\t_\t_
 
 # sent_id = 2
 1\tDogs\tdog\tNOUN\tNNS\tNumber=Plur\t2\tnsubj\t_\t_
-2\tbark\tbark\tVERB\tVBP\t_\t0\troot\t_\t_
+2\tbark\tbark\tVERB\tVBP\t_\t0\troot\t_\tSpaceAfter=No
+3-4\tdon't\t_\t_\t_\t_\t_\t_\t_\tSpaceAfter=No
+3\tdo\tdo\tAUX\tVBP\t_\t2\taux\t_\t_
+4\tn't\tnot\tPART\tRB\t_\t2\tadvmod\t_\t_
+5\t!\t!\tPUNCT\t.\t_\t2\tpunct\t_\t_
+
+# sent_id = 3
+# text = Au revoir
+1-2\tAu\t_\t_\t_\t_\t_\t_\t_\t_
+1\tà\tà\tADP\t_\t_\t3\tcase\t_\t_
+2\tle\tle\tDET\t_\t_\t3\tdet\t_\t_
+3\trevoir\trevoir\tNOUN\t_\t_\t0\troot\t_\t_
 """
 
 
@@ -92,23 +105,28 @@ MICRO_TASKS = {
 # -- reading -----------------------------------------------------------------------
 
 
-def test_conllu_words_skip_multiword_tokens_and_empty_nodes(tmp_path):
+def test_conllu_sentences_read_as_their_original_text(tmp_path):
     path = tmp_path / "a.conllu"
     path.write_text(CONLLU)
     split = read_conllu(path, "upos")
-    assert split.texts == ["The cat 's toy is here .", "Dogs bark"]
-    # "." has UPOS "_": in the text, not an item.
-    assert split.labels == ["DET", "NOUN", "PART", "NOUN", "AUX", "ADV", "NOUN", "VERB"]
-    assert split.item_word == [0, 1, 2, 3, 4, 5, 0, 1]
-    assert split.item_sources[2] == f"{path}:6" and split.item_sources[6] == f"{path}:14"
+    # "# text" where the sentence has one; else the tokens joined respecting SpaceAfter=No.
+    assert split.texts == ["The cat's toy isn't here.", "Dogs barkdon't!", "Au revoir"]
+    # "." has UPOS "_": in the text, not an item; the empty node 6.1 is neither.
+    assert split.labels == ["DET", "NOUN", "PART", "NOUN", "AUX", "PART", "ADV",
+                            "NOUN", "VERB", "AUX", "PART", "PUNCT", "ADP", "DET", "NOUN"]
+    assert split.item_word == [0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4, 0, 1, 2]
+    assert split.item_sources[2] == f"{path}:6" and split.item_sources[7] == f"{path}:16"
     words = [split.texts[t][slice(*split.spans[t][w])] for t, w in zip(split.item_text, split.item_word)]
-    assert words == ["The", "cat", "'s", "toy", "is", "here", "Dogs", "bark"]
+    # Words of a multiword token are their part of it; where the forms do not spell
+    # the token ("Au" = "à" + "le"), each of them is the whole token.
+    assert words == ["The", "cat", "'s", "toy", "is", "n't", "here",
+                     "Dogs", "bark", "do", "n't", "!", "Au", "Au", "revoir"]
 
     number = read_conllu(path, "Number")  # a FEATS key: words without it are no items
     assert number.labels == ["Sing", "Sing", "Sing", "Plur"]
     assert [number.item_word[i] for i in range(4)] == [1, 3, 4, 0]
     assert read_conllu(path, "deprel").labels[:3] == ["det", "nmod:poss", "case"]
-    assert read_conllu(path, "xpos").labels[-1] == "VBP"
+    assert read_conllu(path, "xpos").labels[-2:] == ["RB", "."]
 
 
 def _task(tmp_path, format_, train_text, **spec):
@@ -175,7 +193,7 @@ def test_caps_keep_the_first_items(tmp_path):
     assert task.train.texts == ["w0", "w1", "w2", "w3"] and task.test.labels == ["0", "1"]
     assert task.classes == ["0", "1", "2"]
     # Majority of the train split (0 twice; ties would go to the first label).
-    assert task.majority_accuracy == 0.5
+    assert task.classes[task.majority] == "0" and task.test.labels.count("0") / len(task.test.labels) == 0.5
 
 
 # -- words and sub-word tokens ---------------------------------------------------------

@@ -65,7 +65,7 @@ def test_corrupt_and_missing_checkpoints_are_recorded_and_the_rest_extracted(tin
     assert retry.ok and retry.checkpoints == 2 and retry.succeeded == 4
 
 
-def test_pickle_checkpoints_are_refused_unless_allowed(tiny_suite, tmp_path, tokenizer):
+def test_a_pickle_checkpoint_loads_weights_only_and_its_format_is_recorded(tiny_suite, tmp_path, tokenizer):
     from conftest import tiny_model
 
     folder = tiny_suite.parent / "ck/tiny/seed0/step0"
@@ -73,10 +73,11 @@ def test_pickle_checkpoints_are_refused_unless_allowed(tiny_suite, tmp_path, tok
     torch.save(tiny_model(len(tokenizer), 0).state_dict(), folder / "pytorch_model.bin")
     suite, lake = load_suite(tiny_suite), Lake(tmp_path / "lake")
     summary = run_extraction(suite, lake, ["weight_stats"], progress=False)
-    assert [(f.checkpoint.step, f.checkpoint.seed) for f in summary.failures] == [(0, 0)]
-    assert "pickle" in summary.failures[0].error
-    allowed = run_extraction(suite, lake, ["weight_stats"], allow_pickle=True, progress=False)
-    assert allowed.ok and allowed.checkpoints == 1
+    assert summary.ok and summary.checkpoints == 6
+    manifest = lake.read(MANIFEST)
+    formats = {(r["seed"], r["step"]): r["weights_format"] for r in manifest.to_pylist()}
+    assert formats.pop((0, 0)) == "bin"
+    assert set(formats.values()) == {"safetensors"}
 
 
 def test_shards_split_the_work_without_overlap(tiny_suite, tmp_path):

@@ -71,6 +71,10 @@ MANIFEST = Dataset(
         pa.field("host", pa.string()),
         pa.field("package_versions", pa.map_(pa.string(), pa.string()), nullable=False),
         pa.field("error", pa.string()),
+        # The weight file the checkpoint loaded from: safetensors | bin (a pickle, read
+        # through torch's weights-only unpickler); null when none was found. Added
+        # after schema version 1's first files: older files read it as null.
+        pa.field("weights_format", pa.string()),
     ),
 )
 
@@ -281,6 +285,11 @@ PROBE_RESULTS = Dataset(
         pa.field("n_classes", pa.int32(), nullable=False),
         pa.field("n_train", pa.int64(), nullable=False),
         pa.field("n_test", pa.int64(), nullable=False),
+        # Words of each split that got no token from the tokenizer and were left out
+        # (not in n_train / n_test); 0 for a sequence-level task. Added after schema
+        # version 1's first files: older files read them as null.
+        pa.field("n_train_without_token", pa.int64()),
+        pa.field("n_test_without_token", pa.int64()),
     ),
 )
 

@@ -47,6 +47,7 @@
             ('host', 'varchar'),
             ('package_versions', 'map(varchar, varchar)'),
             ('error', 'varchar'),
+            ('weights_format', 'varchar'),
         ] + checkpoint,
         'token_stats': [
             ('extraction_id', 'varchar'),
@@ -144,6 +145,8 @@
             ('n_classes', 'integer'),
             ('n_train', 'bigint'),
             ('n_test', 'bigint'),
+            ('n_train_without_token', 'bigint'),
+            ('n_test_without_token', 'bigint'),
         ] + checkpoint,
         'probe_predictions': [
             ('extraction_id', 'varchar'),

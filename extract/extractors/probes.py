@@ -13,12 +13,16 @@ the math and says what exactly is fitted.
 
 Input formats (``format`` of a task; paths resolve against the suite file):
 
-- ``conllu``: CoNLL-U, read with the ``conllu`` parser. The text of a sentence is
-  its words (integer ids; multiword-token lines ``1-2`` and empty nodes ``1.1``
-  are skipped) joined by single spaces, so "don't" reads "do n't". ``field`` is a
-  column (``upos``, ``xpos``, ``deprel``, ``lemma``) or a FEATS key (``Number``). A
-  word whose value is ``_`` — or, for a FEATS key, that lacks the key — is in the
-  text but not an item.
+- ``conllu``: CoNLL-U, read with the ``conllu`` parser. The model reads the
+  sentence's original text: its ``# text``, or where a sentence has none (or its
+  tokens do not spell it out) the surface tokens joined by a space except after
+  ``SpaceAfter=No`` — "search-engine (and now e-mail)", not "search - engine ( and
+  now e-mail )". The items are its words (integer ids; empty nodes ``1.1`` have no
+  text and are skipped); a word inside a multiword token (``1-2 don't`` = ``do`` +
+  ``n't``) is its part of the token's text, or the whole token where the words'
+  forms do not concatenate to it. ``field`` is a column (``upos``, ``xpos``,
+  ``deprel``, ``lemma``) or a FEATS key (``Number``). A word whose value is ``_`` —
+  or, for a FEATS key, that lacks the key — is in the text but not an item.
 - ``jsonl-words``: one JSON object per line with a list of words (key ``words``)
   and a list of labels of the same length (key ``labels``); a null label marks a
   word that is not an item. The text is the words joined by single spaces.
@@ -32,9 +36,10 @@ every word its character span overlaps (offsets from a fast tokenizer). A word's
 feature is the hidden state of its first token (``word_pooling: first``, the
 default and the usual convention of probing work) or the mean over all its tokens
 (``mean``). In a causal model the first sub-word has not yet seen the rest of its
-word and the later ones have, so ``mean`` also reflects the word's end. A word
-without a token, or a text longer than the model's context, is an error naming its
-file and line.
+word and the later ones have, so ``mean`` also reflects the word's end. A word that
+no token overlaps is left out of its split and counted (``n_train_without_token``,
+``n_test_without_token`` in ``probe_results``, and a warning); a text longer than
+the model's context is an error naming its file and line.
 
 Item ids: ``item_id`` is the item's position in the test split (file order, after
 ``max_test``), the same in every checkpoint. ``max_train`` / ``max_test`` keep the
@@ -182,12 +187,19 @@ class Split:
 
     def add_words(self, words: list[str], labels: list[str | None], source: str,
                   word_sources: list[str]) -> None:
+        """Words read as their text joined by single spaces."""
         spans, start = [], 0
         for word in words:
             spans.append((start, start + len(word)))
             start += len(word) + 1
+        self.add_text_words(" ".join(words), spans, labels, source, word_sources)
+
+    def add_text_words(self, text: str, spans: list[tuple[int, int]], labels: list[str | None],
+                       source: str, word_sources: list[str]) -> None:
+        """A text and its words' character spans in it (words of one multiword token
+        may share one span)."""
         index = len(self.texts)
-        self.texts.append(" ".join(words))
+        self.texts.append(text)
         self.spans.append(spans)
         self.text_sources.append(source)
         for position, label in enumerate(labels):
@@ -273,17 +285,73 @@ def read_conllu(path: Path, field_name: str, limit: int | None = None) -> Split:
                 except ParseException as error:
                     raise ExtractorError(f"{path}:{n}: not CoNLL-U: {error}") from None
             raise ExtractorError(f"{path}:{block[0][0]}: not CoNLL-U") from None
-        forms, labels, sources = [], [], []
+        labels, sources = [], []
         for (n, _), token in zip(words, tokens, strict=True):
-            if not isinstance(token["id"], int):
-                continue  # a multiword token (1-2) or an empty node (1.1)
-            forms.append(token["form"])
-            labels.append(_conllu_label(token, field_name))
-            sources.append(f"{path}:{n}")
-        if forms:
-            split.add_words(forms, labels, f"{path}:{block[0][0]}", sources)
+            if isinstance(token["id"], int):  # not a multiword token (1-2) or an empty node (1.1)
+                labels.append(_conllu_label(token, field_name))
+                sources.append(f"{path}:{n}")
+        if labels:
+            text, spans = sentence_text(tokens)
+            split.add_text_words(text, spans, labels, f"{path}:{block[0][0]}", sources)
         block = []
     return split
+
+
+def sentence_text(tokens) -> tuple[str, list[tuple[int, int]]]:
+    """The text a CoNLL-U sentence is read as, and the character span of each of its
+    words (integer ids, in order).
+
+    The text is the sentence's ``# text`` when its surface tokens (multiword tokens
+    and the words outside them; empty nodes have none) spell it out in order, else
+    the surface tokens joined by a space except after ``SpaceAfter=No``. A word of a
+    multiword token gets its part of the token's span when the words' forms
+    concatenate to the token (``don't`` = ``do`` + ``n't``), else the whole span.
+    """
+    surface: list[tuple[str, list]] = []  # (form, the words it covers)
+    covered: set[int] = set()
+    by_id = {token["id"]: token for token in tokens if isinstance(token["id"], int)}
+    for token in tokens:
+        ident = token["id"]
+        if isinstance(ident, tuple) and ident[1] == "-":
+            members = [by_id[i] for i in range(ident[0], ident[2] + 1) if i in by_id]
+            covered.update(range(ident[0], ident[2] + 1))
+            surface.append((token, members))
+        elif isinstance(ident, int) and ident not in covered:
+            surface.append((token, [token]))
+    text = tokens.metadata.get("text") if hasattr(tokens, "metadata") else None
+    starts = _align(text, [token["form"] for token, _ in surface]) if text else None
+    if starts is None:
+        pieces = []
+        for token, _ in surface:
+            no_space = (token["misc"] or {}).get("SpaceAfter") == "No"
+            pieces.append(token["form"] + ("" if no_space else " "))
+        text = "".join(pieces).rstrip(" ")
+        starts = _align(text, [token["form"] for token, _ in surface])
+    spans: dict[int, tuple[int, int]] = {}
+    for (token, members), start in zip(surface, starts, strict=True):
+        end = start + len(token["form"])
+        if "".join(word["form"] for word in members) == token["form"]:
+            for word in members:
+                spans[word["id"]] = (start, start + len(word["form"]))
+                start += len(word["form"])
+        else:
+            for word in members:
+                spans[word["id"]] = (start, end)
+    return text, [spans[token["id"]] for token in tokens if isinstance(token["id"], int)]
+
+
+def _align(text: str, forms: list[str]) -> list[int] | None:
+    """Where each form starts in `text`, read left to right with only whitespace
+    between them; None if the forms do not spell the text out."""
+    starts, cursor = [], 0
+    for form in forms:
+        while cursor < len(text) and text[cursor].isspace():
+            cursor += 1
+        if not text.startswith(form, cursor):
+            return None
+        starts.append(cursor)
+        cursor += len(form)
+    return starts if not text[cursor:].strip() else None
 
 
 def _conllu_label(token, field_name: str) -> str | None:
@@ -382,7 +450,7 @@ class Task:
     labels: list[str]  # classes, then test labels never seen in train
     y_train: np.ndarray
     y_test: np.ndarray
-    majority_accuracy: float
+    majority: int  # class index of the train split's most frequent label
 
 
 def load_task(name: str, options, suite, word_pooling: str) -> Task:
@@ -409,7 +477,7 @@ def load_task(name: str, options, suite, word_pooling: str) -> Task:
         labels=labels,
         y_train=np.array([index[label] for label in train.labels], dtype=np.int64),
         y_test=y_test,
-        majority_accuracy=float(np.mean(y_test == index[majority])),
+        majority=index[majority],
     )
 
 
@@ -436,8 +504,10 @@ class Plan:
 
     batches: list[Batch]
     n_rows: int
-    #: (task, "train" | "test") → the feature row of each item, in item order.
+    #: (task, "train" | "test") → the feature row of each item that has a token, in item order.
     rows: dict[tuple[str, str], object]
+    #: (task, "train" | "test") → which items have a token (a boolean mask over the split).
+    kept: dict[tuple[str, str], np.ndarray]
     longest: int  # tokens of the longest text, BOS included
     longest_source: str
 
@@ -510,17 +580,28 @@ class Probes(Extractor):
         offsets = [[tuple(o) for o in sequence] for sequence in encoded["offset_mapping"]]
         positions = _item_positions(items, text_list, offsets, len(bos))
 
-        # Feature rows: one per distinct (text, positions).
+        # Feature rows: one per distinct (text, positions); a word without a token has none.
         row_index: dict[tuple[int, tuple[int, ...]], int] = {}
-        item_rows = [row_index.setdefault((text, tuple(p)), len(row_index))
+        item_rows = [row_index.setdefault((text, tuple(p)), len(row_index)) if p else -1
                      for (text, *_), p in zip(items, positions, strict=True)]
         rows_by_text: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
         for (text, tokens), row in row_index.items():
             rows_by_text.setdefault(text, []).append((row, tokens))
-        rows, start = {}, 0
+        rows, kept, start = {}, {}, 0
         for task_name, split_name, n in splits:
-            rows[(task_name, split_name)] = torch.tensor(item_rows[start : start + n], dtype=torch.long)
+            split_rows = np.array(item_rows[start : start + n], dtype=np.int64)
+            kept[(task_name, split_name)] = split_rows >= 0
+            rows[(task_name, split_name)] = torch.from_numpy(split_rows[split_rows >= 0])
             start += n
+        for task_name, _, _ in splits[::2]:
+            left_out = {split: int((~kept[(task_name, split)]).sum()) for split in ("train", "test")}
+            if any(left_out.values()):
+                log.warning(
+                    "probes: task %s: %d of %d train and %d of %d test words get no token "
+                    "from the tokenizer; they are left out",
+                    task_name, left_out["train"], len(kept[(task_name, "train")]),
+                    left_out["test"], len(kept[(task_name, "test")]),
+                )
 
         order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -548,7 +629,7 @@ class Probes(Extractor):
                 counts=torch.tensor([len(flat) for _, flat in batch_rows], dtype=torch.float32),
             ))
         longest = max(range(len(ids)), key=lambda i: len(ids[i]))
-        return Plan(batches, len(row_index), rows, len(ids[longest]), text_sources[longest])
+        return Plan(batches, len(row_index), rows, kept, len(ids[longest]), text_sources[longest])
 
     # -- per checkpoint --------------------------------------------------------------
 
@@ -601,14 +682,18 @@ class Probes(Extractor):
         import torch
 
         features = self.features(model, tokenizer, device)
-        rows = self.plan(tokenizer).rows
+        plan = self.plan(tokenizer)
         results, predictions = [], []
         for task in self.tasks:
-            x_train = features[:, rows[(task.name, "train")].to(device)]
-            x_test = features[:, rows[(task.name, "test")].to(device)]
-            scores = self.probe(task, x_train, x_test)
-            results.append(_results_table(task, scores))
-            predictions.append(_predictions_table(task, scores["predicted"]))
+            kept = Kept(plan.kept[(task.name, "train")], plan.kept[(task.name, "test")])
+            for split, mask in (("train", kept.train), ("test", kept.test)):
+                if not mask.any():
+                    raise ExtractorError(f"probes: task {task.name}: no {split} word gets a token from the tokenizer")
+            x_train = features[:, plan.rows[(task.name, "train")].to(device)]
+            x_test = features[:, plan.rows[(task.name, "test")].to(device)]
+            scores = self.probe(task, x_train, x_test, kept)
+            results.append(_results_table(task, scores, kept))
+            predictions.append(_predictions_table(task, scores["predicted"], kept))
         del features
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -617,19 +702,21 @@ class Probes(Extractor):
             PROBE_PREDICTIONS.name: pa.concat_tables(predictions),
         }
 
-    def probe(self, task: Task, x_train, x_test) -> dict:
-        """Fit and score one task's probes on all layers at once."""
+    def probe(self, task: Task, x_train, x_test, kept: Kept) -> dict:
+        """Fit and score one task's probes on all layers at once, on the items that
+        have a token (``kept``)."""
         import torch
 
         device = x_train.device
         n_classes = len(task.classes)
-        order = np.random.default_rng(self.options.seed).permutation(len(task.y_train))
+        y_train, y_test = task.y_train[kept.train], task.y_test[kept.test]
+        order = np.random.default_rng(self.options.seed).permutation(len(y_train))
         order = torch.from_numpy(order).to(device)
         x_train, x_test = probing.standardise(x_train, x_test)
         x_train = probing.with_intercept(x_train).float()[:, order]
         x_test = probing.with_intercept(x_test).float()
-        y_train = torch.from_numpy(task.y_train).to(device)[order]
-        y_test = torch.from_numpy(task.y_test).to(device)
+        y_train = torch.from_numpy(y_train).to(device)[order]
+        y_test = torch.from_numpy(y_test).to(device)
         ends = probing.block_ends(len(y_train), self.options.mdl_fractions)
         fitter = probing.LogisticProbes(self.options.l2, dtype=torch.float32)
         codelength, predictor = probing.online_codelength(x_train, y_train, n_classes, ends, fitter)
@@ -652,7 +739,8 @@ def _item_positions(
     shift: int,
 ) -> list[list[int]]:
     """The token positions (in the model's input, BOS included: ``shift``) each item
-    pools: a word's first or all overlapping tokens, a text's last or all tokens."""
+    pools: a word's first or all overlapping tokens (none when no token overlaps it),
+    a text's last or all tokens."""
     positions: list[list[int]] = [[] for _ in items]
     by_text: dict[int, list[int]] = {}
     for item, (text, *_) in enumerate(items):
@@ -666,9 +754,7 @@ def _item_positions(
             _, span, pool, source = items[item]
             if span is None:
                 continue
-            tokens = tokens_of[span]
-            if not tokens:
-                raise ExtractorError(f"{source}: the word {texts[text][span[0]:span[1]]!r} gets no token")
+            tokens = tokens_of[span]  # none: the word is left out (and counted)
             positions[item] = [shift + t for t in (tokens[:1] if pool == "first" else tokens)]
         n_tokens = len(offsets[text])
         for item in members:
@@ -686,9 +772,18 @@ def _schema(dataset) -> pa.Schema:
     return dataset.schema.remove(dataset.schema.get_field_index("extraction_id"))
 
 
-def _results_table(task: Task, scores: dict) -> pa.Table:
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """Which items of a task's train and test splits have a token (boolean masks)."""
+
+    train: np.ndarray
+    test: np.ndarray
+
+
+def _results_table(task: Task, scores: dict, kept: Kept) -> pa.Table:
     layers = len(scores["codelength"])
-    n_train, n_test, n_classes = len(task.y_train), len(task.y_test), len(task.classes)
+    n_train, n_test, n_classes = int(kept.train.sum()), int(kept.test.sum()), len(task.classes)
+    majority_accuracy = float(np.mean(task.y_test[kept.test] == task.majority)) if n_test else 0.0
     metrics = ("accuracy", "macro_f1")
     rows = len(metrics) * layers
     return pa.table(
@@ -700,24 +795,27 @@ def _results_table(task: Task, scores: dict) -> pa.Table:
             "value": np.stack([scores[m] for m in metrics], axis=1).reshape(-1).astype(np.float64),
             "codelength": np.repeat(scores["codelength"].astype(np.float64), len(metrics)),
             "uniform_codelength": [n_train * float(np.log2(n_classes))] * rows,
-            "majority_accuracy": [task.majority_accuracy] * rows,
+            "majority_accuracy": [majority_accuracy] * rows,
             "n_classes": pa.array([n_classes] * rows, pa.int32()),
             "n_train": pa.array([n_train] * rows, pa.int64()),
             "n_test": pa.array([n_test] * rows, pa.int64()),
+            "n_train_without_token": pa.array([len(kept.train) - n_train] * rows, pa.int64()),
+            "n_test_without_token": pa.array([len(kept.test) - n_test] * rows, pa.int64()),
         },
         schema=_schema(PROBE_RESULTS),
     )
 
 
-def _predictions_table(task: Task, predicted: np.ndarray) -> pa.Table:
+def _predictions_table(task: Task, predicted: np.ndarray, kept: Kept) -> pa.Table:
     layers, n_test = predicted.shape
     labels = np.array(task.labels, dtype=object)
     return pa.table(
         {
             "task": [task.name] * (layers * n_test),
             "layer": np.repeat(np.arange(layers, dtype=np.int32), n_test),
-            "item_id": np.tile(np.arange(n_test, dtype=np.int64), layers),
-            "gold": np.tile(labels[task.y_test], layers),
+            # the item's position in the whole test split, left-out words included
+            "item_id": np.tile(np.flatnonzero(kept.test).astype(np.int64), layers),
+            "gold": np.tile(labels[task.y_test[kept.test]], layers),
             "predicted": labels[predicted.reshape(-1)],
         },
         schema=_schema(PROBE_PREDICTIONS),

@@ -33,6 +33,8 @@ renamed as (
         ---------- provenance
         cast(config_hash as varchar) as config_hash,
         cast(source as varchar) as checkpoint_source,
+        -- safetensors | bin (a pickle read weights-only); null before it was recorded
+        cast(weights_format as varchar) as weights_format,
         cast(device as varchar) as device,
         cast(host as varchar) as host,
         package_versions

@@ -36,6 +36,9 @@ renamed as (
         cast(n_classes as integer) as n_classes,
         cast(n_train as bigint) as n_train,
         cast(n_test as bigint) as n_test,
+        -- words left out because the tokenizer gave them no token
+        cast(n_train_without_token as bigint) as n_train_without_token,
+        cast(n_test_without_token as bigint) as n_test_without_token,
 
         ---------- probe score on the test split
         cast(value as double) as value,
