@@ -492,11 +492,15 @@ def _build(
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="The SQL to run on the warehouse.")],
+    query: Annotated[str, typer.Argument(help="One query to run on the warehouse (read-only).")],
     db: DbOption = DEFAULT_DB,
     format: Annotated[str, typer.Option(help="table, csv or json.")] = "table",
 ) -> None:
-    """Run one SQL query on the warehouse and print the result."""
+    """Run one query on the warehouse and print the result.
+
+    A reader: one statement, a query (select, from, with, show, describe, summarize);
+    COPY, EXPORT, ATTACH, INSTALL, LOAD, SET, PRAGMA and several statements are
+    refused, and no file outside the lake the warehouse's views read can be opened."""
     from polypythias.warehouse.sql import WarehouseError, query as run_query, to_csv, to_json
 
     if format not in {"table", "csv", "json"}:

@@ -380,7 +380,7 @@ def warehouse(tmp_path) -> Path:
     ("query", "expected"),
     [("selec 1", 'Parser Error: syntax error at or near "selec"'),
      ("select * from nope", "Catalog Error: Table with name nope does not exist"),
-     ("create table x (a int)", "read-only mode")],
+     ("create table x (a int)", "a CREATE statement is refused")],
     ids=["syntax", "unknown table", "write"],
 )
 def test_sql_errors_are_duckdbs_message(warehouse, query, expected):
