@@ -41,10 +41,11 @@ from polypythias.extract.checkpoints import (
 )
 from polypythias.extract.claims import DEFAULT_LEASE_S, Claim, ClaimStore
 from polypythias.extract.extractors import Diverged, Extractor, ExtractorError, get_extractor
-from polypythias.extract.status import SETTLED, settled_extractions
+from polypythias.extract.status import SETTLED, settled_extractions, suite_manifest
 from polypythias.extract.suite import CheckpointId, Suite
 from polypythias.warehouse.lake import Lake, LakeError, new_extraction_id
 from polypythias.warehouse.schemas import MANIFEST, SUITE_GRID
+from polypythias.warehouse.verify import data_damage
 
 if TYPE_CHECKING:
     import torch
@@ -164,7 +165,9 @@ def plan(
     among what is still pending: jobs that plan at different times (a SLURM array
     whose tasks start minutes apart) still split the grid the same way.
     """
-    settled = settled_extractions(lake.read(MANIFEST), suite.name)
+    # A settled extraction whose data files are damaged is pending again.
+    manifest, damaged = suite_manifest(lake, suite.name)
+    settled = settled_extractions(manifest, suite.name, damaged)
     pending: dict[CheckpointId, list[str]] = defaultdict(list)
     grid: set[CheckpointId] = set()
     for name, extractor in extractors.items():
@@ -243,11 +246,13 @@ class Runner:
 
     def still_pending(self, task: Task) -> Task:
         """The task less what another job settled since planning (read once claimed)."""
-        manifest = self.lake.read_partition(MANIFEST, task.checkpoint.partition())
+        partition = task.checkpoint.partition()
+        manifest = self.lake.read_partition(MANIFEST, partition)
         settled = {
             (row["extractor"], row["config_hash"])
-            for row in manifest.select(["extractor", "config_hash", "status"]).to_pylist()
+            for row in manifest.select(["extraction_id", "extractor", "config_hash", "status", "rows"]).to_pylist()
             if row["status"] in SETTLED
+            and not data_damage(self.lake, partition, row["extraction_id"], row["rows"])
         }
         return Task(
             task.checkpoint,

@@ -57,6 +57,7 @@ MARTS = [
     "fct_weight_features",
 ]
 STAGING = [
+    "stg_lake__data_files",
     "stg_lake__eval_files",
     "stg_lake__eval_results",
     "stg_lake__eval_samples",

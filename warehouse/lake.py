@@ -141,6 +141,8 @@ class Lake:
                 # Dictionary pages pay off for repeated strings only; on floats
                 # they cost time and make files larger.
                 use_dictionary=[f.name for f in table.schema if pa.types.is_string(f.type)],
+                # so that `polypythias verify` finds a flipped bit in any data page
+                write_page_checksum=True,
             )
             self.fs.move(temporary, final)
         except OSError as error:
@@ -204,8 +206,15 @@ class Lake:
             format="parquet",
             partitioning=ds.partitioning(partition_schema, flavor="hive"),
         )
+        for path in dataset_.files:
+            problem = layout_problem(dataset, path[len(directory) + 1:])
+            if problem:
+                raise LakeError(f"{path}: {problem}")
         _check_schema_versions(dataset_)
-        return dataset_.to_table(filter=filter).select(full_schema.names).cast(full_schema)
+        try:
+            return dataset_.to_table(filter=filter).select(full_schema.names).cast(full_schema)
+        except (OSError, pa.ArrowException) as error:
+            raise LakeError(f"cannot read {directory}: {' '.join(str(error).split())}") from None
 
     def read_partition(self, dataset: Dataset, partition: dict[str, object]) -> pa.Table:
         """The rows of one partition (without its partition columns): cheaper than a
@@ -221,7 +230,10 @@ class Lake:
             return dataset.schema.empty_table()
         files = ds.dataset(paths, schema=dataset.schema, filesystem=self.fs, format="parquet")
         _check_schema_versions(files)
-        return files.to_table()
+        try:
+            return files.to_table()
+        except (OSError, pa.ArrowException) as error:
+            raise LakeError(f"cannot read {directory}: {' '.join(str(error).split())}") from None
 
     def check_schema_versions(self) -> int:
         """Refuse a lake holding a file of another schema version (or an unreadable
@@ -244,6 +256,9 @@ class Lake:
                 if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
             )
             for path in paths:
+                problem = layout_problem(DATASETS[name], path[len(self.root) + len(name) + 2:])
+                if problem:
+                    raise LakeError(f"{path}: {problem}")
                 try:
                     with self.fs.open_input_file(path) as file:
                         metadata = pq.read_metadata(file).metadata or {}
@@ -264,9 +279,37 @@ def _refuse_version(path: str, version: bytes | None) -> None:
 
 
 def _check_schema_versions(dataset: ds.Dataset) -> None:
-    """Refuse files written with another schema version, naming the first."""
+    """Refuse files written with another schema version, or unreadable, naming the first."""
     for fragment in dataset.get_fragments():
-        _refuse_version(fragment.path, (fragment.physical_schema.metadata or {}).get(SCHEMA_VERSION_KEY))
+        try:
+            metadata = fragment.physical_schema.metadata or {}
+        except (OSError, pa.ArrowException) as error:
+            raise LakeError(f"{fragment.path} is not a readable Parquet file: {' '.join(str(error).split())}") from None
+        _refuse_version(fragment.path, metadata.get(SCHEMA_VERSION_KEY))
+
+
+def layout_problem(dataset: Dataset, relative: str) -> str | None:
+    """What is wrong with a file's place in its dataset (`relative` to the dataset's
+    folder: partition folders, then the file), or None. A folder other than
+    `<column>=<safe value>` in the dataset's order would be misread by every reader
+    (DuckDB fails on a `seed=zero` deep into a build; `model_size=..` is skipped)."""
+    *folders, _ = relative.split("/")
+    if len(folders) != len(dataset.partition_by):
+        return f"not {len(dataset.partition_by)} folders deep ({'/'.join(f'{c}=…' for c in dataset.partition_by)})"
+    for column, folder in zip(dataset.partition_by, folders, strict=True):
+        name, equals, value = folder.partition("=")
+        if name != column or not equals:
+            return f"folder {folder!r} should be {column}=<value>"
+        typed: object = value
+        if pa.types.is_integer(PARTITION_TYPES[column]):
+            if not value.isascii() or not value.isdigit():
+                return f"folder {folder!r}: {column} must be a non-negative integer"
+            typed = int(value)
+        try:
+            validate_partition_value(column, typed)
+        except LakeError as error:
+            return f"folder {folder!r}: {error}"
+    return None
 
 
 def _sorted(table: pa.Table, columns: tuple[str, ...]) -> pa.Table:
