@@ -83,14 +83,17 @@ def _load_suite(name: str):
 
 
 def _lake(option: str | None, suite=None):
-    from polypythias.warehouse.lake import Lake
+    from polypythias.warehouse.lake import Lake, LakeError
 
-    if option:
-        lake = Lake(option)
-    elif suite is not None and suite.lake:
-        lake = Lake(suite.lake if "://" in suite.lake else suite.resolve_path(suite.lake))
-    else:
-        lake = Lake(DEFAULT_LAKE)
+    try:
+        if option:
+            lake = Lake(option)
+        elif suite is not None and suite.lake:
+            lake = Lake(suite.lake if "://" in suite.lake else suite.resolve_path(suite.lake))
+        else:
+            lake = Lake(DEFAULT_LAKE)
+    except LakeError as error:
+        _fail(str(error))
     if lake.is_local and Path(lake.root).exists() and not Path(lake.root).is_dir():
         _fail(f"the lake {lake.uri} is not a folder")
     return lake
@@ -175,7 +178,11 @@ def extract(
     except ValueError as error:
         _fail(str(error))
     _quiet_libraries()
-    names = [n.strip() for n in extractors.split(",") if n.strip()] if extractors else None
+    names = None
+    if extractors is not None:
+        names = [n.strip() for n in extractors.split(",") if n.strip()]
+        if not names:
+            _fail(f"--extractors {extractors!r} names no extractor; leave it out to run all the suite configures")
     the_lake = _lake(lake, the_suite)
     try:
         summary = run_extraction(
@@ -184,6 +191,8 @@ def extract(
         )
     except (ExtractorError, LakeError) as error:
         _fail(str(error))
+    except OSError as error:  # a remote lake that cannot be reached
+        _fail(f"the lake {the_lake.uri}: {' '.join(str(error).split())}")
     console.print(
         f"[bold]{summary.checkpoints}[/bold] checkpoints extracted, "
         f"[green]{summary.succeeded}[/green] extractions succeeded, "

@@ -36,6 +36,10 @@ _TEMPORARY_SUFFIX = ".parquet.tmp"
 _EXTRACTION_ID = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{8}$")
 
 
+#: Object stores a lake may live on (through pyarrow's filesystems).
+REMOTE_SCHEMES = ("s3", "gs")
+
+
 class LakeError(Exception):
     """A lake operation that cannot go ahead; the message names what and where."""
 
@@ -79,7 +83,16 @@ class Lake:
     def __init__(self, root: str | Path) -> None:
         text = str(root)
         if "://" in text:
-            self.fs, self.root = pafs.FileSystem.from_uri(text)
+            scheme = text.partition("://")[0].lower()
+            if scheme not in REMOTE_SCHEMES:
+                raise LakeError(
+                    f"the lake {text}: {scheme}:// is not supported; give a folder or an "
+                    f"{' / '.join(f'{s}://' for s in REMOTE_SCHEMES)} URI"
+                )
+            try:
+                self.fs, self.root = pafs.FileSystem.from_uri(text)
+            except (OSError, pa.ArrowException) as error:
+                raise LakeError(f"the lake {text} cannot be reached: {' '.join(str(error).split())}") from None
         else:
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(text).resolve())
         self.uri = text if "://" in text else self.root
