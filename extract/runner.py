@@ -417,6 +417,9 @@ def run_extraction(
     # Under `accelerate launch`, the processes split the shard's checkpoints.
     tasks = plan(suite, lake, extractors, shard, (state.process_index, state.num_processes))
     needed = sorted({name for task in tasks for name in task.extractors})
+    if tasks:
+        outputs = {d.name: d for name in needed for d in extractors[name].outputs}
+        lake.check_writable([MANIFEST, *outputs.values()])
     in_process = workers == 1 or len(tasks) < 2  # nothing to share
     if in_process:
         for name in needed:

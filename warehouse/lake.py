@@ -163,6 +163,22 @@ class Lake:
             raise LakeError(f"cannot write {final}: {error}") from error
         return final
 
+    def check_writable(self, datasets) -> None:
+        """Refuse, naming the folder, a lake where one of `datasets` cannot be written
+        (a read-only folder, a file in its place): before a job loads any checkpoint,
+        rather than failing each one. Writes and deletes a hidden file in each."""
+        if not self.is_local:
+            return
+        for dataset in datasets:
+            directory = Path(self.dataset_dir(dataset))
+            probe = directory / f".write-check-{secrets.token_hex(4)}{_TEMPORARY_SUFFIX}"
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as error:
+                raise LakeError(f"cannot write into {directory}: {error.strerror or error}") from None
+
     def discard_unfinished(self, partition: dict[str, object]) -> int:
         """Delete the temporary files a killed writer left in the partition's folder of
         every dataset partitioned like it; returns how many. Only for a caller that

@@ -28,6 +28,16 @@ class ExtractorError(ValueError):
     """An extractor that is unknown or misconfigured."""
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 input file's text; a file that is not UTF-8 is refused, naming it."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ExtractorError(f"{path}:{line}: not UTF-8 text (byte {error.start}: {error.reason})") from None
+
+
 class Diverged(ExtractorError):
     """The checkpoint's numbers are not finite (NaN or inf logits, hidden states or
     log-likelihoods): recorded as ``diverged``, final, not a failure of the job."""
