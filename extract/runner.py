@@ -40,7 +40,7 @@ from polypythias.extract.checkpoints import (
     quiet_transformers,
 )
 from polypythias.extract.claims import DEFAULT_LEASE_S, Claim, ClaimStore
-from polypythias.extract.extractors import Diverged, Extractor, ExtractorError, get_extractor
+from polypythias.extract.extractors import Diverged, Extractor, ExtractorError, get_extractor, nonfinite_values
 from polypythias.extract.status import SETTLED, settled_extractions, suite_manifest
 from polypythias.extract.suite import CheckpointId, Suite
 from polypythias.warehouse.lake import Lake, LakeError, new_extraction_id
@@ -296,6 +296,11 @@ class Runner:
             status, error = ("diverged", loaded.diverged) if loaded.diverged else ("success", None)
             try:
                 tables = self.extractors[name].run(loaded.model, loaded.tokenizer, checkpoint, self.device)
+                # Finite or nothing: NaN or inf that got past the extractor's own
+                # divergence checks fail the checkpoint, and none of its rows land.
+                nonfinite = None if loaded.diverged else nonfinite_values(tables)
+                if nonfinite:
+                    raise ExtractorError(f"{name} computed NaN or inf on {checkpoint}: {nonfinite}")
                 attempt.outputs[name] = self._with_extraction_id(name, attempt.extraction_id, tables)
             except Diverged as exc:
                 status, error = "diverged", str(exc)

@@ -226,6 +226,12 @@ class Lake:
         directory = self.dataset_dir(dataset)
         if self.fs.get_file_info(directory).type == pafs.FileType.NotFound:
             return full_schema.empty_table()
+        selector = pafs.FileSelector(directory, recursive=True)
+        for info in self.fs.get_file_info(selector):
+            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet"):
+                problem = layout_problem(dataset, info.path[len(directory) + 1:])
+                if problem:
+                    raise LakeError(f"{info.path}: {problem}")
         dataset_ = ds.dataset(
             directory,
             # The schema of today's files: a column added since (nullable, at the
@@ -235,10 +241,6 @@ class Lake:
             format="parquet",
             partitioning=ds.partitioning(partition_schema, flavor="hive"),
         )
-        for path in dataset_.files:
-            problem = layout_problem(dataset, path[len(directory) + 1:])
-            if problem:
-                raise LakeError(f"{path}: {problem}")
         _check_schema_versions(dataset_)
         try:
             return dataset_.to_table(filter=filter).select(full_schema.names).cast(full_schema)
