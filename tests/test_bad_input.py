@@ -404,6 +404,8 @@ def test_a_missing_warehouse_is_named(tmp_path, verb):
 
 
 def test_report_refuses_a_file_as_its_folder(tmp_path, warehouse):
+    with duckdb.connect(str(warehouse)) as con:  # a warehouse: it has dim_checkpoints
+        con.execute("create table dim_checkpoints (step bigint)")
     out = tmp_path / "report"
     out.write_text("in the way")
     result = invoke("report", "--db", warehouse, "--out", out)

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import tiny_model, write_documents
-from lake_fixtures import extraction_id, poison_token_stats, write_lake
+from lake_fixtures import SUITE, extraction_id, poison_token_stats, write_lake
 from polypythias.cli import app
 from polypythias.extract import runner as runner_module
 from polypythias.extract.claims import UNREADABLE_CLAIM_GRACE_S, ClaimStore
@@ -258,5 +258,8 @@ def test_a_failing_build_is_one_line_per_failure_and_keeps_the_warehouse(tmp_pat
     assert lines[0] == f"dbt build failed (dbt's log: {log})" and log.is_file()
     assert len(lines) == 2 and "expression_is_true_stg_lake__token_stats_target_logprob" in lines[1]
     assert "[fail]" in lines[1]
+    # the failing row's checkpoint and extraction: its lake file
+    poisoned = extraction_id(10_000, 0xBAD)
+    assert f"first failing row: suite={SUITE}, model_size=14m, seed=0, step=0, extraction_id={poisoned}" in lines[1]
     assert db.read_bytes() == before  # the previous warehouse, untouched
     assert not list((db.parent / ".dbt/building").iterdir())

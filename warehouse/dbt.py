@@ -304,6 +304,12 @@ def _invoke(command: str, args: list[str], log: Path | None = None) -> object:
     raise DbtBuildError(command, failures, detail, log)
 
 
+#: Columns that say where a failing row comes from: its checkpoint and extraction,
+#: which name its lake file (<dataset>/suite=…/model_size=…/seed=…/step=…/<extraction_id>.parquet).
+_WHERE_COLUMNS = ("suite", "model_size", "seed", "step", "extractor", "extraction_id", "task", "metric",
+                  "source_file")
+
+
 def _failures(outcome: object) -> list[Failure]:
     failures = []
     for node_result in getattr(outcome, "results", None) or []:
@@ -312,8 +318,31 @@ def _failures(outcome: object) -> list[Failure]:
             node = getattr(node_result, "node", None)
             name = getattr(node, "unique_id", None) or "?"
             message = (node_result.message or "").strip() or status
+            if status == "fail":
+                message += _first_failing_row(getattr(node, "compiled_code", None))
             failures.append(Failure(name, status, message))
     return failures
+
+
+def _first_failing_row(test_sql: str | None) -> str:
+    """"; first failing row: suite=…, step=…, extraction_id=…" of a failed data test,
+    so the message names the checkpoint (and so the lake file) it is about."""
+    path = os.environ.get(DB_ENV)
+    if not test_sql or not path:
+        return ""
+    import duckdb
+
+    try:
+        with duckdb.connect(path, read_only=True) as con:
+            cursor = con.execute(f"select * from ({test_sql}) limit 1")
+            row = cursor.fetchone()
+            columns = [d[0] for d in cursor.description]
+    except duckdb.Error:
+        return ""
+    if row is None:
+        return ""
+    where = [f"{c}={v}" for c, v in zip(columns, row, strict=True) if c in _WHERE_COLUMNS and v is not None]
+    return f"; first failing row: {', '.join(where)}" if where else ""
 
 
 def _release_warehouse() -> None:
