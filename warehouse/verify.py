@@ -19,6 +19,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -64,15 +65,17 @@ def damaged_extractions(lake: Lake, manifest: pa.Table) -> dict[tuple, str]:
     every settled row of `manifest` (as `Lake.read` returns it) whose data is damaged."""
     manifest = manifest.filter(pc.is_in(manifest["status"], pa.array(RECORDED)))
     columns = ["suite", "model_size", "seed", "step", "extractor", "extraction_id", "rows"]
-    damaged = {}
-    for suite, size, seed, step, extractor, extraction_id, rows in zip(
-        *(manifest[c].to_pylist() for c in columns), strict=True
-    ):
+    rows = list(zip(*(manifest[c].to_pylist() for c in columns), strict=True))
+
+    def check(row) -> str | None:
+        suite, size, seed, step, _, extraction_id, recorded = row
         partition = {"suite": suite, "model_size": size, "seed": seed, "step": step}
-        problem = data_damage(lake, partition, extraction_id, rows)
-        if problem:
-            damaged[(suite, size, seed, step, extractor, extraction_id)] = problem
-    return damaged
+        return data_damage(lake, partition, extraction_id, recorded)
+
+    # Footers are read in threads: the time goes to opening files, not to Python.
+    with ThreadPoolExecutor(8) as pool:
+        problems = list(pool.map(check, rows))
+    return {tuple(row[:6]): problem for row, problem in zip(rows, problems, strict=True) if problem}
 
 
 @dataclass(slots=True)
