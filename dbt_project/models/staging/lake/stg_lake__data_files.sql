@@ -1,3 +1,8 @@
+{#- A table, not a view like the other staging models: every staging model of a
+    dataset reads stg_lake__manifest, which checks these row counts, and a view would
+    read every file's footer again each time (~1 s per 3,600 files). -#}
+{{ config(materialized='table') }}
+
 with
 
 source as (
