@@ -210,6 +210,10 @@ def build_report(
     return index
 
 
+#: Every warehouse `polypythias build` writes has this mart, even over an empty lake.
+WAREHOUSE_MARK = "dim_checkpoints"
+
+
 def _build_charts(db_path: Path, figures: list[Figure]) -> list[_Rendered]:
     if not db_path.is_file():
         raise WarehouseError(
@@ -220,6 +224,11 @@ def _build_charts(db_path: Path, figures: list[Figure]) -> list[_Rendered]:
     except duckdb.Error as exc:
         raise WarehouseError(f"cannot open warehouse {db_path} read-only: {exc}") from exc
     try:
+        if all(mart_schema(con, mart) is None for mart in {WAREHOUSE_MARK, *(f.mart for f in figures)}):
+            raise WarehouseError(
+                f"{db_path} is not a polypythias warehouse: it holds none of the marts the "
+                f"report draws nor {WAREHOUSE_MARK}; build one with `polypythias build`"
+            )
         rendered = []
         for figure in figures:
             chart = figure.build(con)

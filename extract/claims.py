@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 CLAIMS_DIR = "_claims"
 DEFAULT_LEASE_S = 600.0
+#: A job writes its claim's record right after creating the file: a claim file that
+#: is still empty or unreadable after this long was left by a job killed in between
+#: (or is garbage) and holds nothing.
+UNREADABLE_CLAIM_GRACE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,8 @@ class ClaimStore:
             )
         if lease_s <= 0:
             raise LakeError(f"the lease must be positive, got {lease_s} s")
+        self.lake = lake
+        self.suite = suite
         self.root = Path(lake.root) / CLAIMS_DIR / validate_partition_value("suite", suite)
         self.lease_s = lease_s
         self.host = socket.gethostname()
@@ -102,6 +108,8 @@ class ClaimStore:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise LakeError(f"cannot create the claims folder {path.parent}: {error}") from error
+        if path.is_dir():
+            raise LakeError(f"the claim {path} is a folder, not a claim file: remove it")
         took_over = False
         for _ in range(3):  # a free claim can only be lost to a racing job so often
             claim = self._create(path, took_over)
@@ -157,22 +165,30 @@ class ClaimStore:
         try:
             heartbeat = path.stat().st_mtime
             record = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("not a claim record")
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
             # Being written right now, or left empty by a job killed while writing
-            # it: judge it by its age alone.
+            # it, or garbage: judge it by its age alone.
             try:
                 heartbeat = path.stat().st_mtime
             except FileNotFoundError:
                 return None
-            record = {"token": None}
+            record = {"token": None, "unreadable": True}
         record["heartbeat"] = heartbeat
         return record
 
     def _is_stale(self, record: dict) -> bool:
-        lease = float(record.get("lease_s") or self.lease_s)
-        if time.time() - record["heartbeat"] > lease:
+        age = time.time() - record["heartbeat"]
+        if record.get("unreadable"):
+            return age > UNREADABLE_CLAIM_GRACE_S
+        try:
+            lease = float(record.get("lease_s") or self.lease_s)
+        except (TypeError, ValueError):
+            lease = self.lease_s
+        if age > lease:
             return True
         if record.get("host") == self.host and isinstance(record.get("pid"), int):
             start = _process_start(record["pid"])
@@ -200,7 +216,42 @@ class ClaimStore:
 
     # -- heartbeat ------------------------------------------------------------
 
+    def sweep(self) -> int:
+        """Delete the suite's stale claims (of jobs that died after their checkpoint's
+        manifest rows were written, so no later job claims that checkpoint again) and
+        the renamed leftovers of a take-over that was killed; returns how many."""
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for path in sorted(self.root.glob("*/*/*.json")):
+            seen = self._read(path) if path.is_file() else None
+            if seen is None or not self._is_stale(seen):
+                continue
+            size, seed, step = path.parent.parent.name, path.parent.name, path.stem
+            if not (seed.isdigit() and step.isdigit()):
+                continue
+            # Claimed like any checkpoint, so no live job writes there meanwhile.
+            checkpoint = CheckpointId(self.suite, size, int(seed), int(step))
+            try:
+                claim = self.acquire(checkpoint)
+            except LakeError:  # a folder no job would have made: not a claim
+                continue
+            if claim:
+                if claim.took_over:
+                    self.lake.discard_unfinished(checkpoint.partition())
+                self.release(claim)
+                removed += 1
+        for leftover in self.root.rglob(".*.json.stale-*"):
+            try:
+                if time.time() - leftover.stat().st_mtime > UNREADABLE_CLAIM_GRACE_S:
+                    leftover.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        return removed
+
     def __enter__(self) -> ClaimStore:
+        self.sweep()
         self._heartbeat = threading.Thread(target=self._beat, name="claims-heartbeat", daemon=True)
         self._heartbeat.start()
         return self

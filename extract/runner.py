@@ -40,11 +40,12 @@ from polypythias.extract.checkpoints import (
     quiet_transformers,
 )
 from polypythias.extract.claims import DEFAULT_LEASE_S, Claim, ClaimStore
-from polypythias.extract.extractors import Diverged, Extractor, ExtractorError, get_extractor
-from polypythias.extract.status import SETTLED, settled_extractions
+from polypythias.extract.extractors import Diverged, Extractor, ExtractorError, get_extractor, nonfinite_values
+from polypythias.extract.status import SETTLED, settled_extractions, suite_manifest
 from polypythias.extract.suite import CheckpointId, Suite
 from polypythias.warehouse.lake import Lake, LakeError, new_extraction_id
 from polypythias.warehouse.schemas import MANIFEST, SUITE_GRID
+from polypythias.warehouse.verify import data_damage
 
 if TYPE_CHECKING:
     import torch
@@ -167,7 +168,9 @@ def plan(
     among what is still pending: jobs that plan at different times (a SLURM array
     whose tasks start minutes apart) still split the grid the same way.
     """
-    settled = settled_extractions(lake.read(MANIFEST), suite.name)
+    # A settled extraction whose data files are damaged is pending again.
+    manifest, damaged = suite_manifest(lake, suite.name)
+    settled = settled_extractions(manifest, suite.name, damaged)
     pending: dict[CheckpointId, list[str]] = defaultdict(list)
     grid: set[CheckpointId] = set()
     for name, extractor in extractors.items():
@@ -246,11 +249,13 @@ class Runner:
 
     def still_pending(self, task: Task) -> Task:
         """The task less what another job settled since planning (read once claimed)."""
-        manifest = self.lake.read_partition(MANIFEST, task.checkpoint.partition())
+        partition = task.checkpoint.partition()
+        manifest = self.lake.read_partition(MANIFEST, partition)
         settled = {
             (row["extractor"], row["config_hash"])
-            for row in manifest.select(["extractor", "config_hash", "status"]).to_pylist()
+            for row in manifest.select(["extraction_id", "extractor", "config_hash", "status", "rows"]).to_pylist()
             if row["status"] in SETTLED
+            and not data_damage(self.lake, partition, row["extraction_id"], row["rows"])
         }
         return Task(
             task.checkpoint,
@@ -296,6 +301,11 @@ class Runner:
             status, error = ("diverged", loaded.diverged) if loaded.diverged else ("success", None)
             try:
                 tables = self.extractors[name].run(loaded.model, loaded.tokenizer, checkpoint, self.device)
+                # Finite or nothing: NaN or inf that got past the extractor's own
+                # divergence checks fail the checkpoint, and none of its rows land.
+                nonfinite = None if loaded.diverged else nonfinite_values(tables)
+                if nonfinite:
+                    raise ExtractorError(f"{name} computed NaN or inf on {checkpoint}: {nonfinite}")
                 attempt.outputs[name] = self._with_extraction_id(name, attempt.extraction_id, tables)
             except Diverged as exc:
                 status, error = "diverged", str(exc)
@@ -417,6 +427,9 @@ def run_extraction(
     # Under `accelerate launch`, the processes split the shard's checkpoints.
     tasks = plan(suite, lake, extractors, shard, (state.process_index, state.num_processes))
     needed = sorted({name for task in tasks for name in task.extractors})
+    if tasks:
+        outputs = {d.name: d for name in needed for d in extractors[name].outputs}
+        lake.check_writable([MANIFEST, *outputs.values()])
     in_process = workers == 1 or len(tasks) < 2  # nothing to share
     if in_process:
         for name in needed:

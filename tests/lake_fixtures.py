@@ -200,7 +200,7 @@ def _manifest(
             "started_at": started,
             "finished_at": started + timedelta(seconds=3),
             "duration_s": 3.0,
-            "rows": {},  # not read by the marts
+            "rows": {},  # records no file, so stg_lake__manifest checks none
             "config_hash": "cafe",
             "source": "local",
             "device": "cpu",

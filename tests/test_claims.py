@@ -79,7 +79,11 @@ def test_the_heartbeat_keeps_a_held_claim_fresh_and_exit_releases_it(tmp_path):
     assert not claim.path.exists()
 
 
-def test_claims_refuse_an_object_store_lake_and_a_bad_lease(tmp_path):
+def test_claims_refuse_an_object_store_lake_and_a_bad_lease(tmp_path, monkeypatch):
+    import polypythias.warehouse.lake as lake_module
+
+    # pyarrow's in-memory object store, which `--lake` itself does not take
+    monkeypatch.setattr(lake_module, "REMOTE_SCHEMES", (*lake_module.REMOTE_SCHEMES, "mock"))
     with pytest.raises(LakeError, match="POSIX"):
         ClaimStore(Lake("mock://bucket/lake"), "tiny")
     with pytest.raises(LakeError, match="lease"):

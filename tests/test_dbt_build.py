@@ -57,6 +57,7 @@ MARTS = [
     "fct_weight_features",
 ]
 STAGING = [
+    "stg_lake__data_files",
     "stg_lake__eval_files",
     "stg_lake__eval_results",
     "stg_lake__eval_samples",
@@ -375,7 +376,7 @@ def test_spill_files_of_a_killed_build_are_removed_by_the_next(tmp_path):
     left_behind.write_bytes(b"x" * 1024)
 
     (tmp_path / "lake").mkdir()
-    build(str(tmp_path / "lake"), db, select="stg_lake__manifest", unit_tests=False)
+    build(str(tmp_path / "lake"), db, select="+stg_lake__manifest", unit_tests=False)
 
     assert not left_behind.exists()
     assert not spill.exists()  # its own spill folder is gone too
@@ -397,22 +398,22 @@ def test_a_second_build_of_a_warehouse_being_built_is_refused(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(DbtBuildError, match="another build is writing a warehouse in"):
-            build(str(tmp_path / "lake"), db, select="stg_lake__manifest", unit_tests=False)
+            build(str(tmp_path / "lake"), db, select="+stg_lake__manifest", unit_tests=False)
         assert running.exists()  # left to the build that owns it
     finally:
         holder.kill()
         holder.wait()
-    build(str(tmp_path / "lake"), db, select="stg_lake__manifest", unit_tests=False)  # lock released
+    build(str(tmp_path / "lake"), db, select="+stg_lake__manifest", unit_tests=False)  # lock released
 
 
 def test_a_rebuild_reuses_the_last_parse_of_the_project(tmp_path):
     db = tmp_path / "warehouse" / "w.duckdb"
     (tmp_path / "lake").mkdir()
     log = state_dir(db) / "logs" / "dbt.log"
-    build(str(tmp_path / "lake"), db, select="stg_lake__manifest", unit_tests=False)
+    build(str(tmp_path / "lake"), db, select="+stg_lake__manifest", unit_tests=False)
     first = log.read_text()
     assert "Unable to do partial parsing because saved manifest not found" in first
-    build(str(tmp_path / "lake"), db, select="stg_lake__manifest", unit_tests=False)
+    build(str(tmp_path / "lake"), db, select="+stg_lake__manifest", unit_tests=False)
     second = log.read_text()[len(first):]
     assert "Unable to do partial parsing" not in second
     assert "Partial parsing enabled: 0 files deleted, 0 files added, 0 files changed" in second

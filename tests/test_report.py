@@ -220,6 +220,8 @@ def test_warehouse_opened_read_only_and_closed(tmp_path, monkeypatch):
 
 def test_missing_mart_is_no_data_yet(tmp_path):
     db = make_warehouse(tmp_path / "w.duckdb", None, mart=False)
+    with duckdb.connect(str(db)) as con:  # a warehouse: it has dim_checkpoints
+        con.execute("create table dim_checkpoints (step bigint)")
     out = tmp_path / "out"
     out.mkdir()
     (out / "loss_curves.png").write_bytes(b"stale")  # from an earlier run
@@ -238,6 +240,13 @@ def test_empty_mart_is_no_data_yet(tmp_path):
     page = build_report(db, tmp_path / "out").read_text(encoding="utf-8")
     assert "No data yet" in page
     assert "has no rows" in page
+
+
+def test_a_database_that_is_no_warehouse_is_refused(tmp_path):
+    db = make_warehouse(tmp_path / "w.duckdb", None, mart=False)  # only an unrelated table
+    with pytest.raises(marts.WarehouseError, match="is not a polypythias warehouse"):
+        build_report(db, tmp_path / "out")
+    assert not (tmp_path / "out" / "index.html").exists()
 
 
 def test_missing_warehouse_names_the_file(tmp_path):

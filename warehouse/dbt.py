@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -42,6 +43,9 @@ TEMP_ENV = "POLYPYTHIAS_DUCKDB_TEMP"
 MEMORY_ENV = "POLYPYTHIAS_MEMORY_LIMIT"
 THREADS_ENV = "POLYPYTHIAS_THREADS"
 
+#: What DuckDB's memory_limit accepts: a number and a unit (KB … TB, KiB … TiB) or a percentage.
+_MEMORY_LIMIT = re.compile(r"^\s*\d+(\.\d+)?\s*(b|kb|mb|gb|tb|kib|mib|gib|tib|%)\s*$", re.IGNORECASE)
+
 # Characters that cannot reach DuckDB's read_parquet safely through the sources'
 # external_location template: a quote ends the SQL string, `$` starts a template
 # placeholder.
@@ -57,18 +61,27 @@ class Failure:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.node} [{self.status}]: {self.message}"
+        return f"{self.node} [{self.status}]: {_one_line(self.message)}"
+
+
+def _one_line(message: str, limit: int = 400) -> str:
+    """dbt's message on one line: DuckDB's SQL excerpt (from "LINE n:") left out."""
+    text = " ".join(message.split("\nLINE ")[0].split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class DbtBuildError(RuntimeError):
     """`dbt build` (or `dbt docs generate`) failed; the message lists each failure."""
 
-    def __init__(self, command: str, failures: list[Failure], detail: str | None = None):
+    def __init__(self, command: str, failures: list[Failure], detail: str | None = None,
+                 log: Path | None = None):
         self.command = command
         self.failures = failures
         lines = [f"dbt {command} failed"]
         if detail:
             lines[0] += f": {detail}"
+        if log:
+            lines[0] += f" (dbt's log: {log})"
         lines += [f"  - {failure}" for failure in failures]
         super().__init__("\n".join(lines))
 
@@ -103,7 +116,8 @@ def build(
     on fixed rows and not the lake (the test suite runs them once, not in every
     build). With ``docs``, also writes the docs site (``dbt docs generate``) into
     ``<db dir>/.dbt/target``. Raises DbtBuildError naming each failed node; the
-    warehouse keeps whatever built before the failure.
+    warehouse stays as it was before the build (it is built in a copy, renamed
+    over it on success).
     """
     if not (PROJECT_DIR / "dbt_project.yml").is_file():
         raise DbtBuildError(
@@ -111,6 +125,7 @@ def build(
             "from its source tree (`pip install -e .`)"
         )
     root = _lake_root(lake_root)
+    memory_limit, threads = _duckdb_settings()
     db_path = Path(db_path).resolve()
     db_path.parent.mkdir(parents=True, exist_ok=True)
     common = [
@@ -128,23 +143,56 @@ def build(
     selection = ["--select", *select.split()] if select else []
     refresh = ["--full-refresh"] if full_refresh else []
     units = [] if unit_tests else ["--exclude-resource-type", "unit_test"]
-    # --quiet keeps dbt to errors; its full log is in <db dir>/.dbt/logs either way.
-    quiet = [] if verbose else ["--quiet"]
-    with _spill_dir(state_dir(db_path) / "tmp") as temp:
+    # dbt's log goes to <db dir>/.dbt/logs/dbt.log; the terminal gets it only with
+    # --verbose, else the failures DbtBuildError lists, one line each.
+    quiet = [] if verbose else ["--log-level", "none", "--log-level-file", "debug"]
+    with _spill_dir(state_dir(db_path) / "tmp") as temp, _swapped_in_on_success(db_path) as building:
         settings = {
-            DB_ENV: str(db_path),
+            DB_ENV: str(building),
             TEMP_ENV: str(temp),
-            MEMORY_ENV: os.environ.get(MEMORY_ENV) or _default_memory_limit(),
-            THREADS_ENV: os.environ.get(THREADS_ENV) or str(os.cpu_count() or 1),
+            MEMORY_ENV: memory_limit,
+            THREADS_ENV: threads,
             "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
         }
         with _environment(settings):
-            outcome = _invoke("build", ["build", *quiet, *common, *selection, *refresh, *units])
+            log = state_dir(db_path) / "logs" / "dbt.log"
+            outcome = _invoke("build", ["build", *quiet, *common, *selection, *refresh, *units], log)
             if docs:
-                _invoke("docs generate", ["docs", "generate", *quiet, *common, *selection])
+                _invoke("docs generate", ["docs", "generate", *quiet, *common, *selection], log)
     return Counter(
         getattr(r.node, "resource_type", "?") for r in getattr(outcome, "results", None) or []
     )
+
+
+@contextmanager
+def _swapped_in_on_success(db_path: Path) -> Iterator[Path]:
+    """A copy of the warehouse to build into, ``<db dir>/.dbt/building/<db name>``,
+    renamed over the warehouse only when the build succeeds: a failed or killed build
+    leaves the previous warehouse as it was, and readers never see one half built.
+
+    A copy, not an empty file: the incremental models and the training-map fits
+    that a build reuses live in the warehouse. The copy keeps the file's name, which
+    DuckDB takes as the catalog name the views refer to, and its path is the same
+    from build to build (dbt reparses the project when the profile changes).
+    Callers hold the spill folder's lock, so one build at a time uses it.
+    """
+    building = state_dir(db_path) / "building" / db_path.name
+    wal = Path(f"{building}.wal")
+    building.parent.mkdir(parents=True, exist_ok=True)
+    building.unlink(missing_ok=True)  # left by a killed build
+    wal.unlink(missing_ok=True)
+    try:
+        if db_path.exists():
+            shutil.copyfile(db_path, building)
+            if Path(f"{db_path}.wal").exists():
+                shutil.copyfile(f"{db_path}.wal", wal)
+        yield building
+        _release_warehouse()  # closed, so the write-ahead log is folded in
+        Path(f"{db_path}.wal").unlink(missing_ok=True)
+        os.replace(building, db_path)
+    finally:
+        building.unlink(missing_ok=True)
+        wal.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -178,6 +226,20 @@ def _spill_dir(root: Path) -> Iterator[Path]:
             yield spill
         finally:
             shutil.rmtree(spill, ignore_errors=True)
+
+
+def _duckdb_settings() -> tuple[str, str]:
+    """DuckDB's memory limit and threads: from the environment, checked, or the defaults."""
+    memory_limit = os.environ.get(MEMORY_ENV) or _default_memory_limit()
+    if not _MEMORY_LIMIT.match(memory_limit):
+        raise DbtBuildError(
+            "build", [], f"{MEMORY_ENV}={memory_limit!r} is not a memory size: give a number "
+            "and a unit, e.g. 8GB or 500MiB, or a share of the memory, e.g. 80%"
+        )
+    threads = os.environ.get(THREADS_ENV) or str(os.cpu_count() or 1)
+    if not threads.strip().isdigit() or int(threads) < 1:
+        raise DbtBuildError("build", [], f"{THREADS_ENV}={threads!r} is not a number of threads: give a whole number ≥ 1")
+    return memory_limit, threads.strip()
 
 
 def _default_memory_limit() -> str:
@@ -224,8 +286,9 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _invoke(command: str, args: list[str]) -> object:
-    """Run one dbt command; returns dbt's result object, raises on any failure."""
+def _invoke(command: str, args: list[str], log: Path | None = None) -> object:
+    """Run one dbt command; returns dbt's result object, raises on any failure
+    (naming dbt's `log` file)."""
     from dbt.cli.main import dbtRunner
 
     result = dbtRunner().invoke(args)
@@ -235,10 +298,16 @@ def _invoke(command: str, args: list[str]) -> object:
     failures = _failures(result.result)
     detail = None
     if result.exception is not None:
-        detail = f"{type(result.exception).__name__}: {result.exception}"
+        detail = _one_line(f"{type(result.exception).__name__}: {result.exception}")
     elif not failures:
         detail = "no node failed; see the dbt log"
-    raise DbtBuildError(command, failures, detail)
+    raise DbtBuildError(command, failures, detail, log)
+
+
+#: Columns that say where a failing row comes from: its checkpoint and extraction,
+#: which name its lake file (<dataset>/suite=…/model_size=…/seed=…/step=…/<extraction_id>.parquet).
+_WHERE_COLUMNS = ("suite", "model_size", "seed", "step", "extractor", "extraction_id", "task", "metric",
+                  "source_file")
 
 
 def _failures(outcome: object) -> list[Failure]:
@@ -249,8 +318,31 @@ def _failures(outcome: object) -> list[Failure]:
             node = getattr(node_result, "node", None)
             name = getattr(node, "unique_id", None) or "?"
             message = (node_result.message or "").strip() or status
+            if status == "fail":
+                message += _first_failing_row(getattr(node, "compiled_code", None))
             failures.append(Failure(name, status, message))
     return failures
+
+
+def _first_failing_row(test_sql: str | None) -> str:
+    """"; first failing row: suite=…, step=…, extraction_id=…" of a failed data test,
+    so the message names the checkpoint (and so the lake file) it is about."""
+    path = os.environ.get(DB_ENV)
+    if not test_sql or not path:
+        return ""
+    import duckdb
+
+    try:
+        with duckdb.connect(path, read_only=True) as con:
+            cursor = con.execute(f"select * from ({test_sql}) limit 1")
+            row = cursor.fetchone()
+            columns = [d[0] for d in cursor.description]
+    except duckdb.Error:
+        return ""
+    if row is None:
+        return ""
+    where = [f"{c}={v}" for c, v in zip(columns, row, strict=True) if c in _WHERE_COLUMNS and v is not None]
+    return f"; first failing row: {', '.join(where)}" if where else ""
 
 
 def _release_warehouse() -> None:

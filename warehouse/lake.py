@@ -36,6 +36,10 @@ _TEMPORARY_SUFFIX = ".parquet.tmp"
 _EXTRACTION_ID = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{8}$")
 
 
+#: Object stores a lake may live on (through pyarrow's filesystems).
+REMOTE_SCHEMES = ("s3", "gs")
+
+
 class LakeError(Exception):
     """A lake operation that cannot go ahead; the message names what and where."""
 
@@ -79,7 +83,16 @@ class Lake:
     def __init__(self, root: str | Path) -> None:
         text = str(root)
         if "://" in text:
-            self.fs, self.root = pafs.FileSystem.from_uri(text)
+            scheme = text.partition("://")[0].lower()
+            if scheme not in REMOTE_SCHEMES:
+                raise LakeError(
+                    f"the lake {text}: {scheme}:// is not supported; give a folder or an "
+                    f"{' / '.join(f'{s}://' for s in REMOTE_SCHEMES)} URI"
+                )
+            try:
+                self.fs, self.root = pafs.FileSystem.from_uri(text)
+            except (OSError, pa.ArrowException) as error:
+                raise LakeError(f"the lake {text} cannot be reached: {' '.join(str(error).split())}") from None
         else:
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(text).resolve())
         self.uri = text if "://" in text else self.root
@@ -141,12 +154,30 @@ class Lake:
                 # Dictionary pages pay off for repeated strings only; on floats
                 # they cost time and make files larger.
                 use_dictionary=[f.name for f in table.schema if pa.types.is_string(f.type)],
+                # so that `polypythias verify` finds a flipped bit in any data page
+                write_page_checksum=True,
             )
             self.fs.move(temporary, final)
         except OSError as error:
             self._discard(temporary)
             raise LakeError(f"cannot write {final}: {error}") from error
         return final
+
+    def check_writable(self, datasets) -> None:
+        """Refuse, naming the folder, a lake where one of `datasets` cannot be written
+        (a read-only folder, a file in its place): before a job loads any checkpoint,
+        rather than failing each one. Writes and deletes a hidden file in each."""
+        if not self.is_local:
+            return
+        for dataset in datasets:
+            directory = Path(self.dataset_dir(dataset))
+            probe = directory / f".write-check-{secrets.token_hex(4)}{_TEMPORARY_SUFFIX}"
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as error:
+                raise LakeError(f"cannot write into {directory}: {error.strerror or error}") from None
 
     def discard_unfinished(self, partition: dict[str, object]) -> int:
         """Delete the temporary files a killed writer left in the partition's folder of
@@ -195,6 +226,12 @@ class Lake:
         directory = self.dataset_dir(dataset)
         if self.fs.get_file_info(directory).type == pafs.FileType.NotFound:
             return full_schema.empty_table()
+        selector = pafs.FileSelector(directory, recursive=True)
+        for info in self.fs.get_file_info(selector):
+            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet"):
+                problem = layout_problem(dataset, info.path[len(directory) + 1:])
+                if problem:
+                    raise LakeError(f"{info.path}: {problem}")
         dataset_ = ds.dataset(
             directory,
             # The schema of today's files: a column added since (nullable, at the
@@ -205,7 +242,10 @@ class Lake:
             partitioning=ds.partitioning(partition_schema, flavor="hive"),
         )
         _check_schema_versions(dataset_)
-        return dataset_.to_table(filter=filter).select(full_schema.names).cast(full_schema)
+        try:
+            return dataset_.to_table(filter=filter).select(full_schema.names).cast(full_schema)
+        except (OSError, pa.ArrowException) as error:
+            raise LakeError(f"cannot read {directory}: {' '.join(str(error).split())}") from None
 
     def read_partition(self, dataset: Dataset, partition: dict[str, object]) -> pa.Table:
         """The rows of one partition (without its partition columns): cheaper than a
@@ -221,7 +261,10 @@ class Lake:
             return dataset.schema.empty_table()
         files = ds.dataset(paths, schema=dataset.schema, filesystem=self.fs, format="parquet")
         _check_schema_versions(files)
-        return files.to_table()
+        try:
+            return files.to_table()
+        except (OSError, pa.ArrowException) as error:
+            raise LakeError(f"cannot read {directory}: {' '.join(str(error).split())}") from None
 
     def check_schema_versions(self) -> int:
         """Refuse a lake holding a file of another schema version (or an unreadable
@@ -244,6 +287,9 @@ class Lake:
                 if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
             )
             for path in paths:
+                problem = layout_problem(DATASETS[name], path[len(self.root) + len(name) + 2:])
+                if problem:
+                    raise LakeError(f"{path}: {problem}")
                 try:
                     with self.fs.open_input_file(path) as file:
                         metadata = pq.read_metadata(file).metadata or {}
@@ -264,9 +310,37 @@ def _refuse_version(path: str, version: bytes | None) -> None:
 
 
 def _check_schema_versions(dataset: ds.Dataset) -> None:
-    """Refuse files written with another schema version, naming the first."""
+    """Refuse files written with another schema version, or unreadable, naming the first."""
     for fragment in dataset.get_fragments():
-        _refuse_version(fragment.path, (fragment.physical_schema.metadata or {}).get(SCHEMA_VERSION_KEY))
+        try:
+            metadata = fragment.physical_schema.metadata or {}
+        except (OSError, pa.ArrowException) as error:
+            raise LakeError(f"{fragment.path} is not a readable Parquet file: {' '.join(str(error).split())}") from None
+        _refuse_version(fragment.path, metadata.get(SCHEMA_VERSION_KEY))
+
+
+def layout_problem(dataset: Dataset, relative: str) -> str | None:
+    """What is wrong with a file's place in its dataset (`relative` to the dataset's
+    folder: partition folders, then the file), or None. A folder other than
+    `<column>=<safe value>` in the dataset's order would be misread by every reader
+    (DuckDB fails on a `seed=zero` deep into a build; `model_size=..` is skipped)."""
+    *folders, _ = relative.split("/")
+    if len(folders) != len(dataset.partition_by):
+        return f"not {len(dataset.partition_by)} folders deep ({'/'.join(f'{c}=…' for c in dataset.partition_by)})"
+    for column, folder in zip(dataset.partition_by, folders, strict=True):
+        name, equals, value = folder.partition("=")
+        if name != column or not equals:
+            return f"folder {folder!r} should be {column}=<value>"
+        typed: object = value
+        if pa.types.is_integer(PARTITION_TYPES[column]):
+            if not value.isascii() or not value.isdigit():
+                return f"folder {folder!r}: {column} must be a non-negative integer"
+            typed = int(value)
+        try:
+            validate_partition_value(column, typed)
+        except LakeError as error:
+            return f"folder {folder!r}: {error}"
+    return None
 
 
 def _sorted(table: pa.Table, columns: tuple[str, ...]) -> pa.Table:

@@ -12,7 +12,8 @@
 -#}
 
 {% macro lake_glob(dataset) -%}
-    {{ var('lake_root') }}/{{ dataset }}/**/*.parquet
+    {#- data_files: the footers of every dataset's files -#}
+    {{ var('lake_root') }}/{{ '*' if dataset == 'data_files' else dataset }}/**/*.parquet
 {%- endmacro %}
 
 
@@ -33,6 +34,7 @@
     ] -%}
     {%- set run = [('suite', 'varchar'), ('model_size', 'varchar'), ('seed', 'bigint')] -%}
     {%- set columns = {
+        'data_files': [('file_name', 'varchar'), ('num_rows', 'bigint')],
         'manifest': [
             ('extraction_id', 'varchar'),
             ('extractor', 'varchar'),

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
@@ -26,6 +27,41 @@ if TYPE_CHECKING:
 
 class ExtractorError(ValueError):
     """An extractor that is unknown or misconfigured."""
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 input file's text; a file that is not UTF-8 is refused, naming it."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ExtractorError(f"{path}:{line}: not UTF-8 text (byte {error.start}: {error.reason})") from None
+
+
+def nonfinite_values(tables: dict[str, pa.Table]) -> str | None:
+    """Where `tables` (dataset → rows) hold NaN or inf ("token_stats.entropy: 2 of
+    2048 values"), or None. Floats, lists and maps of floats are looked at; null is
+    a value's absence, not a number, and passes."""
+    import pyarrow.compute as pc
+
+    found = []
+    for dataset, table in tables.items():
+        for column in table.column_names:
+            values = table[column].combine_chunks()
+            while True:
+                if pa.types.is_map(values.type):
+                    values = values.items
+                elif pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+                    values = values.flatten()
+                else:
+                    break
+            if not pa.types.is_floating(values.type) or len(values) == 0:
+                continue
+            bad = len(values) - values.null_count - (pc.sum(pc.is_finite(values)).as_py() or 0)
+            if bad:
+                found.append(f"{dataset}.{column}: {bad} of {len(values)} values")
+    return "; ".join(found) or None
 
 
 class Diverged(ExtractorError):

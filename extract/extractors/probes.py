@@ -87,6 +87,7 @@ from polypythias.extract.extractors import (
     Extractor,
     ExtractorError,
     ExtractorOptions,
+    read_text,
     register,
 )
 from polypythias.warehouse.schemas import PROBE_PREDICTIONS, PROBE_RESULTS
@@ -260,7 +261,7 @@ def read_conllu(path: Path, field_name: str, limit: int | None = None) -> Split:
 
     split = Split()
     block: list[tuple[int, str]] = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path).splitlines()
     for number, line in enumerate([*lines, ""], start=1):
         if limit is not None and len(split.labels) >= limit:
             break
@@ -363,7 +364,7 @@ def _conllu_label(token, field_name: str) -> str | None:
 
 
 def _json_lines(path: Path):
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:

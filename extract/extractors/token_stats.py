@@ -27,6 +27,7 @@ from polypythias.extract.extractors import (
     Extractor,
     ExtractorError,
     ExtractorOptions,
+    read_text,
     register,
 )
 from polypythias.warehouse.schemas import TOKEN_STATS
@@ -54,7 +55,7 @@ def read_documents(path: Path, text_field: str) -> list[str]:
         raise ExtractorError(f"{path}: evaluation documents not found")
     if path.suffix == ".jsonl":
         texts = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        for number, line in enumerate(read_text(path).splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -70,7 +71,7 @@ def read_documents(path: Path, text_field: str) -> list[str]:
             raise ExtractorError(f"{path}: no column {text_field!r}")
         texts = table.column(text_field).to_pylist()
     elif path.suffix == ".txt":
-        texts = [line for line in path.read_text().splitlines() if line.strip()]
+        texts = [line for line in read_text(path).splitlines() if line.strip()]
     else:
         raise ExtractorError(f"{path}: documents must be .jsonl, .parquet or .txt")
     if not texts:

@@ -1,7 +1,8 @@
 {#-
     What is wrong with the checkpoints themselves (public suites have all three):
     identical weights under two labels, checkpoints the suite grid expects that
-    never reached the lake, and breaks in a run's lineage.
+    never reached the lake, data the manifest records that the lake does not hold,
+    and breaks in a run's lineage.
 
     Distances between checkpoints are estimated from weight_stats' value samples:
     d(a, b)² = Σ over matrices of numel / m · Σ (a − b)² over the m sampled values
@@ -119,7 +120,9 @@ extraction_outcomes as (
         seed,
         step,
         -- a diverged extraction counts: the checkpoint is there, its values are not finite
-        bool_or(is_settled) as has_any_success
+        bool_or(is_settled) as has_any_success,
+        -- reported as missing_data instead
+        bool_or(damage is not null) as has_damaged_data
     from checkpoint_extractors
     group by suite, model_size, seed, step
 
@@ -149,6 +152,32 @@ missing_checkpoints as (
     inner join extraction_outcomes using (suite, model_size, seed, step)
     where checkpoints.is_expected
         and not extraction_outcomes.has_any_success
+        and not extraction_outcomes.has_damaged_data
+
+),
+
+---------- missing_data
+
+missing_data as (
+
+    -- the manifest records a settled extraction whose data files are missing or
+    -- hold other row counts: it is not counted as present (stg_lake__manifest)
+    select
+        'missing_data' as finding,
+        suite,
+        model_size,
+        seed,
+        step,
+        cast(null as varchar) as other_model_size,
+        cast(null as bigint) as other_seed,
+        cast(null as bigint) as other_step,
+        cast(null as double) as score,
+        cast(null as double) as threshold,
+        'the manifest records data the lake does not hold (`polypythias extract` redoes it): '
+        || string_agg(extractor || ': ' || damage, '; ' order by extractor) as detail
+    from checkpoint_extractors
+    where damage is not null
+    group by suite, model_size, seed, step
 
 ),
 
@@ -316,6 +345,8 @@ findings as (
     select * from duplicate_weights
     union all
     select * from missing_checkpoints
+    union all
+    select * from missing_data
     union all
     select * from lineage_breaks
 

@@ -6,6 +6,64 @@ source as (
 
 ),
 
+data_files as (
+
+    select * from {{ ref('stg_lake__data_files') }}
+
+),
+
+recorded_files as (
+
+    -- every data file a settled attempt records, with the rows it records
+    select
+        suite,
+        model_size,
+        seed,
+        step,
+        extractor,
+        extraction_id,
+        unnest(map_keys(rows)) as dataset,
+        unnest(map_values(rows)) as recorded_rows
+    from source
+    where status in ('success', 'diverged')
+
+),
+
+damage as (
+
+    -- a settled attempt whose files are missing or hold other row counts than it
+    -- records: its data is not there, so it counts as neither success nor divergence
+    select
+        recorded_files.suite,
+        recorded_files.model_size,
+        recorded_files.seed,
+        recorded_files.step,
+        recorded_files.extractor,
+        recorded_files.extraction_id,
+        string_agg(
+            recorded_files.dataset || '/suite=' || recorded_files.suite
+            || '/model_size=' || recorded_files.model_size || '/seed=' || recorded_files.seed
+            || '/step=' || recorded_files.step || '/' || recorded_files.extraction_id || '.parquet '
+            || case
+                when data_files.n_rows is null then 'is missing'
+                else 'holds ' || data_files.n_rows || ' rows, the manifest records '
+                    || recorded_files.recorded_rows
+            end,
+            '; ' order by recorded_files.dataset
+        ) as damage
+    from recorded_files
+    left join data_files
+        on recorded_files.dataset = data_files.dataset
+        and recorded_files.suite = data_files.suite
+        and recorded_files.model_size = data_files.model_size
+        and recorded_files.seed = data_files.seed
+        and recorded_files.step = data_files.step
+        and recorded_files.extraction_id = data_files.extraction_id
+    where data_files.n_rows is distinct from recorded_files.recorded_rows
+    group by all
+
+),
+
 renamed as (
 
     select
@@ -19,9 +77,12 @@ renamed as (
 
         ---------- outcome
         cast(status as varchar) as status,
-        status = 'success' as is_success,
+        status = 'success' and damage.damage is null as is_success,
         -- NaN or inf weights or outputs: settled (not retried), not a failure
-        status = 'diverged' as is_diverged,
+        status = 'diverged' and damage.damage is null as is_diverged,
+        -- settled, but its data files are missing or hold other row counts
+        damage.damage is not null as is_damaged,
+        damage.damage,
         cast(error as varchar) as error,
         rows as rows_written,
 
@@ -40,6 +101,7 @@ renamed as (
         package_versions
 
     from source
+    left join damage using (suite, model_size, seed, step, extractor, extraction_id)
 
 ),
 
