@@ -170,8 +170,8 @@ def test_status_reports_the_narrowed_grid_and_the_marts_build_and_the_report_dra
     assert len(runs) == 3 and "70m" not in status.output
     for line in runs:
         cells = [cell.strip() for cell in line.split("│") if cell.strip()]
-        # done, diverged, stale, failed, missing: 2 steps × 4 extractors, all done
-        assert cells[2:] == ["8", "0", "0", "0", "0"], line
+        # done, diverged, damaged, stale, failed, missing: 2 steps × 4 extractors, all done
+        assert cells[2:] == ["8", "0", "0", "0", "0", "0"], line
 
     db, reports = tmp_path / "warehouse.duckdb", tmp_path / "reports"
     built = runner.invoke(app, ["build", "--lake", lake, "--db", str(db)])
