@@ -309,7 +309,7 @@ def test_every_dbt_unit_test_ran_here_and_passed(full):
     assert sorted(units) == sorted(json.loads((target / "manifest.json").read_text())["unit_tests"])
     assert len(units) >= 45
     assert set(units.values()) == {"pass"}
-    # the statistics with hand-worked cases: the eval κ and AC1 (the shared macros') and the probes'
+    # the statistics with hand-worked cases: the eval κ and AC1 (shared macros), the probes'
     assert [u for u in units if "kappa" in u]
     assert [u for u in units if "ac1" in u]
     assert len([u for u in units if "probe" in u]) >= 8

@@ -1,6 +1,7 @@
 """The eval marts over a toy lake with lm-eval results and samples: scores, seed
-spread against numpy, Cohen's κ against sklearn, Gwet's AC1 against numpy, item stability, integrity findings
-against what the fixture planted, reruns, and lakes without some eval datasets."""
+spread against numpy, Cohen's κ against sklearn, Gwet's AC1 against numpy, item
+stability, integrity findings against what the fixture planted, reruns, and lakes
+without some eval datasets."""
 
 from __future__ import annotations
 

@@ -39,7 +39,8 @@ NORMAL_ENTRIES = {
 }
 SELECT = "+fct_stability_forecast +fct_run_outliers +fct_training_phases"
 #: The departure has held for `signal_persistence` checkpoints (the default) here.
-PERSISTENCE = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]["signal_persistence"]
+PROJECT_VARS = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
+PERSISTENCE = PROJECT_VARS["signal_persistence"]
 FIRST_FLAG = STEPS[STEPS.index(FIRST_DEPARTURE) + PERSISTENCE - 1]
 
 

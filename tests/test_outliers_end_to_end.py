@@ -6,7 +6,8 @@ micro evaluations), the marts built and the report written, then:
 
 - the injected run (known only from its run.json, which the marts never read) is
   flagged by at least one signal of fct_run_outliers, with a reason;
-- no other run is flagged by the training-map signal;
+- no other run is flagged by the training-map signal, nor by any signal at any step of
+  the forecast (signal_persistence: a one-checkpoint blip is no alarm);
 - the report opens in headless Chromium with every chart drawn and no console error;
   its screenshot is written to reports/screenshot.png for the README.
 """
@@ -92,6 +93,16 @@ def test_no_uninjected_run_is_flagged_by_the_training_map(unstable_suite):
     assert {row["seed"] for row in rows} == set(range(SEEDS))  # every run was judged
     wrongly = [row for row in rows if row["fires"] and row["seed"] != INJECTED_SEED]
     assert not wrongly, wrongly
+
+
+def test_no_uninjected_run_is_flagged_at_any_step_of_the_forecast(unstable_suite):
+    rows = _rows(unstable_suite["db"], f"""
+        select seed, signal, step from fct_stability_forecast
+        where model_size = '{SIZE}' and flags and seed <> {INJECTED_SEED}
+    """)
+    assert not rows, rows
+    flagged = _rows(unstable_suite["db"], "select distinct seed from fct_stability_forecast where flags")
+    assert flagged == [{"seed": INJECTED_SEED}]
 
 
 def test_the_report_renders_in_chromium_and_leaves_a_screenshot(unstable_suite, tmp_path):

@@ -42,6 +42,7 @@
 
     ac1_agreement as (
 
+        -- hugeint: 4n²(Q − 1) below outgrows a bigint near a billion items
         select
             {{ key_list }},
             cast(sum(ac1_weight) as hugeint) as n_items,
