@@ -521,6 +521,8 @@ class Probes(Extractor):
     name = "probes"
     Options = ProbesOptions
     outputs = (PROBE_RESULTS, PROBE_PREDICTIONS)
+    #: 2: CoNLL-U read as its original text; words without a token left out and counted.
+    version = 2
 
     def __init__(self, options: ProbesOptions, suite) -> None:
         super().__init__(options, suite)
