@@ -418,6 +418,7 @@ def test_a_bad_var_stops_the_build_naming_it(tmp_path, override, message):
     ]  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("POLYPYTHIAS_DB", str(tmp_path / "w.duckdb"))
+        patch.setenv("POLYPYTHIAS_LAKE", str(tmp_path / "lake"))
         patch.setenv("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
         result = dbtRunner().invoke(args)
     assert not result.success

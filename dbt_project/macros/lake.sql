@@ -12,7 +12,7 @@
 -#}
 
 {% macro lake_glob(dataset) -%}
-    {{ var('lake_root') }}/{{ dataset }}/**/*.parquet
+    {{ env_var('POLYPYTHIAS_LAKE') }}/{{ dataset }}/**/*.parquet
 {%- endmacro %}
 
 
@@ -201,7 +201,7 @@
     {%- elif lake_has_files(dataset) -%}
         {{ return(relation) }}
     {%- else -%}
-        {{ log("lake: no " ~ dataset ~ " files under " ~ var('lake_root') ~ "; reading it as empty", info=true) }}
+        {{ log("lake: no " ~ dataset ~ " files under " ~ env_var('POLYPYTHIAS_LAKE') ~ "; reading it as empty", info=true) }}
         {{ return(lake_empty_relation(dataset)) }}
     {%- endif -%}
 {% endmacro %}
