@@ -262,7 +262,7 @@ def test_staging_keeps_only_the_latest_successful_extraction(full):
 def test_missing_and_failed_checkpoints(full):
     rows = by_key(query(full.db, "select * from dim_checkpoints"), "model_size", "seed", "step")
     assert set(rows) == {(z, s, t) for z in SIZES for s in SEEDS for t in (*STEPS, MISSING_STEP)}
-    for (size, seed, step), row in rows.items():
+    for (_size, _seed, step), row in rows.items():
         assert row["is_expected"] is True
         assert row["is_present"] is (step != MISSING_STEP)
         assert row["has_token_stats"] is row["has_weight_stats"] is (step != MISSING_STEP)

@@ -201,7 +201,8 @@
     {%- elif lake_has_files(dataset) -%}
         {{ return(relation) }}
     {%- else -%}
-        {{ log("lake: no " ~ dataset ~ " files under " ~ env_var('POLYPYTHIAS_LAKE') ~ "; reading it as empty", info=true) }}
+        {{ log("lake: no " ~ dataset ~ " files under " ~ env_var('POLYPYTHIAS_LAKE')
+               ~ "; reading it as empty", info=true) }}
         {{ return(lake_empty_relation(dataset)) }}
     {%- endif -%}
 {% endmacro %}
