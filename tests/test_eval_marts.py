@@ -23,6 +23,8 @@ from lake_fixtures import (
 from polypythias.warehouse.dbt import state_dir
 from test_dbt_build import Built, _build, by_key, query
 
+pytestmark = pytest.mark.slow
+
 EVAL_MARTS = [
     "fct_eval_consistency",
     "fct_eval_integrity",
@@ -235,7 +237,7 @@ def test_eval_tests_ran_and_passed(evals):
     for mart in EVAL_MARTS:
         assert statuses[f"model.polypythias.{mart}"] == "success"
         assert sum(mart in uid and uid.startswith("test.") for uid in statuses) >= 3, mart
-    # dbt's unit tests (the κ's hand-worked cases) run in test_dbt_build's full build
+    # dbt's unit tests (the κ's hand-worked cases) run in test_dbt_unit_tests
 
 
 # -- lakes without some eval datasets ----------------------------------------------------

@@ -34,6 +34,8 @@ from outlier_fixtures import (
 from polypythias.warehouse.dbt import PROJECT_DIR, build
 from test_dbt_build import query
 
+pytestmark = pytest.mark.slow
+
 SIGNALS = ("training_map", "performance", "loss_spikes", "final_loss", "agreement", "diverged")
 FINAL = max(STEPS)
 
