@@ -117,9 +117,9 @@ def full(tmp_path_factory) -> Built:
 
 
 @pytest.fixture(scope="module")
-def partial(tmp_path_factory) -> Built:
+def partial(young_lake_warehouse) -> Built:
     """A lake with only the manifest and token statistics: no weights, logs or grid."""
-    return _build(tmp_path_factory.mktemp("partial"), datasets=("manifest", "token_stats"))
+    return young_lake_warehouse
 
 
 def query(db: Path, sql: str) -> list[dict]:

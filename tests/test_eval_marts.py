@@ -257,8 +257,8 @@ def test_scores_build_without_samples_or_files(evals, results_only):
         assert query(results_only.db, describe) == query(evals.db, describe), relation
 
 
-def test_a_lake_without_evals_builds_empty_typed_eval_marts(evals, tmp_path):
-    empty = _build(tmp_path, EVAL_MARTS, datasets=("manifest", "token_stats")).db
+def test_a_lake_without_evals_builds_empty_typed_eval_marts(evals, young_lake_warehouse):
+    empty = young_lake_warehouse.db
     for relation in [*(f"staging.{m}" for m in EVAL_STAGING), *EVAL_MARTS]:
         count = query(empty, f"select count(*) as n from {relation}")
         assert count[0]["n"] == 0, relation

@@ -254,8 +254,8 @@ def test_probe_tests_ran_and_passed(probes):
 # -- a lake without probes ------------------------------------------------------------------
 
 
-def test_a_lake_without_probes_builds_empty_typed_probe_marts(probes, tmp_path):
-    empty = _build(tmp_path, PROBE_MARTS, datasets=("manifest", "token_stats")).db
+def test_a_lake_without_probes_builds_empty_typed_probe_marts(probes, young_lake_warehouse):
+    empty = young_lake_warehouse.db
     relations = [
         *(f"staging.{m}" for m in PROBE_STAGING),
         *(f"intermediate.{m}" for m in PROBE_INTERMEDIATE),
