@@ -1,5 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both create the
 # virtual environment on first use and reinstall when pyproject.toml changes.
+# While editing: `make test-fast` (unit and SQL-unit tests, under 2 minutes),
+# `make lint`, and `make format` (applies the linters' automatic fixes).
 VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
@@ -9,7 +11,7 @@ STAMP   := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 OFFLINE := PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 DBT_SEND_ANONYMOUS_USAGE_STATS=false TOKENIZERS_PARALLELISM=false
 
-.PHONY: install demo test bench bench-cost bench-evals bench-lake bench-scaling bench-ingest clean
+.PHONY: install demo test test-fast lint format bench bench-cost bench-evals bench-lake bench-scaling bench-ingest clean
 
 install: $(STAMP)
 
@@ -22,8 +24,23 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(OFFLINE) $(VENV)/bin/polypythias demo
 
-test: $(STAMP) $(CHROMIUM)
+test: lint $(CHROMIUM)
 	$(OFFLINE) $(PYTHON) -m pytest
+
+# The tests that train, extract or build a warehouse are marked slow.
+test-fast: $(STAMP)
+	$(OFFLINE) $(PYTHON) -m pytest -m "not slow" -q
+
+# Rules: [tool.ruff] in pyproject.toml, dbt_project/.sqlfluff.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	cd dbt_project && ../$(VENV)/bin/sqlfluff lint . --processes 2 --disable-progress-bar
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	cd dbt_project && ../$(VENV)/bin/sqlfluff fix . --processes 2 --disable-progress-bar
 
 # Installed only when missing; CI runs as root.
 $(CHROMIUM):

@@ -14,10 +14,6 @@ class ReportError(RuntimeError):
     """The report cannot be built; the message names the file and the problem."""
 
 
-class WarehouseError(ReportError):
-    """The warehouse file is missing or cannot be read."""
-
-
 # What a figure function returns: any top-level Altair chart.
 AnyChart = alt.Chart | alt.LayerChart | alt.FacetChart
 

@@ -22,12 +22,14 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import altair as alt
 import duckdb
 
 from . import theme
+from ..warehouse.sql import query
 from .marts import AnyChart, mart_relation, query_rows, size_parameters, sizes_in_order
 
 NAME = "run_outliers"
@@ -98,6 +100,24 @@ LEAD_COLOR = theme.CATEGORY[4]  # vermillion
 LEAD_WIDTH = theme.WIDTH
 SIGNAL_ROW = 22  # pixels per signal in a run's panel
 ALARM_CELL = 96
+
+
+FLAGGED_RUNS_SQL = """
+select model_size, seed, signal, first_step, reason
+from fct_run_outliers
+where fires
+order by suite, model_size, seed, signal
+"""
+
+
+def flagged_runs(db_path: Path) -> dict[tuple[str, int], list[tuple[str, int | None, str]]]:
+    """The runs some signal flags, in the mart's order: (model_size, seed) → each
+    firing signal as (signal, first step, reason). Raises WarehouseError."""
+    _, rows = query(db_path, FLAGGED_RUNS_SQL)
+    runs: dict[tuple[str, int], list[tuple[str, int | None, str]]] = {}
+    for size, seed, signal, first_step, reason in rows:
+        runs.setdefault((size, seed), []).append((signal, first_step, reason))
+    return runs
 
 
 def signal_order(signals: set[str]) -> list[str]:

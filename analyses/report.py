@@ -44,7 +44,8 @@ from . import (
     theme,
     training_maps,
 )
-from .marts import AnyChart, WarehouseError, mart_schema
+from ..warehouse.sql import WarehouseError
+from .marts import AnyChart, mart_schema
 
 INDEX_NAME = "index.html"
 PNG_SCALE = 2.0

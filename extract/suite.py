@@ -416,7 +416,7 @@ def _parent(data: dict, parts: list[str]) -> dict:
     return data
 
 
-class _Loader(yaml.SafeLoader):
+class _UniqueKeyLoader(yaml.SafeLoader):
     """Safe YAML that refuses a key given twice (PyYAML silently keeps the last)."""
 
     def construct_mapping(self, node, deep=False):
@@ -434,7 +434,7 @@ class _Loader(yaml.SafeLoader):
 
 def _parse(file: Path, text: str) -> tuple[Any, dict[tuple, int]]:
     """The YAML document and the line of every key and list item in it."""
-    loader = _Loader(text)
+    loader = _UniqueKeyLoader(text)
     try:
         node = loader.get_single_node()
         data = None if node is None else loader.construct_document(node)

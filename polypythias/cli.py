@@ -383,52 +383,33 @@ def _train_micro(
     out: Path, sizes: str, seeds: int | None, steps: int | None, lake, progress: bool, instabilities=(),
 ) -> Path:
     """`instabilities`: Instability objects or their specs (SIZE:SEED:KIND@START+STEPS[xFACTOR])."""
-    from polypythias.extract.micro.train import Instability, TrainConfig, model_size, train_suite
-    from polypythias.warehouse.lake import new_extraction_id
-    from polypythias.warehouse.schemas import TRAINING_LOG
+    from polypythias.extract.micro.train import Instability, SettingError, TrainConfig, train_suite_into_lake
 
     config = TrainConfig()
     if sizes:
         config.sizes = [s.strip() for s in sizes.split(",") if s.strip()]
-        try:
-            for size in config.sizes:
-                model_size(size)
-        except ValueError as error:
-            _fail(f"--sizes: {error}")
-        if not config.sizes or len(set(config.sizes)) != len(config.sizes):
-            _fail(f"--sizes {sizes!r}: give one or more different sizes, comma-separated")
     if seeds:
         config.seeds = list(range(seeds))
     if steps:
-        if steps < config.n_linear:
-            _fail(f"--steps {steps}: the micro suite saves {config.n_linear} evenly spaced checkpoints, "
-                  f"so it needs at least {config.n_linear} steps")
         config.total_steps = steps
     if out.exists() and not out.is_dir():
         _fail(f"{out} is a file; the micro suite needs a folder there")
     try:
         config.instabilities = [i if isinstance(i, Instability) else Instability.parse(i) for i in instabilities]
         config.validate()
+    except SettingError as error:
+        option = {"sizes": "--sizes", "seeds": "--seeds", "total_steps": "--steps"}[error.setting]
+        _fail(f"{option}: {error}")
     except ValueError as error:
         _fail(str(error))
     for item in config.instabilities:
         console.print(f"injecting instability into {item.size}/seed{item.seed}: {item.spec()}")
-
-    def record(size: str, seed: int, log) -> None:
-        import pyarrow as pa
-
-        extraction_id = new_extraction_id()
-        log = log.add_column(0, "extraction_id", pa.array([extraction_id] * log.num_rows, pa.string()))
-        partition = {"suite": config.suite_name, "model_size": size, "seed": seed}
-        lake.write(TRAINING_LOG, partition, extraction_id, log)
-
     try:
-        train_suite(config, out, on_run_done=record, progress=progress)
+        return train_suite_into_lake(config, out, lake, progress=progress)
     except ValueError as error:
         _fail(str(error))
     except OSError as error:
         _fail(f"cannot write the micro suite into {out}: {error}")
-    return out / "suite.yaml"
 
 
 # -- importing results computed elsewhere ---------------------------------------
@@ -671,10 +652,11 @@ def report(db: DbOption = DEFAULT_DB, out: ReportsOption = DEFAULT_REPORTS) -> N
     """Chart the marts with Altair into one self-contained HTML page (plus PNGs)."""
     from polypythias.analyses.marts import ReportError
     from polypythias.analyses.report import build_report
+    from polypythias.warehouse.sql import WarehouseError
 
     try:
         index = build_report(db, out)
-    except ReportError as error:
+    except (ReportError, WarehouseError) as error:
         _fail(str(error))
     except OSError as error:  # --out is a file, or not writable
         _fail(f"cannot write the report into {out}: {error}")
@@ -729,25 +711,14 @@ def demo(
     )
 
 
-FLAGGED_RUNS_SQL = """
-select model_size, seed, signal, first_step, reason
-from fct_run_outliers
-where fires
-order by suite, model_size, seed, signal
-"""
-
-
 def _print_flagged_runs(db: Path) -> None:
     """The runs some outlier signal flags, each signal with its reason."""
-    from polypythias.warehouse.sql import query
+    from polypythias.analyses.outliers import flagged_runs
 
-    _, rows = query(db, FLAGGED_RUNS_SQL)
-    if not rows:
+    runs = flagged_runs(db)
+    if not runs:
         console.print("\nNo run is flagged as an outlier by any signal.")
         return
-    runs: dict[tuple[str, int], list[tuple]] = {}
-    for size, seed, *signal in rows:
-        runs.setdefault((size, seed), []).append(signal)
     console.print(f"\n[bold]{len(runs)} run{'s' if len(runs) != 1 else ''} flagged as outliers[/bold]")
     for (size, seed), signals in runs.items():
         console.print(f"{size} seed {seed}: {len(signals)} signal{'s' if len(signals) != 1 else ''}")

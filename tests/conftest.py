@@ -88,6 +88,15 @@ extractors:
     return suite
 
 
+@pytest.fixture(scope="session")
+def young_lake_warehouse(tmp_path_factory):
+    """Every model built over a toy lake (lake_fixtures) that holds only the manifest and
+    token statistics: no weights, logs, grid, evals or probes. Shared: tests only read it."""
+    from test_dbt_build import _build
+
+    return _build(tmp_path_factory.mktemp("young"), datasets=("manifest", "token_stats"))
+
+
 def pytest_sessionstart(session):
     from shared_inputs import PYTHIA_EVALS
 

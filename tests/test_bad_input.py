@@ -339,10 +339,10 @@ def test_a_bad_training_map_is_named_with_its_line(tmp_path, content, expected):
     [
         (["--sizes", "huge"], "--sizes: unknown model size 'huge'; known sizes: 200k, 1m, 3m"),
         (["--sizes", "a/b"], "--sizes: unknown model size 'a/b'"),
-        (["--sizes", ","], "--sizes ',': give one or more different sizes"),
-        (["--sizes", "200k,200k"], "--sizes '200k,200k': give one or more different sizes"),
+        (["--sizes", ","], "--sizes: give one or more different sizes, got []"),
+        (["--sizes", "200k,200k"], "--sizes: give one or more different sizes, got ['200k', '200k']"),
         (["--seeds", "0"], "Invalid value for '--seeds'"),
-        (["--steps", "3"], "--steps 3: the micro suite saves 8 evenly spaced checkpoints"),
+        (["--steps", "3"], "--steps: the micro suite saves 8 evenly spaced checkpoints, so it needs at least 8 steps, got 3"),
         (["--inject", "garbage"], "bad instability spec 'garbage': expected SIZE:SEED:KIND@START+STEPS[xFACTOR]"),
         (["--inject", "200k:0:boom@1+2"], "unknown instability kind 'boom'"),
         (["--inject", "200k:9:lr_spike@1+2x30"], "seed 9 is not in the suite"),

@@ -33,6 +33,8 @@ from polypythias.warehouse.dbt import build
 from polypythias.warehouse.lake import Lake
 from polypythias.warehouse.schemas import WEIGHT_STATS
 
+pytestmark = pytest.mark.slow
+
 SEEDS, TOTAL_STEPS = (0, 1, 2), 16
 STEPS = [0, 1, 2, 4, 6, 8, 10, 12, 14, 16]  # Pythia-style for 16 steps, 8 linear
 FACTOR = 2.5  # dbt var lineage_break_factor's default

@@ -90,6 +90,7 @@ def test_claims_refuse_an_object_store_lake_and_a_bad_lease(tmp_path, monkeypatc
         ClaimStore(Lake(tmp_path), "tiny", lease_s=0)
 
 
+@pytest.mark.slow
 def test_two_jobs_started_at_once_share_the_suite_without_doing_anything_twice(tiny_suite, tmp_path):
     lake = tmp_path / "lake"
     command = [sys.executable, "-m", "polypythias", "extract", "--suite", str(tiny_suite),

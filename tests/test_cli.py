@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from polypythias.cli import app
@@ -77,6 +78,7 @@ def test_ingest_lm_eval(tmp_path):
     assert result.exit_code == 2 and "'size'" in result.output
 
 
+@pytest.mark.slow
 def test_micro_train_options_default_to_the_training_config(tmp_path):
     import json
 

@@ -22,6 +22,8 @@ from polypythias.warehouse import dbt
 from polypythias.warehouse.lake import Lake
 from polypythias.warehouse.schemas import MANIFEST, TOKEN_STATS, WEIGHT_STATS
 
+pytestmark = pytest.mark.slow
+
 _STATS = ("l1", "l2", "trace", "spectral", "code_sparsity", "computational_sparsity",
           "sv_mean", "sv_var", "mean", "median", "var")
 

@@ -33,6 +33,8 @@ from polypythias.warehouse.schemas import (
     WEIGHT_STATS,
 )
 
+pytestmark = pytest.mark.slow
+
 SIZES, SEEDS, STEPS = ("200k", "1m"), 3, 8
 
 

@@ -303,7 +303,7 @@ def test_gender_bias_panels_and_values(warehouse):
     assert spec["facet"]["field"] == "panel_index"
     panels = header_labels(spec["facet"])
     assert len(panels) == len(wanted)
-    for panel, (task, metric) in zip(panels, wanted):
+    for panel, (_task, metric) in zip(panels, wanted):
         assert metric in panel
     rows = chart_rows(spec)
     assert all(panels[r["panel_index"]] == r["panel"] for r in rows)

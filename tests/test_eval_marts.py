@@ -24,6 +24,8 @@ from lake_fixtures import (
 from polypythias.warehouse.dbt import state_dir
 from test_dbt_build import Built, _build, by_key, query
 
+pytestmark = pytest.mark.slow
+
 EVAL_MARTS = [
     "fct_eval_consistency",
     "fct_eval_integrity",
@@ -283,7 +285,7 @@ def test_eval_tests_ran_and_passed(evals):
     for mart in EVAL_MARTS:
         assert statuses[f"model.polypythias.{mart}"] == "success"
         assert sum(mart in uid and uid.startswith("test.") for uid in statuses) >= 3, mart
-    # dbt's unit tests (the κ's hand-worked cases) run in test_dbt_build's full build
+    # dbt's unit tests (the κ's hand-worked cases) run in test_dbt_unit_tests
 
 
 # -- lakes without some eval datasets ----------------------------------------------------
@@ -303,8 +305,8 @@ def test_scores_build_without_samples_or_files(evals, results_only):
         assert query(results_only.db, describe) == query(evals.db, describe), relation
 
 
-def test_a_lake_without_evals_builds_empty_typed_eval_marts(evals, tmp_path):
-    empty = _build(tmp_path, EVAL_MARTS, datasets=("manifest", "token_stats")).db
+def test_a_lake_without_evals_builds_empty_typed_eval_marts(evals, young_lake_warehouse):
+    empty = young_lake_warehouse.db
     for relation in [*(f"staging.{m}" for m in EVAL_STAGING), *EVAL_MARTS]:
         count = query(empty, f"select count(*) as n from {relation}")
         assert count[0]["n"] == 0, relation

@@ -20,6 +20,8 @@ import pytest
 from polypythias.warehouse.lake import Lake
 from polypythias.warehouse.schemas import MANIFEST
 
+pytestmark = pytest.mark.slow
+
 
 def _load_bench():
     path = Path(__file__).resolve().parents[1] / "bench" / "faults.py"

@@ -27,6 +27,8 @@ import synthetic_lake  # noqa: E402
 from polypythias.warehouse.dbt import build, state_dir  # noqa: E402
 from polypythias.warehouse.lake import Lake  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 SPEC = synthetic_lake.Spec(sizes=("14m",), seeds=(0, 1, 2), max_step=8, item_fraction=0.02)
 ADDED = ("14m", 1, 8)  # the final evaluated step of seed 1: its self-consistency changes
 REEXTRACTED = ("14m", 0, 4)

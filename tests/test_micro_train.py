@@ -24,6 +24,8 @@ from polypythias.extract.micro.train import (
 )
 from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
+pytestmark = pytest.mark.slow
+
 VOCAB_SIZE = len(Grammar().vocabulary()) + 3
 
 

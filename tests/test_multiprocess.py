@@ -20,6 +20,8 @@ from polypythias.extract.suite import load_suite
 from polypythias.warehouse.lake import Lake
 from polypythias.warehouse.schemas import MANIFEST
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory) -> Path:

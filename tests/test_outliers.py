@@ -32,6 +32,8 @@ from outlier_fixtures import (
 from polypythias.warehouse.dbt import PROJECT_DIR, build
 from test_dbt_build import query
 
+pytestmark = pytest.mark.slow
+
 SIGNALS = ("training_map", "performance", "loss_spikes", "final_loss", "agreement", "diverged")
 FINAL = max(STEPS)
 
@@ -455,6 +457,7 @@ def test_a_bad_var_stops_the_build_naming_it(tmp_path, override, message):
     ]  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("POLYPYTHIAS_DB", str(tmp_path / "w.duckdb"))
+        patch.setenv("POLYPYTHIAS_LAKE", str(tmp_path / "lake"))
         patch.setenv("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
         result = dbtRunner().invoke(args)
     assert not result.success

@@ -26,6 +26,8 @@ from typer.testing import CliRunner
 from polypythias.analyses import report
 from polypythias.cli import app
 
+pytestmark = pytest.mark.slow
+
 SIZE, SEEDS, STEPS = "200k", 5, 64
 INJECTED_SEED = 4
 INJECTION = f"{SIZE}:{INJECTED_SEED}:lr_spike@24+8x50"

@@ -27,6 +27,8 @@ from lake_fixtures import (
 from polypythias.warehouse.dbt import PROJECT_DIR, state_dir
 from test_dbt_build import Built, _build, by_key, query
 
+pytestmark = pytest.mark.slow
+
 PROBE_MARTS = [
     "fct_probe_agreement",
     "fct_probe_consistency",
@@ -271,14 +273,14 @@ def test_probe_tests_ran_and_passed(probes):
     for model in PROBE_MARTS + PROBE_STAGING + PROBE_INTERMEDIATE:
         assert statuses[f"model.polypythias.{model}"] == "success"
         assert sum(model in uid and uid.startswith("test.") for uid in statuses) >= 2, model
-    # dbt's unit tests (the probes' and the shared κ macro's) run in test_dbt_build's full build
+    # dbt's unit tests (the probes' and the shared κ macro's) run in test_dbt_unit_tests
 
 
 # -- a lake without probes ------------------------------------------------------------------
 
 
-def test_a_lake_without_probes_builds_empty_typed_probe_marts(probes, tmp_path):
-    empty = _build(tmp_path, PROBE_MARTS, datasets=("manifest", "token_stats")).db
+def test_a_lake_without_probes_builds_empty_typed_probe_marts(probes, young_lake_warehouse):
+    empty = young_lake_warehouse.db
     relations = [
         *(f"staging.{m}" for m in PROBE_STAGING),
         *(f"intermediate.{m}" for m in PROBE_INTERMEDIATE),

@@ -12,6 +12,7 @@ import pytest
 
 from polypythias.analyses import loss_curves, marts, report
 from polypythias.analyses.report import build_report
+from polypythias.warehouse.sql import WarehouseError
 
 MART_DDL = """
 create table fct_loss_consistency (
@@ -251,7 +252,7 @@ def test_a_database_that_is_no_warehouse_is_refused(tmp_path):
 
 def test_missing_warehouse_names_the_file(tmp_path):
     db = tmp_path / "nowhere.duckdb"
-    with pytest.raises(marts.WarehouseError, match="nowhere.duckdb"):
+    with pytest.raises(WarehouseError, match="nowhere.duckdb"):
         build_report(db, tmp_path / "out")
     assert not (tmp_path / "out" / "index.html").exists()
 

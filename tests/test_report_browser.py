@@ -22,6 +22,8 @@ from test_eval_charts import eval_rows, make_eval_warehouse
 from test_probe_charts import make_probe_warehouse, probe_marts
 from test_report import make_warehouse, mart_rows
 
+pytestmark = pytest.mark.slow
+
 SPECS_MARKER = '<script type="application/json" id="figure-specs">'
 
 

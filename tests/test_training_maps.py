@@ -35,6 +35,8 @@ from training_map_fixtures import (
     write_training_map_lake,
 )
 
+pytestmark = pytest.mark.slow
+
 #: What the build needs: the training maps and what they read (dim_checkpoints for the
 #: has_parent test of fct_weight_features), not the rest of the project; with
 #: "cautious" indirect selection, only tests whose parents are all built run.

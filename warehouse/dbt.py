@@ -1,10 +1,13 @@
 """The dbt runner: `dbt build` of ``dbt_project/`` over the lake into the warehouse.
 
-dbt runs in-process through ``dbtRunner``. The lake root reaches the project as the
-var ``lake_root``; the warehouse path as the environment variable ``POLYPYTHIAS_DB``,
-which ``dbt_project/profiles.yml`` reads. dbt's ``target/`` and ``logs/`` go next to
-the warehouse (``<db dir>/.dbt/``), never into the project folder, so an installed
-copy of the package never writes into itself. Nothing phones home: usage statistics
+dbt runs in-process through ``dbtRunner``, on the project shipped in the package
+(``dbt_project/`` of the source tree, ``polypythias/dbt_project/`` once installed).
+The lake root reaches the project as the environment variable ``POLYPYTHIAS_LAKE``,
+which the sources read with ``env_var()`` (a changed ``--vars`` makes dbt reparse the
+whole project, ~8 s; a changed environment variable only the files that read it);
+the warehouse path as ``POLYPYTHIAS_DB``, which ``dbt_project/profiles.yml`` reads.
+dbt's ``target/`` and ``logs/`` go next to the warehouse (``<db dir>/.dbt/``), never
+into the project folder, so an installed copy of the package never writes into itself. Nothing phones home: usage statistics
 are off in ``dbt_project.yml`` and in the environment of the run.
 
 A dataset the lake does not hold yet is read as empty by the project's
@@ -33,10 +36,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The dbt project, shipped next to the package's stages.
+#: The dbt project: package data next to the package's stages (the same relative
+#: place in a source tree and in an installed package).
 PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
 
-#: The environment variable ``profiles.yml`` reads the warehouse path from.
+#: The environment variable the sources read the lake root from …
+LAKE_ENV = "POLYPYTHIAS_LAKE"
+#: … and ``profiles.yml`` the warehouse path.
 DB_ENV = "POLYPYTHIAS_DB"
 #: … and DuckDB's spill folder, memory limit and threads from.
 TEMP_ENV = "POLYPYTHIAS_DUCKDB_TEMP"
@@ -53,8 +59,8 @@ _UNSAFE_IN_ROOT = ("'", "$")
 
 
 @dataclass(frozen=True, slots=True)
-class Failure:
-    """One node that did not pass: its dbt id, its status and dbt's message."""
+class NodeFailure:
+    """One dbt node that did not pass: its dbt id, its status and dbt's message."""
 
     node: str
     status: str
@@ -73,7 +79,7 @@ def _one_line(message: str, limit: int = 400) -> str:
 class DbtBuildError(RuntimeError):
     """`dbt build` (or `dbt docs generate`) failed; the message lists each failure."""
 
-    def __init__(self, command: str, failures: list[Failure], detail: str | None = None,
+    def __init__(self, command: str, failures: list[NodeFailure], detail: str | None = None,
                  log: Path | None = None):
         self.command = command
         self.failures = failures
@@ -121,24 +127,23 @@ def build(
     """
     if not (PROJECT_DIR / "dbt_project.yml").is_file():
         raise DbtBuildError(
-            "build", [], f"the dbt project is not at {PROJECT_DIR}; install polypythias "
-            "from its source tree (`pip install -e .`)"
+            "build", [], f"the dbt project is not at {PROJECT_DIR}; reinstall polypythias"
         )
     root = _lake_root(lake_root)
     memory_limit, threads = _duckdb_settings()
     db_path = Path(db_path).resolve()
     db_path.parent.mkdir(parents=True, exist_ok=True)
+    overrides = {
+        # A full refresh refits the training maps too, not only the incremental models.
+        **({"training_map_reuse": False} if full_refresh else {}),
+        **(variables or {}),
+    }
     common = [
         "--project-dir", str(PROJECT_DIR),
         "--profiles-dir", str(PROJECT_DIR),
         "--target-path", str(state_dir(db_path) / "target"),
         "--log-path", str(state_dir(db_path) / "logs"),
-        "--vars", json.dumps({
-            # A full refresh refits the training maps too, not only the incremental models.
-            **({"training_map_reuse": False} if full_refresh else {}),
-            **(variables or {}),
-            "lake_root": root,
-        }),
+        *(["--vars", json.dumps(overrides)] if overrides else []),
     ]  # fmt: skip
     selection = ["--select", *select.split()] if select else []
     refresh = ["--full-refresh"] if full_refresh else []
@@ -148,6 +153,7 @@ def build(
     quiet = [] if verbose else ["--log-level", "none", "--log-level-file", "debug"]
     with _spill_dir(state_dir(db_path) / "tmp") as temp, _swapped_in_on_success(db_path) as building:
         settings = {
+            LAKE_ENV: root,
             DB_ENV: str(building),
             TEMP_ENV: str(temp),
             MEMORY_ENV: memory_limit,
@@ -310,7 +316,7 @@ _WHERE_COLUMNS = ("suite", "model_size", "seed", "step", "extractor", "extractio
                   "source_file")
 
 
-def _failures(outcome: object) -> list[Failure]:
+def _failures(outcome: object) -> list[NodeFailure]:
     failures = []
     for node_result in getattr(outcome, "results", None) or []:
         status = str(getattr(node_result.status, "value", node_result.status))
@@ -320,7 +326,7 @@ def _failures(outcome: object) -> list[Failure]:
             message = (node_result.message or "").strip() or status
             if status == "fail":
                 message += _first_failing_row(getattr(node, "compiled_code", None))
-            failures.append(Failure(name, status, message))
+            failures.append(NodeFailure(name, status, message))
     return failures
 
 

@@ -207,7 +207,8 @@ select * from final
         order by files.file
     {%- endset -%}
     {%- set files = run_query(query).columns[0].values() -%}
-    {{ log(this.identifier ~ ": " ~ (files | length) ~ " eval_samples file(s) of new or changed checkpoints", info=true) }}
+    {{ log(this.identifier ~ ": " ~ (files | length)
+           ~ " eval_samples file(s) of new or changed checkpoints", info=true) }}
     {%- if files | length == 0 -%}
         {{ return(lake_empty_relation('eval_samples')) }}
     {%- endif -%}

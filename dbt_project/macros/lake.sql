@@ -13,7 +13,7 @@
 
 {% macro lake_glob(dataset) -%}
     {#- data_files: the footers of every dataset's files -#}
-    {{ var('lake_root') }}/{{ '*' if dataset == 'data_files' else dataset }}/**/*.parquet
+    {{ env_var('POLYPYTHIAS_LAKE') }}/{{ '*' if dataset == 'data_files' else dataset }}/**/*.parquet
 {%- endmacro %}
 
 
@@ -206,7 +206,8 @@
     {%- elif lake_has_files(dataset) -%}
         {{ return(relation) }}
     {%- else -%}
-        {{ log("lake: no " ~ dataset ~ " files under " ~ var('lake_root') ~ "; reading it as empty", info=true) }}
+        {{ log("lake: no " ~ dataset ~ " files under " ~ env_var('POLYPYTHIAS_LAKE')
+               ~ "; reading it as empty", info=true) }}
         {{ return(lake_empty_relation(dataset)) }}
     {%- endif -%}
 {% endmacro %}

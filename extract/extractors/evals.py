@@ -271,18 +271,18 @@ class _Tagged:
         self.tag, self.value = tag, value
 
 
-class _Loader(yaml.SafeLoader):
-    pass
+class _TaskLoader(yaml.SafeLoader):
+    """Safe YAML that keeps lm-eval's tags (``!function …``) as written."""
 
 
-class _Dumper(yaml.SafeDumper):
-    pass
+class _TaskDumper(yaml.SafeDumper):
+    """Writes the tags ``_TaskLoader`` kept back as they were."""
 
 
-_Loader.add_multi_constructor(
+_TaskLoader.add_multi_constructor(
     "!", lambda loader, suffix, node: _Tagged("!" + suffix, loader.construct_scalar(node))
 )
-_Dumper.add_representer(_Tagged, lambda dumper, tagged: dumper.represent_scalar(tagged.tag, tagged.value))
+_TaskDumper.add_representer(_Tagged, lambda dumper, tagged: dumper.represent_scalar(tagged.tag, tagged.value))
 
 
 def _copy_tasks(source: Path, target: Path) -> Path:
@@ -305,13 +305,13 @@ def _copy_tasks(source: Path, target: Path) -> Path:
 def _absolute_data_files(file: Path) -> str:
     """The YAML text of ``file`` with relative data_files resolved against its folder."""
     try:
-        config = yaml.load(file.read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+        config = yaml.load(file.read_text(), Loader=_TaskLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as error:
         raise ExtractorError(f"{file}: not valid YAML: {error}") from None
     kwargs = config.get("dataset_kwargs") if isinstance(config, dict) else None
     if isinstance(kwargs, dict) and "data_files" in kwargs:
         kwargs["data_files"] = _resolve(kwargs["data_files"], file.parent)
-    return yaml.dump(config, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+    return yaml.dump(config, Dumper=_TaskDumper, sort_keys=False, allow_unicode=True)
 
 
 def _resolve(value: Any, folder: Path) -> Any:

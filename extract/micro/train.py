@@ -236,6 +236,14 @@ class Instability:
         )
 
 
+class SettingError(ValueError):
+    """A bad TrainConfig setting; ``setting`` names the field."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
 @dataclass(slots=True)
 class TrainConfig:
     suite_name: str = "micro"
@@ -266,13 +274,22 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError on a bad setting (also after fields were reassigned)."""
+        """Raise ValueError on a bad setting (also after fields were reassigned);
+        SettingError, naming the field, for the settings a user picks."""
         for name in self.sizes:
-            model_size(name)
+            try:
+                model_size(name)
+            except ValueError as error:
+                raise SettingError("sizes", str(error)) from None
         if not self.sizes or len(set(self.sizes)) != len(self.sizes):
-            raise ValueError(f"sizes must be non-empty and unique, got {self.sizes}")
+            raise SettingError("sizes", f"give one or more different sizes, got {self.sizes}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
-            raise ValueError(f"seeds must be non-empty, unique and >= 0, got {self.seeds}")
+            raise SettingError("seeds", f"seeds must be non-empty, unique and >= 0, got {self.seeds}")
+        if self.total_steps < self.n_linear:
+            raise SettingError(
+                "total_steps", f"the micro suite saves {self.n_linear} evenly spaced checkpoints, "
+                f"so it needs at least {self.n_linear} steps, got {self.total_steps}"
+            )
         pythia_style_steps(self.total_steps, self.n_linear)
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
@@ -461,6 +478,22 @@ def train_suite(
     _atomic_write_text(out_dir / "suite.yaml", yaml.dump(
         suite_document(config), Dumper=_SuiteDumper, sort_keys=False, width=1000,
     ))
+
+
+def train_suite_into_lake(config: TrainConfig, out_dir: Path, lake, progress: bool = True) -> Path:
+    """`train_suite`, writing each run's training log to the lake's ``training_log``
+    dataset (one partition per run) as the run finishes. Returns the suite file."""
+    from polypythias.warehouse.lake import new_extraction_id
+    from polypythias.warehouse.schemas import TRAINING_LOG
+
+    def record(size: str, seed: int, log: pa.Table) -> None:
+        extraction_id = new_extraction_id()
+        log = log.add_column(0, "extraction_id", pa.array([extraction_id] * log.num_rows, pa.string()))
+        partition = {"suite": config.suite_name, "model_size": size, "seed": seed}
+        lake.write(TRAINING_LOG, partition, extraction_id, log)
+
+    train_suite(config, out_dir, on_run_done=record, progress=progress)
+    return Path(out_dir) / "suite.yaml"
 
 
 def suite_document(config: TrainConfig) -> dict:

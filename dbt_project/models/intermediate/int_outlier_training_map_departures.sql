@@ -59,7 +59,7 @@ grid as (
         dense_rank() over (
             partition by suite, model_size, map_source, horizon_step order by step
         ) - 1 as checkpoint_index
-    from (select distinct suite, model_size, map_source, horizon_step, step from states)
+    from (select distinct suite, model_size, map_source, horizon_step, step from states) as steps
 
 ),
 
