@@ -18,6 +18,7 @@ import pytest
 
 from polypythias.analyses import gender_bias, performance, report
 from polypythias.analyses.report import build_report
+from warehouse_mark import mark_as_warehouse
 
 CONSISTENCY_DDL = """
 create table fct_eval_consistency (
@@ -361,7 +362,7 @@ def test_report_without_gender_rows_says_what_is_missing(tmp_path):
 @pytest.mark.parametrize("empty", [True, False])
 def test_report_without_eval_marts(tmp_path, empty):
     rows = {"fct_eval_consistency": []} if empty else {}
-    db = make_eval_warehouse(tmp_path / "w.duckdb", rows)
+    db = mark_as_warehouse(make_eval_warehouse(tmp_path / "w.duckdb", rows))
     page = build_report(db, tmp_path / "out").read_text(encoding="utf-8")
     # Both eval figures say why; the loss mart is absent in both cases.
     if empty:

@@ -21,6 +21,7 @@ import pytest
 
 from polypythias.analyses import marts, probes, report
 from polypythias.analyses.report import build_report
+from warehouse_mark import mark_as_warehouse
 
 CONSISTENCY_DDL = """
 create table fct_probe_consistency (
@@ -441,7 +442,7 @@ def test_report_without_probe_rows_says_so(tmp_path):
         ("empty", {"fct_probe_consistency": []}, "fct_probe_consistency in the warehouse"),
         ("f1", {"fct_probe_consistency": f1_only}, "has no accuracy rows"),
     ):
-        db = make_probe_warehouse(tmp_path / f"{name}.duckdb", rows)
+        db = mark_as_warehouse(make_probe_warehouse(tmp_path / f"{name}.duckdb", rows))
         out = tmp_path / name
         page = build_report(db, out).read_text(encoding="utf-8")
         for figure in (probes.NAME, probes.LAYERS_NAME):

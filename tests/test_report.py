@@ -245,7 +245,7 @@ def test_empty_mart_is_no_data_yet(tmp_path):
 
 def test_a_database_that_is_no_warehouse_is_refused(tmp_path):
     db = make_warehouse(tmp_path / "w.duckdb", None, mart=False)  # only an unrelated table
-    with pytest.raises(marts.WarehouseError, match="is not a polypythias warehouse"):
+    with pytest.raises(WarehouseError, match="is not a polypythias warehouse"):
         build_report(db, tmp_path / "out")
     assert not (tmp_path / "out" / "index.html").exists()
 

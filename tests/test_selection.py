@@ -56,7 +56,8 @@ def test_narrowing_selects_a_subgrid_and_status_reports_it(tiny_suite, tmp_path)
     rows = [line for line in result.output.splitlines() if "│ tiny" in line]
     assert len(rows) == 1 and "(selected: 2 of 3 steps)" in result.output
     cells = [cell.strip() for cell in rows[0].split("│") if cell.strip()]
-    assert cells == ["tiny", "1", "0", "0", "0", "0", "4"]  # 2 steps × 2 extractors missing
+    # done, diverged, damaged, stale, failed, missing: 2 steps × 2 extractors missing
+    assert cells == ["tiny", "1", "0", "0", "0", "0", "0", "4"]
 
 
 def test_set_changes_a_setting_before_validation(tiny_suite):

@@ -19,6 +19,7 @@ import pytest
 import stability_fixtures as fx
 from polypythias.analyses import integrity, loss_curves, marts, outliers, report, training_maps
 from polypythias.analyses.report import build_report
+from warehouse_mark import mark_as_warehouse
 
 MY_FIGURES = {
     loss_curves.SPIKES_NAME: loss_curves.spikes_chart,
@@ -408,7 +409,7 @@ def test_empty_or_missing_marts_are_no_data_yet(tmp_path):
         assert "No data yet" in section, name
     assert page.count("in the warehouse") == len(report.FIGURES)
 
-    missing = build_report(fx.make_stability_warehouse(tmp_path / "m.duckdb", {}), tmp_path / "m")
+    missing = build_report(mark_as_warehouse(fx.make_stability_warehouse(tmp_path / "m.duckdb", {})), tmp_path / "m")
     text = missing.read_text(encoding="utf-8")
     for mart in ("fct_training_phases", "fct_run_outliers", "fct_stability_forecast",
                  "fct_checkpoint_integrity", "stg_lake__training_log"):  # fmt: skip

@@ -292,10 +292,18 @@ class Lake:
                     raise LakeError(f"{path}: {problem}")
                 try:
                     with self.fs.open_input_file(path) as file:
-                        metadata = pq.read_metadata(file).metadata or {}
+                        footer = pq.read_metadata(file)
                 except (OSError, pa.ArrowException) as error:
                     raise LakeError(f"{path} is not a readable Parquet file: {error}") from None
-                _refuse_version(path, metadata.get(SCHEMA_VERSION_KEY))
+                _refuse_version(path, (footer.metadata or {}).get(SCHEMA_VERSION_KEY))
+                # A file of another dataset would be read by name (union_by_name), its
+                # columns as nulls: refuse it here, naming it.
+                foreign = set(footer.schema.names) - set(DATASETS[name].schema.names)
+                if foreign:
+                    raise LakeError(
+                        f"{path} is not a {name} file: it holds columns {name} does not have "
+                        f"({', '.join(sorted(foreign)[:3])})"
+                    )
                 checked += 1
         return checked
 
