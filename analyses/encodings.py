@@ -30,9 +30,7 @@ def step_axis(rows: list[dict[str, Any]]) -> alt.X:
         "step_plus_one:Q",
         title=STEP_TITLE,
         scale=alt.Scale(type="log", nice=False, padding=6),
-        axis=alt.Axis(
-            values=decade_ticks(max(row["step"] for row in rows)), format="~s", labelFlush=True
-        ),
+        axis=alt.Axis(values=decade_ticks(max(row["step"] for row in rows)), format="~s", labelFlush=True),
     )
 
 

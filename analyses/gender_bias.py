@@ -75,9 +75,7 @@ def gender_chart(rows: list[dict[str, Any]], panels: list[str]) -> AnyChart:
     """Rows are one per measure panel × suite × size × step (see ``score_rows``)."""
     # Under the band and the line. No data fields: one rule per panel.
     reference = (
-        alt.Chart()
-        .mark_rule(strokeDash=[2, 3], color=theme.MUTED, strokeWidth=1.2)
-        .encode(y=alt.datum(REFERENCE))
+        alt.Chart().mark_rule(strokeDash=[2, 3], color=theme.MUTED, strokeWidth=1.2).encode(y=alt.datum(REFERENCE))
     )
     # Faceted on the panel's position, headed with its title (see performance.task_panel_grid).
     rows = [{**row, "panel_index": panels.index(row["panel"])} for row in rows]

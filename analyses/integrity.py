@@ -106,9 +106,7 @@ def _run(suite: str, size: str | None, seed: Any) -> str:
     return " · ".join(parts)
 
 
-def findings_chart(
-    rows: list[dict[str, Any]], parameters: Mapping[str, float | None]
-) -> AnyChart:
+def findings_chart(rows: list[dict[str, Any]], parameters: Mapping[str, float | None]) -> AnyChart:
     """Rows are fct_checkpoint_integrity rows (one per finding); ``parameters`` order
     the sizes (``marts.size_parameters``)."""
     kinds = [f for f in FINDINGS if any(r["finding"] == f for r in rows)]
@@ -124,9 +122,7 @@ def findings_chart(
             drawn.append(base)
         if r["other_step"] is None:
             continue
-        if r["finding"] == "lineage_break" or (
-            r["other_model_size"] is None and r["other_seed"] is None
-        ):
+        if r["finding"] == "lineage_break" or (r["other_model_size"] is None and r["other_seed"] is None):
             other_run = run  # the previous step of the same run
         else:
             other_run = _run(
@@ -144,9 +140,7 @@ def findings_chart(
     sizes = sizes_in_order({size or "?" for _, size, _ in all_runs}, parameters)
     runs = [
         _run(*key)
-        for key in sorted(
-            all_runs, key=lambda k: (k[0], sizes.index(k[1] or "?"), k[2] is not None, k[2] or 0)
-        )
+        for key in sorted(all_runs, key=lambda k: (k[0], sizes.index(k[1] or "?"), k[2] is not None, k[2] or 0))
     ]
     steps = [r["step"] for r in drawn] + [link["other_step"] for link in links]
     last = max(steps) if steps else 1
@@ -157,13 +151,9 @@ def findings_chart(
     y_scale = alt.Scale(domain=runs)
     y_axis = alt.Axis(labelLimit=260, ticks=False)
     y = alt.Y("run:N", title=None, sort=runs, scale=y_scale, axis=y_axis)
-    color_scale = alt.Scale(
-        domain=labels, range=(FINDING_COLORS + theme.CATEGORY[5:])[: len(labels)]
-    )
+    color_scale = alt.Scale(domain=labels, range=(FINDING_COLORS + theme.CATEGORY[5:])[: len(labels)])
     color = alt.Color("finding_label:N", title="finding", scale=color_scale, sort=labels)
-    shape_scale = alt.Scale(
-        domain=labels, range=(FINDING_SHAPES + ["diamond", "cross"])[: len(labels)]
-    )
+    shape_scale = alt.Scale(domain=labels, range=(FINDING_SHAPES + ["diamond", "cross"])[: len(labels)])
     shape = alt.Shape("finding_label:N", title="finding", scale=shape_scale, sort=labels)
     tooltip = [
         alt.Tooltip("finding_label:N", title="finding"),
@@ -189,9 +179,7 @@ def findings_chart(
     layers = [points]
     if links:
         # Both ends of a link: the finding's step and the one it is compared with.
-        link_fields = dict(
-            step_plus_one="datum.step + 1", other_plus_one="datum.other_step + 1", other=other_text
-        )
+        link_fields = dict(step_plus_one="datum.step + 1", other_plus_one="datum.other_step + 1", other=other_text)
         link = (
             alt.Chart(alt.Data(values=links))
             .mark_rule(strokeWidth=1.5, opacity=0.6, strokeDash=[4, 3])

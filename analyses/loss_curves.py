@@ -65,6 +65,7 @@ COLUMNS = (
     "loss_max",
 )
 
+
 def chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
     """The loss chart, or None when ``fct_loss_consistency`` is missing or empty."""
     rows = read_mart(
@@ -182,9 +183,7 @@ def spikes_chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
     if outliers is None:
         status, join = "'run'", ""
     else:
-        status, join = run_status_sql(
-            outliers, "t", outlier="outlier run", stable="stable run", unknown="run"
-        )
+        status, join = run_status_sql(outliers, "t", outlier="outlier run", stable="stable run", unknown="run")
     # The spike steps, kept in the thinned lines (none without fct_loss_spikes).
     spike_steps = (
         f"select distinct suite, model_size, seed, step from {spikes_relation}"
@@ -286,14 +285,9 @@ def loss_spikes_chart(
     labels = [f"{suite} · {size}" for suite, size in panels]
     panel_of = {p: i for i, p in enumerate(panels)}
     logged_runs = {(r["suite"], r["model_size"], r["seed"]) for r in rows}
-    data = [
-        {**r, "kind": "log", "panel_index": panel_of[(r["suite"], r["model_size"])]} for r in rows
-    ]
+    data = [{**r, "kind": "log", "panel_index": panel_of[(r["suite"], r["model_size"])]} for r in rows]
     marked = [s for s in spikes if (s["suite"], s["model_size"], s["seed"]) in logged_runs]
-    data += [
-        {**s, "kind": "spike", "panel_index": panel_of[(s["suite"], s["model_size"])]}
-        for s in marked
-    ]
+    data += [{**s, "kind": "spike", "panel_index": panel_of[(s["suite"], s["model_size"])]} for s in marked]
     statuses = [s for s in RUN_COLORS if any(r["status"] == s for r in rows)]
     x = step_axis(rows)
     y = alt.Y("loss:Q", title="training loss (nats)", scale=alt.Scale(zero=False))
@@ -365,9 +359,7 @@ def loss_spikes_chart(
         ]
     return (
         layered.facet(
-            row=alt.Row(
-                "panel_index:O", title=None, header=theme.row_header(labels, labelFontWeight="bold")
-            ),
+            row=alt.Row("panel_index:O", title=None, header=theme.row_header(labels, labelFontWeight="bold")),
             spacing={"row": 14},
         )
         .resolve_scale(y="independent")

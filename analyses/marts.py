@@ -24,9 +24,7 @@ class MartError(ReportError):
 
 def database_path(con: duckdb.DuckDBPyConnection) -> str:
     """The file behind ``con`` (``":memory:"`` for an in-memory database)."""
-    row = con.execute(
-        "select path from duckdb_databases() where database_name = current_database()"
-    ).fetchone()
+    row = con.execute("select path from duckdb_databases() where database_name = current_database()").fetchone()
     return row[0] if row and row[0] else ":memory:"
 
 
@@ -59,9 +57,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def mart_relation(
-    con: duckdb.DuckDBPyConnection, mart: str, columns: tuple[str, ...]
-) -> str | None:
+def mart_relation(con: duckdb.DuckDBPyConnection, mart: str, columns: tuple[str, ...]) -> str | None:
     """The quoted ``schema.mart`` to select from, or None if the mart is missing.
 
     Raises MartError, naming the database file, when the mart lacks one of ``columns``.
@@ -87,15 +83,11 @@ def mart_relation(
     return f"{_quote(schema)}.{_quote(mart)}"
 
 
-def query_rows(
-    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
-) -> list[dict[str, Any]]:
+def query_rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
     """The rows of a query as dicts keyed by column name, NaN/inf turned into None."""
     cursor = con.execute(sql, params or [])
     names = [d[0] for d in cursor.description]
-    return [
-        {name: _clean(value) for name, value in zip(names, row)} for row in cursor.fetchall()
-    ]
+    return [{name: _clean(value) for name, value in zip(names, row)} for row in cursor.fetchall()]
 
 
 def read_mart(
@@ -116,17 +108,12 @@ def read_mart(
     return rows or None
 
 
-def run_status_sql(
-    outliers: str, alias: str, *, outlier: str, stable: str, unknown: str
-) -> tuple[str, str]:
+def run_status_sql(outliers: str, alias: str, *, outlier: str, stable: str, unknown: str) -> tuple[str, str]:
     """The select expression and the join that label each row of table ``alias`` by its
     run in ``outliers`` (the quoted ``fct_run_outliers``): ``outlier`` when any of the
     run's signals fires, ``stable`` when none does, ``unknown`` when the run is not in it.
     """
-    status = (
-        f"case when o.is_outlier then '{outlier}' when not o.is_outlier then '{stable}' "
-        f"else '{unknown}' end"
-    )
+    status = f"case when o.is_outlier then '{outlier}' when not o.is_outlier then '{stable}' else '{unknown}' end"
     # is_outlier repeats on each signal's row of a run; one value per run.
     join = f"""
         left join (

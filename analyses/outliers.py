@@ -28,8 +28,8 @@ from typing import Any
 import altair as alt
 import duckdb
 
-from . import theme
 from ..warehouse.sql import query
+from . import theme
 from .marts import AnyChart, mart_relation, query_rows, size_parameters, sizes_in_order
 
 NAME = "run_outliers"
@@ -251,9 +251,7 @@ def table_chart(rows: list[dict[str, Any]], parameters: Mapping[str, float | Non
             for line in block:
                 for (_, x, _), text in zip(TABLE_COLUMNS, line):
                     if text:
-                        data.append(
-                            {"kind": "cell", "x": x, "y": y + LINE_HEIGHT / 2, "text": text}
-                        )
+                        data.append({"kind": "cell", "x": x, "y": y + LINE_HEIGHT / 2, "text": text})
                 y += LINE_HEIGHT
         n_lines = len(lines)
     height = math.ceil(top + LINE_HEIGHT * n_lines + 4)
@@ -291,9 +289,7 @@ def table_chart(rows: list[dict[str, Any]], parameters: Mapping[str, float | Non
         "only data up to that step."
     ]
     if truncated:
-        subtitle.append(
-            f"Only the first {len(blocks)} runs are shown; see fct_run_outliers for all."
-        )
+        subtitle.append(f"Only the first {len(blocks)} runs are shown; see fct_run_outliers for all.")
     return alt.layer(band, rule, header, cells, data=alt.Data(values=data)).properties(
         width=TABLE_WIDTH,
         height=height,
@@ -312,9 +308,7 @@ def lead_chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
     relation = mart_relation(con, FORECAST_MART, FORECAST_COLUMNS)
     if relation is None:
         return None
-    keys = (
-        "suite is not null and model_size is not null and seed is not null and signal is not null"
-    )
+    keys = "suite is not null and model_size is not null and seed is not null and signal is not null"
     leads = query_rows(
         con,
         f"""
@@ -379,11 +373,7 @@ def lead_time_chart(
         if first is None:
             label = "never flags this run"
         else:
-            lead = (
-                r["lead_steps"]
-                if r["lead_steps"] is not None
-                else (final - first if final is not None else None)
-            )
+            lead = r["lead_steps"] if r["lead_steps"] is not None else (final - first if final is not None else None)
             share = f" ({lead / final:.0%} of training)" if lead is not None and final else ""
             label = f"lead {lead:,} steps{share}" if lead is not None else "flags it"
         rows.append({
@@ -428,11 +418,7 @@ def lead_time_chart(
         .encode(x=first_x, y=y, tooltip=tooltip)
         .transform_filter(flagged)
     )
-    final = (
-        alt.Chart()
-        .mark_tick(color=theme.INK, thickness=2, size=14)
-        .encode(x=final_x, y=y, tooltip=tooltip)
-    )
+    final = alt.Chart().mark_tick(color=theme.INK, thickness=2, size=14).encode(x=final_x, y=y, tooltip=tooltip)
     text = (
         alt.Chart()
         .mark_text(align="left", baseline="middle", dx=10, fontSize=11)
@@ -468,14 +454,10 @@ def lead_time_chart(
             f"Below: false alarms — runs that end stable but a signal flags at some step "
             f"({total} run × signal pairs in all)."
         )
-    return alt.vconcat(*parts, spacing=24).properties(
-        title=alt.Title(LEAD_TITLE, subtitle=subtitle)
-    )
+    return alt.vconcat(*parts, spacing=24).properties(title=alt.Title(LEAD_TITLE, subtitle=subtitle))
 
 
-def false_alarm_chart(
-    alarms: list[dict[str, Any]], sizes: list[str], signals: list[str]
-) -> alt.LayerChart:
+def false_alarm_chart(alarms: list[dict[str, Any]], sizes: list[str], signals: list[str]) -> alt.LayerChart:
     """Per suite × size (rows) and signal (columns): "k of n" stable runs flagged."""
     groups = sorted({(a["suite"], a["model_size"]) for a in alarms},
                     key=lambda g: (g[0], sizes.index(g[1])))  # fmt: skip

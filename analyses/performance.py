@@ -122,9 +122,7 @@ class Series:
         return " · ".join(parts)
 
 
-def pick_series(
-    available: list[tuple[str, str, str, int]], task: str, metric: str | None = None
-) -> Series | None:
+def pick_series(available: list[tuple[str, str, str, int]], task: str, metric: str | None = None) -> Series | None:
     """The series to draw for ``task`` among ``(task, metric, filter, num_fewshot)`` rows.
 
     Fewest shots first (zero-shot when present), then filter ``none``, then ``metric``
@@ -156,9 +154,7 @@ def available_series(con: duckdb.DuckDBPyConnection, relation: str) -> list[tupl
     ).fetchall()
 
 
-def score_rows(
-    con: duckdb.DuckDBPyConnection, relation: str, series: Series, panel: str
-) -> list[dict[str, Any]]:
+def score_rows(con: duckdb.DuckDBPyConnection, relation: str, series: Series, panel: str) -> list[dict[str, Any]]:
     """The median/q25/q75 rows of one series, in the chart's long form."""
     rows = query_rows(
         con,
@@ -280,9 +276,7 @@ def band_and_line_layers(
     return band, line
 
 
-def band_and_line(
-    rows: list[dict[str, Any]], y_title: str | None, under: tuple[alt.Chart, ...] = ()
-) -> alt.LayerChart:
+def band_and_line(rows: list[dict[str, Any]], y_title: str | None, under: tuple[alt.Chart, ...] = ()) -> alt.LayerChart:
     """The q25–q75 band under the line, over log steps; rows need value/band_low/band_high.
 
     ``under`` are layers drawn first (reference lines).
@@ -330,9 +324,7 @@ def task_panel_grid(
     )
 
 
-def performance_chart(
-    rows: list[dict[str, Any]], task_labels: list[str], panels: list[str]
-) -> AnyChart:
+def performance_chart(rows: list[dict[str, Any]], task_labels: list[str], panels: list[str]) -> AnyChart:
     """Rows are one per task × measure panel × suite × size × step (see ``score_rows``),
     laid out by ``task_panel_grid``."""
     rows = [

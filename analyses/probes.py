@@ -94,9 +94,7 @@ HEATMAP_SCHEME = "viridis"
 RunKey = tuple[str, str]
 
 
-def consistency_rows(
-    con: duckdb.DuckDBPyConnection, relation: str, metrics: Iterable[str]
-) -> list[dict[str, Any]]:
+def consistency_rows(con: duckdb.DuckDBPyConnection, relation: str, metrics: Iterable[str]) -> list[dict[str, Any]]:
     """Median/q25/q75 rows of ``metrics`` at every layer, in the charts' long form."""
     metrics = list(metrics)
     rows = query_rows(
@@ -165,9 +163,7 @@ def majority_rows(
     )
 
 
-def _layers_label(
-    task: str, layers: dict[tuple[str, str, str], int], runs: list[RunKey]
-) -> list[str]:
+def _layers_label(task: str, layers: dict[tuple[str, str, str], int], runs: list[RunKey]) -> list[str]:
     """Row header lines: the task, then each size's best layer (one line per suite when
     there are several)."""
     by_suite: dict[str, list[str]] = {}
@@ -329,10 +325,7 @@ def heatmap_chart(rows: list[dict[str, Any]], size: str, tasks: list[str]) -> An
     suite_labels = [f"{suite} · {size}" for suite in suites]
     steps = sorted({r["step"] for r in rows})
     layers = sorted({r["layer"] for r in rows}, reverse=True)  # embeddings at the bottom
-    rows = [
-        {**row, "task_index": tasks.index(row["task"]), "suite_index": suites.index(row["suite"])}
-        for row in rows
-    ]
+    rows = [{**row, "task_index": tasks.index(row["task"]), "suite_index": suites.index(row["suite"])} for row in rows]
     heat = (
         alt.Chart(alt.Data(values=rows))
         .mark_rect()
@@ -376,9 +369,7 @@ def heatmap_chart(rows: list[dict[str, Any]], size: str, tasks: list[str]) -> An
         width=HEATMAP_WIDTH, height=max(HEATMAP_MIN_HEIGHT, HEATMAP_ROW * len(layers))
     )
     return cell.facet(
-        row=alt.Row(
-            "suite_index:O", title=None, header=theme.row_header(suite_labels, labelLimit=240)
-        ),
+        row=alt.Row("suite_index:O", title=None, header=theme.row_header(suite_labels, labelLimit=240)),
         column=alt.Column("task_index:O", title=None, header=theme.column_header(tasks)),
         spacing={"row": 14, "column": 24},
     ).properties(

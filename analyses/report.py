@@ -25,7 +25,7 @@ import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import duckdb
 import vl_convert
 from altair.utils import spec_to_html
 
+from ..warehouse.sql import WarehouseError
 from . import (
     gender_bias,
     integrity,
@@ -44,7 +45,6 @@ from . import (
     theme,
     training_maps,
 )
-from ..warehouse.sql import WarehouseError
 from .marts import AnyChart, mart_schema
 
 INDEX_NAME = "index.html"
@@ -202,10 +202,11 @@ def build_report(
         # to_html and save would each validate again: a third of the report's time).
         spec = specs[name] = item.chart.to_dict()
         _write_atomic(out_dir / f"{name}.html", _standalone_html(spec).encode("utf-8"))
-        _write_atomic(out_dir / f"{name}.png", vl_convert.vegalite_to_png(
-            spec, vl_version=_VL_CONVERT_VERSION, scale=PNG_SCALE))
+        _write_atomic(
+            out_dir / f"{name}.png", vl_convert.vegalite_to_png(spec, vl_version=_VL_CONVERT_VERSION, scale=PNG_SCALE)
+        )
 
-    page = _index_html(db_path, rendered, specs, generated=datetime.now(timezone.utc))
+    page = _index_html(db_path, rendered, specs, generated=datetime.now(UTC))
     index = out_dir / INDEX_NAME
     _write_atomic(index, page.encode("utf-8"))
     return index
@@ -217,9 +218,7 @@ WAREHOUSE_MARK = "dim_checkpoints"
 
 def _build_charts(db_path: Path, figures: list[Figure]) -> list[_Rendered]:
     if not db_path.is_file():
-        raise WarehouseError(
-            f"warehouse {db_path} does not exist; build it first (`polypythias build`)"
-        )
+        raise WarehouseError(f"warehouse {db_path} does not exist; build it first (`polypythias build`)")
     try:
         con = duckdb.connect(str(db_path), read_only=True)
     except duckdb.Error as exc:
@@ -257,9 +256,13 @@ def _has_rows(con: duckdb.DuckDBPyConnection, schema: str, mart: str) -> bool:
 def _standalone_html(spec: dict[str, Any]) -> str:
     """The chart's own page, as ``chart.to_html(inline=True)`` writes it."""
     return spec_to_html(
-        spec, mode="vega-lite", vega_version=alt.VEGA_VERSION,
-        vegaembed_version=alt.VEGAEMBED_VERSION, vegalite_version=alt.VEGALITE_VERSION,
-        embed_options=dict(EMBED_OPTIONS), template="inline",
+        spec,
+        mode="vega-lite",
+        vega_version=alt.VEGA_VERSION,
+        vegaembed_version=alt.VEGAEMBED_VERSION,
+        vegalite_version=alt.VEGALITE_VERSION,
+        embed_options=dict(EMBED_OPTIONS),
+        template="inline",
     )
 
 
@@ -327,10 +330,7 @@ def _index_html(
     sections = []
     for r in rendered:
         f = r.figure
-        head = (
-            f'<section id="{f.name}">\n  <h2>{e(f.title)}</h2>\n'
-            f'  <p class="description">{e(f.description)}</p>\n'
-        )
+        head = f'<section id="{f.name}">\n  <h2>{e(f.title)}</h2>\n  <p class="description">{e(f.description)}</p>\n'
         if r.chart is None:
             body = (
                 f'  <p class="no-data"><strong>No data yet</strong>: {e(r.no_data or "")}. '
@@ -376,7 +376,7 @@ def _index_html(
         scripts = ""
 
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n'
         '<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         "<title>polypythias report</title>\n"
@@ -385,9 +385,5 @@ def _index_html(
         "<h1>polypythias report</h1>\n"
         f'<p class="meta">Generated {e(stamp)} from the warehouse '
         f"<code>{e(str(db_path))}</code>.</p>\n"
-        f"<nav>\n  <ul>\n{toc}\n  </ul>\n</nav>\n"
-        + "\n".join(sections)
-        + "\n"
-        + scripts
-        + "</body>\n</html>\n"
+        f"<nav>\n  <ul>\n{toc}\n  </ul>\n</nav>\n" + "\n".join(sections) + "\n" + scripts + "</body>\n</html>\n"
     )

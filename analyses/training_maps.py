@@ -28,6 +28,7 @@ import altair as alt
 import duckdb
 
 from . import theme
+from .encodings import step_axis
 from .marts import (
     AnyChart,
     mart_relation,
@@ -36,7 +37,6 @@ from .marts import (
     size_parameters,
     sizes_in_order,
 )
-from .encodings import step_axis
 
 NAME = "training_maps"
 TITLE = "Training maps: latent states over training, stable runs vs outliers"
@@ -86,9 +86,7 @@ def chart(con: duckdb.DuckDBPyConnection) -> AnyChart | None:
         status = "null::varchar"
         join = ""
     else:
-        status, join = run_status_sql(
-            outliers, "p", outlier=OUTLIER, stable=STABLE, unknown=UNASSESSED
-        )
+        status, join = run_status_sql(outliers, "p", outlier=OUTLIER, stable=STABLE, unknown=UNASSESSED)
     rows = query_rows(
         con,
         f"""
@@ -111,9 +109,7 @@ def _seeds(seeds: set[int]) -> str:
     return ("seed " if len(ordered) == 1 else "seeds ") + ", ".join(str(s) for s in ordered)
 
 
-def map_chart(
-    rows: list[dict[str, Any]], *, assessed: bool = True, parameters: Mapping[str, float | None]
-) -> AnyChart:
+def map_chart(rows: list[dict[str, Any]], *, assessed: bool = True, parameters: Mapping[str, float | None]) -> AnyChart:
     """Rows are one per checkpoint of fct_training_phases with a ``status`` (stable,
     outlier, unassessed, or None when the outlier mart is missing); ``parameters`` order
     the sizes (``marts.size_parameters``)."""
@@ -139,9 +135,7 @@ def map_chart(
         states = n_states if n_states is not None else len({r["state"] for r in of_map})
         head = f"{suite} · {size} · {SOURCE_LABELS.get(source, source)} ({states} states)"
         y_note = [] if m in scored else ["y: state (this map has no score)"]
-        statuses = sorted(
-            {r["status"] for r in of_map}, key=lambda s: STATUS_ORDER.index(s) if s else -1
-        )
+        statuses = sorted({r["status"] for r in of_map}, key=lambda s: STATUS_ORDER.index(s) if s else -1)
         all_seeds = {r["seed"] for r in of_map}
         for status in statuses:
             seeds = {r["seed"] for r in of_map if r["status"] == status}
@@ -170,16 +164,12 @@ def map_chart(
     color = alt.Color(
         "state:N",
         title="state",
-        scale=alt.Scale(
-            domain=states, range=[STATE_COLORS[i % len(STATE_COLORS)] for i in range(len(states))]
-        ),
+        scale=alt.Scale(domain=states, range=[STATE_COLORS[i % len(STATE_COLORS)] for i in range(len(states))]),
         sort=states,
         legend=alt.Legend(symbolType="circle", symbolSize=80),
     )
     x = step_axis(drawn)
-    y = alt.Y(
-        "y:Q", title="training-map score", scale=alt.Scale(zero=False), axis=alt.Axis(format=".2~f")
-    )
+    y = alt.Y("y:Q", title="training-map score", scale=alt.Scale(zero=False), axis=alt.Axis(format=".2~f"))
     tooltip = [
         alt.Tooltip("suite:N", title="suite"),
         alt.Tooltip("model_size:N", title="model size"),
@@ -190,24 +180,15 @@ def map_chart(
         alt.Tooltip("state_probability:Q", title="posterior of the state", format=".3f"),
         alt.Tooltip("score:Q", title="score", format=".3f"),
     ]
-    path = (
-        alt.Chart()
-        .mark_line(color=PATH_COLOR, strokeWidth=1, opacity=0.7)
-        .encode(x=x, y=y, detail="seed:N")
-    )
-    points = (
-        alt.Chart()
-        .mark_point(size=34, filled=True, opacity=0.9)
-        .encode(x=x, y=y, color=color, tooltip=tooltip)
-    )
+    path = alt.Chart().mark_line(color=PATH_COLOR, strokeWidth=1, opacity=0.7).encode(x=x, y=y, detail="seed:N")
+    points = alt.Chart().mark_point(size=34, filled=True, opacity=0.9).encode(x=x, y=y, color=color, tooltip=tooltip)
     layered = (
         alt.layer(path, points, data=alt.Data(values=drawn))
         .transform_calculate(step_plus_one="datum.step + 1")
         .properties(width=CELL_WIDTH, height=CELL_HEIGHT)
     )
     outlier_note = (
-        "Rows: per model size, the runs that end stable and the outlier runs (any signal fires "
-        "in fct_run_outliers)."
+        "Rows: per model size, the runs that end stable and the outlier runs (any signal fires in fct_run_outliers)."
         if assessed
         else "fct_run_outliers is not built yet: all runs of a size share one row."
     )
@@ -216,9 +197,7 @@ def map_chart(
             row=alt.Row(
                 "group_index:O",
                 title=None,
-                header=theme.row_header(
-                    labels, labelOrient="top", labelAnchor="start", labelLimit=CELL_WIDTH
-                ),
+                header=theme.row_header(labels, labelOrient="top", labelAnchor="start", labelLimit=CELL_WIDTH),
             ),
             spacing={"row": 10},
         )

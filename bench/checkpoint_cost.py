@@ -74,12 +74,12 @@ def busy_loop() -> None:
 
 def measure_in_process(work: Path, sizes: list[str], repeats: int) -> dict:
     """seconds per checkpoint: {(size, what): [samples]}, and bytes read per size."""
+    import torch
+
     from polypythias.extract.checkpoints import find_weights, load_model, quiet_transformers
     from polypythias.extract.runner import Runner, Task, build_extractors
     from polypythias.extract.suite import load_suite
     from polypythias.warehouse.lake import Lake
-
-    import torch
 
     quiet_transformers()
     device = torch.device("cpu")
@@ -136,16 +136,20 @@ def project(result: dict, sizes: list[str]) -> None:
     real = real_parameters()
     by_size = sorted(sizes, key=lambda s: parameters[s])
     reference = by_size[-1]
-    print(f"\nProjection for the whole PolyPythias grid ({len(real)} sizes x {SEEDS} seeds; weight_stats and "
-          f"the load on all {STEPS_ALL} steps, the others on the {STEPS_EVAL_GRID}-step grid), one process on "
-          "this machine's CPUs, no GPU")
-    print(f"Assumptions: (a) proportional: {reference}'s seconds per checkpoint times the parameter ratio; "
-          f"(b) affine: a fixed part plus a per-parameter part, fitted through {' and '.join(by_size[:2])} "
-          "(the fixed part is work the size does not change, e.g. softmax over the 50,304-token vocabulary "
-          "at every position); the inputs are this bench's (200 sentences, 28 eval items, "
-          f"{PROBE_CAPS[0]}/{PROBE_CAPS[1]} probe words per task), not a real run's (a Pile sample, 11 full "
-          "lm-eval tasks, 10000/4000 words): scale by your input sizes; a machine shared with other work "
-          "is slower.")
+    print(
+        f"\nProjection for the whole PolyPythias grid ({len(real)} sizes x {SEEDS} seeds; weight_stats and "
+        f"the load on all {STEPS_ALL} steps, the others on the {STEPS_EVAL_GRID}-step grid), one process on "
+        "this machine's CPUs, no GPU"
+    )
+    print(
+        f"Assumptions: (a) proportional: {reference}'s seconds per checkpoint times the parameter ratio; "
+        f"(b) affine: a fixed part plus a per-parameter part, fitted through {' and '.join(by_size[:2])} "
+        "(the fixed part is work the size does not change, e.g. softmax over the 50,304-token vocabulary "
+        "at every position); the inputs are this bench's (200 sentences, 28 eval items, "
+        f"{PROBE_CAPS[0]}/{PROBE_CAPS[1]} probe words per task), not a real run's (a Pile sample, 11 full "
+        "lm-eval tasks, 10000/4000 words): scale by your input sizes; a machine shared with other work "
+        "is slower."
+    )
     fits = {}
     for what in ("load", *EXTRACTORS):
         large = statistics.median(times[(reference, what)])
@@ -155,20 +159,25 @@ def project(result: dict, sizes: list[str]) -> None:
         else:
             slope = large / parameters[reference]
         fits[what] = (large / parameters[reference], slope, max(0.0, large - slope * parameters[reference]))
-    print(f"{'size':>6} {'params':>12} " + " ".join(f"{w:>13}" for w in ("load", *EXTRACTORS))
-          + f" {'grid CPU-hours':>20}")
+    print(
+        f"{'size':>6} {'params':>12} "
+        + " ".join(f"{w:>13}" for w in ("load", *EXTRACTORS))
+        + f" {'grid CPU-hours':>20}"
+    )
     totals = [0.0, 0.0]
     for size, count in real.items():
-        per = {what: (per_param * count, fixed + slope * count)
-               for what, (per_param, slope, fixed) in fits.items()}
+        per = {what: (per_param * count, fixed + slope * count) for what, (per_param, slope, fixed) in fits.items()}
         hours = []
         for k in (0, 1):
             every = per["load"][k] + per["weight_stats"][k]
             grid = per["token_stats"][k] + per["evals"][k] + per["probes"][k]
             hours.append(SEEDS * (STEPS_ALL * every + STEPS_EVAL_GRID * grid) / 3600)
             totals[k] += hours[k]
-        print(f"{size:>6} {count:>12,} " + " ".join(f"{per[w][0]:>6.2f}/{per[w][1]:<6.2f}" for w in per)
-              + f" {hours[0]:>9.1f} / {hours[1]:<9.1f}")
+        print(
+            f"{size:>6} {count:>12,} "
+            + " ".join(f"{per[w][0]:>6.2f}/{per[w][1]:<6.2f}" for w in per)
+            + f" {hours[0]:>9.1f} / {hours[1]:<9.1f}"
+        )
     print("(seconds per checkpoint: proportional / affine)")
     print(f"whole grid: {totals[0]:.0f} CPU-hours proportional, {totals[1]:.0f} affine, on this machine")
 
@@ -179,8 +188,19 @@ def contention(work: Path, repeats: int) -> None:
 
     cpus = len(os.sched_getaffinity(0))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    arguments = [str(Path(sys.executable).with_name("polypythias")), "extract", "--suite", "polypythias",
-                 "--sizes", "14m", "--seeds", "0,1", "--steps", "1000", "--no-progress"]
+    arguments = [
+        str(Path(sys.executable).with_name("polypythias")),
+        "extract",
+        "--suite",
+        "polypythias",
+        "--sizes",
+        "14m",
+        "--seeds",
+        "0,1",
+        "--steps",
+        "1000",
+        "--no-progress",
+    ]
     for option in settings(work / "tasks"):
         arguments += ["--set", option]
     results: dict[tuple[str, int], list[float]] = {}
@@ -194,18 +214,26 @@ def contention(work: Path, repeats: int) -> None:
                 for process in others:
                     process.start()
                 try:
-                    subprocess.run([*arguments, "--lake", str(lake)], cwd=work, check=True, capture_output=True,
-                                   env={**env, "OMP_WAIT_POLICY": policy}, timeout=1800)
+                    subprocess.run(
+                        [*arguments, "--lake", str(lake)],
+                        cwd=work,
+                        check=True,
+                        capture_output=True,
+                        env={**env, "OMP_WAIT_POLICY": policy},
+                        timeout=1800,
+                    )
                 finally:
                     for process in others:
                         process.terminate()
                         process.join()
-                seconds = duckdb.sql(
-                    f"select sum(duration_s) from read_parquet('{lake}/manifest/**/*.parquet')"
-                ).fetchall()[0][0] / 2  # two checkpoints
+                seconds = (
+                    duckdb.sql(f"select sum(duration_s) from read_parquet('{lake}/manifest/**/*.parquet')").fetchall()[
+                        0
+                    ][0]
+                    / 2
+                )  # two checkpoints
                 results.setdefault((policy, busy), []).append(seconds)
-    print(f"\nContention: the 14m pass (all four extractors, per checkpoint), {cpus} CPUs, "
-          "median of alternating runs")
+    print(f"\nContention: the 14m pass (all four extractors, per checkpoint), {cpus} CPUs, median of alternating runs")
     print(f"{'idle OpenMP threads':>20} {'busy procs':>10} {'s/ckpt':>8} {'slowdown':>9} {'fair share':>11}")
     for policy, label in (("PASSIVE", "sleep (default)"), ("ACTIVE", "spin (before)")):
         alone = statistics.median(results[(policy, 0)])
@@ -225,14 +253,14 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="checkpoint_cost-"))
     work.mkdir(parents=True, exist_ok=True)
     # Before anything imports huggingface_hub (it reads these once) or torch (OpenMP).
-    os.environ.update(HF_HUB_CACHE=str(work / "hub"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                      TOKENIZERS_PARALLELISM="false")
+    os.environ.update(
+        HF_HUB_CACHE=str(work / "hub"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
+    )
     from polypythias.extract.threads import configure_threads
 
     print(f"torch threads: {configure_threads()} (usable CPUs of this process)")
     sys.path.insert(0, str(REPO / "tests"))
     from hub_english import write_documents, write_eval_tasks
-
     from polypythias.extract.hub_fixture import write_hub_suite
 
     os.chdir(work)  # the preset's documents path is relative to the working directory
@@ -247,8 +275,10 @@ def main() -> None:
     whats = ("load", *EXTRACTORS, "together")
     print(f"{'size':>6} {'params':>12} " + " ".join(f"{w:>12}" for w in whats))
     for size in sizes:
-        print(f"{size:>6} {result['parameters'][size]:>12,} "
-              + " ".join(f"{statistics.median(result['times'][(size, w)]):>12.2f}" for w in whats))
+        print(
+            f"{size:>6} {result['parameters'][size]:>12,} "
+            + " ".join(f"{statistics.median(result['times'][(size, w)]):>12.2f}" for w in whats)
+        )
     for key, count in sorted(result["bytes"].items()):
         print(f"  {key}: {count / 1e6:.1f} MB read")
     project(result, sizes)

@@ -81,8 +81,7 @@ def spread(steps: list[int], n: int) -> list[int]:
     return sorted({steps[round(i * (len(steps) - 1) / (n - 1))] for i in range(n)})
 
 
-def run_suite_file(document: dict, suite: Suite, size: str, seed: int, steps: list[int],
-                   path: Path) -> Path:
+def run_suite_file(document: dict, suite: Suite, size: str, seed: int, steps: list[int], path: Path) -> Path:
     """A suite file for one run's chosen steps, only the evals extractor, absolute paths."""
     checkpoints = dict(document["checkpoints"])
     checkpoints["local"] = str(suite.resolve_path(checkpoints["local"]))
@@ -91,8 +90,14 @@ def run_suite_file(document: dict, suite: Suite, size: str, seed: int, steps: li
     evals = dict(document["extractors"]["evals"], steps="all")
     if evals.get("include_path"):
         evals["include_path"] = str(suite.resolve_path(evals["include_path"]))
-    run = {"name": suite.name, "sizes": [size], "seeds": [seed], "steps": {"all": steps},
-           "checkpoints": checkpoints, "extractors": {"evals": evals}}
+    run = {
+        "name": suite.name,
+        "sizes": [size],
+        "seeds": [seed],
+        "steps": {"all": steps},
+        "checkpoints": checkpoints,
+        "extractors": {"evals": evals},
+    }
     path.write_text(yaml.safe_dump(run, sort_keys=False))
     return path
 
@@ -126,16 +131,30 @@ def extract_arm(run_file: Path, lake: Path, scratch: Path, size: str, seed: int)
     """`polypythias extract` on one run, then its eval tables read back from the lake."""
     import pyarrow.dataset as ds
 
-    call([str(BIN / "polypythias"), "extract", "--suite", str(run_file), "--extractors", "evals",
-          "--lake", str(lake), "--no-progress"], scratch / f"extract-{size}-{seed}.log", scratch)
+    call(
+        [
+            str(BIN / "polypythias"),
+            "extract",
+            "--suite",
+            str(run_file),
+            "--extractors",
+            "evals",
+            "--lake",
+            str(lake),
+            "--no-progress",
+        ],
+        scratch / f"extract-{size}-{seed}.log",
+        scratch,
+    )
     mine = (ds.field("model_size") == size) & (ds.field("seed") == seed)
     the_lake = Lake(lake)
     the_lake.read(EVAL_RESULTS, mine).to_pylist()  # read back like the harness's JSON
     return the_lake.read(EVAL_SAMPLES, mine).to_pylist()
 
 
-def harness_arm(checkpoints: list[CheckpointId], suite: Suite, options, tasks_dir: Path,
-                out: Path, scratch: Path) -> dict[CheckpointId, tuple[dict, dict[str, list[dict]]]]:
+def harness_arm(
+    checkpoints: list[CheckpointId], suite: Suite, options, tasks_dir: Path, out: Path, scratch: Path
+) -> dict[CheckpointId, tuple[dict, dict[str, list[dict]]]]:
     """One `lm_eval` CLI process per checkpoint, then its JSON and JSONL read back."""
     tokenizer = suite.checkpoints.tokenizer
     loaded = {}
@@ -145,10 +164,24 @@ def harness_arm(checkpoints: list[CheckpointId], suite: Suite, options, tasks_di
         if tokenizer:
             model_args += f",tokenizer={suite.resolve_path(tokenizer)}"
         where = out / f"{checkpoint.model_size}-seed{checkpoint.seed}-step{checkpoint.step}"
-        command = [str(BIN / "lm_eval"), "--model", "hf", "--model_args", model_args,
-                   "--tasks", ",".join(options.tasks), "--include_path", str(tasks_dir),
-                   "--device", "cpu", "--batch_size", str(options.batch_size),
-                   "--log_samples", "--output_path", str(where)]
+        command = [
+            str(BIN / "lm_eval"),
+            "--model",
+            "hf",
+            "--model_args",
+            model_args,
+            "--tasks",
+            ",".join(options.tasks),
+            "--include_path",
+            str(tasks_dir),
+            "--device",
+            "cpu",
+            "--batch_size",
+            str(options.batch_size),
+            "--log_samples",
+            "--output_path",
+            str(where),
+        ]
         if options.num_fewshot:
             command += ["--num_fewshot", str(options.num_fewshot)]
         if options.limit:
@@ -193,8 +226,14 @@ def harness_items(loaded: dict) -> dict[Key, tuple[float, float]]:
                     prediction = float(sample["acc"])
                 else:
                     raise SystemExit(f"{task}: output_type {output_type} is not compared here")
-                key = (checkpoint.model_size, checkpoint.seed, checkpoint.step, task,
-                       sample["filter"], sample["doc_id"])
+                key = (
+                    checkpoint.model_size,
+                    checkpoint.seed,
+                    checkpoint.step,
+                    task,
+                    sample["filter"],
+                    sample["doc_id"],
+                )
                 items[key] = (prediction, float(sample["acc"]))
     return items
 
@@ -209,12 +248,19 @@ def folder_bytes(root: Path) -> tuple[int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite-dir", type=Path,
-                        help="a trained micro suite (its suite.yaml needs an evals extractor); "
-                             "default: train a small one into the scratch folder")
+    parser.add_argument(
+        "--suite-dir",
+        type=Path,
+        help="a trained micro suite (its suite.yaml needs an evals extractor); "
+        "default: train a small one into the scratch folder",
+    )
     parser.add_argument("--runs", type=int, default=2, help="runs (size x seed) measured, 0: all (default 2)")
-    parser.add_argument("--checkpoints", type=int, default=4,
-                        help="checkpoints per run, evenly spread over its steps, 0: all (default 4)")
+    parser.add_argument(
+        "--checkpoints",
+        type=int,
+        default=4,
+        help="checkpoints per run, evenly spread over its steps, 0: all (default 4)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (lake, harness output, logs)")
     args = parser.parse_args()
     for tool in ("polypythias", "lm_eval"):
@@ -253,16 +299,23 @@ def measure(suite_dir: Path, args, scratch: Path) -> None:
     runs = [(size, seed) for size in suite.sizes for seed in suite.seeds]
     runs = runs[: args.runs] if args.runs > 0 else runs
     steps = spread(suite.steps[options.steps], args.checkpoints)
-    files = {run: run_suite_file(document, suite, *run, steps, scratch / f"suite-{run[0]}-{run[1]}.yaml")
-             for run in runs}
+    files = {
+        run: run_suite_file(document, suite, *run, steps, scratch / f"suite-{run[0]}-{run[1]}.yaml") for run in runs
+    }
 
     # Warm-up, untimed: one checkpoint through each arm.
     size, seed = runs[0]
     warm = run_suite_file(document, suite, size, seed, steps[-1:], scratch / "suite-warmup.yaml")
     print("warm-up: one checkpoint through each arm (untimed) ...", flush=True)
     extract_arm(warm, scratch / "lake-warmup", scratch, size, seed)
-    harness_arm([CheckpointId(suite.name, size, seed, steps[-1])], suite, options, tasks_dir,
-                scratch / "harness-warmup", scratch)
+    harness_arm(
+        [CheckpointId(suite.name, size, seed, steps[-1])],
+        suite,
+        options,
+        tasks_dir,
+        scratch / "harness-warmup",
+        scratch,
+    )
 
     lake, harness_out = scratch / "lake", scratch / "harness"
     extract_times, harness_times = [], []
@@ -277,7 +330,8 @@ def measure(suite_dir: Path, args, scratch: Path) -> None:
             harness_loaded.update(harness_arm(checkpoints, suite, options, tasks_dir, harness_out, scratch))
 
         order: tuple[Callable[[], None], ...] = (
-            (extract_run, harness_run) if index % 2 == 0 else (harness_run, extract_run))
+            (extract_run, harness_run) if index % 2 == 0 else (harness_run, extract_run)
+        )
         timed = {}
         for arm in order:
             started = time.perf_counter()
@@ -285,9 +339,11 @@ def measure(suite_dir: Path, args, scratch: Path) -> None:
             timed[arm] = time.perf_counter() - started
         extract_times.append(timed[extract_run])
         harness_times.append(timed[harness_run])
-        print(f"  {size}/seed{seed}: extract {timed[extract_run]:6.1f} s, "
-              f"harness {timed[harness_run]:6.1f} s  ({timed[harness_run] / timed[extract_run]:.1f}x)",
-              flush=True)
+        print(
+            f"  {size}/seed{seed}: extract {timed[extract_run]:6.1f} s, "
+            f"harness {timed[harness_run]:6.1f} s  ({timed[harness_run] / timed[extract_run]:.1f}x)",
+            flush=True,
+        )
 
     ours, theirs = lake_items(lake_rows), harness_items(harness_loaded)
     shared = ours.keys() & theirs.keys()
@@ -301,25 +357,35 @@ def measure(suite_dir: Path, args, scratch: Path) -> None:
 
     total_extract, total_harness = sum(extract_times), sum(harness_times)
     print()
-    print(f"suite {suite.name} in {suite_dir}: {len(runs)} of {len(suite.sizes) * len(suite.seeds)} runs "
-          f"({', '.join(f'{s}/seed{k}' for s, k in runs)}) x steps {steps} = {n_checkpoints} checkpoints; "
-          f"tasks {', '.join(options.tasks)}; batch size {options.batch_size}; device cpu")
+    print(
+        f"suite {suite.name} in {suite_dir}: {len(runs)} of {len(suite.sizes) * len(suite.seeds)} runs "
+        f"({', '.join(f'{s}/seed{k}' for s, k in runs)}) x steps {steps} = {n_checkpoints} checkpoints; "
+        f"tasks {', '.join(options.tasks)}; batch size {options.batch_size}; device cpu"
+    )
     total = len(suite.sizes) * len(suite.seeds) * len(suite.steps[options.steps])
     if n_checkpoints < total:
         print(f"  a subset of the suite's {total} checkpoints (--runs 0 --checkpoints 0 measures all)")
-    print(f"extract (one `polypythias extract` per run):  {total_extract:7.1f} s  "
-          f"({total_extract / n_checkpoints:.2f} s per checkpoint)")
-    print(f"harness (one `lm_eval` per checkpoint):       {total_harness:7.1f} s  "
-          f"({total_harness / n_checkpoints:.2f} s per checkpoint)")
+    print(
+        f"extract (one `polypythias extract` per run):  {total_extract:7.1f} s  "
+        f"({total_extract / n_checkpoints:.2f} s per checkpoint)"
+    )
+    print(
+        f"harness (one `lm_eval` per checkpoint):       {total_harness:7.1f} s  "
+        f"({total_harness / n_checkpoints:.2f} s per checkpoint)"
+    )
     print(f"wall-time ratio harness / extract:            {total_harness / total_extract:7.1f}x   (goal >= 3x)")
     datasets = ", ".join(f"{d.name} {folder_bytes(d)[0]:,}" for d in sorted(lake.iterdir()))
-    print(f"stored: lake {lake_bytes:,} B in {lake_files} Parquet files ({datasets}); "
-          f"harness {harness_bytes:,} B in {harness_files} JSON/JSONL files; {n_items:,} items")
+    print(
+        f"stored: lake {lake_bytes:,} B in {lake_files} Parquet files ({datasets}); "
+        f"harness {harness_bytes:,} B in {harness_files} JSON/JSONL files; {n_items:,} items"
+    )
     print(f"bytes per item: lake {lake_bytes / n_items:7.1f}, harness {harness_bytes / n_items:7.1f}")
     print(f"storage ratio harness / lake:                 {harness_bytes / lake_bytes:7.1f}x   (goal >= 10x)")
-    print(f"per-item predictions compared: {len(shared):,} items (checkpoint x task x doc_id); "
-          f"prediction mismatches {prediction_mismatches}, acc mismatches {acc_mismatches}, "
-          f"only in lake {only_lake}, only in harness output {only_harness}")
+    print(
+        f"per-item predictions compared: {len(shared):,} items (checkpoint x task x doc_id); "
+        f"prediction mismatches {prediction_mismatches}, acc mismatches {acc_mismatches}, "
+        f"only in lake {only_lake}, only in harness output {only_harness}"
+    )
     if prediction_mismatches or acc_mismatches or only_lake or only_harness or not shared:
         raise SystemExit("FAIL: the lake and the harness disagree on per-item predictions")
 

@@ -115,8 +115,10 @@ def main() -> None:
                 bare_times.append(timed[bare_run])
                 full_times.append(timed[full_run])
     ratios = [f / b for f, b in zip(full_times, bare_times, strict=True)]
-    print(f"suite {suite.name}: {len(runs)} runs × {args.repeats} passes, "
-          f"extractors {', '.join(extractors)}, device {device}")
+    print(
+        f"suite {suite.name}: {len(runs)} runs × {args.repeats} passes, "
+        f"extractors {', '.join(extractors)}, device {device}"
+    )
     print(f"bare loads + forward passes: {sum(bare_times):7.2f} s")
     print(f"full extraction:             {sum(full_times):7.2f} s")
     print(f"per-run ratio median:        {statistics.median(ratios):.2f}x")

@@ -262,16 +262,12 @@ def inspect_lake(lake: Path) -> LakeState:
         for name, files in state.files.items():
             glob = f"{lake}/{name}/**/*.parquet"
             try:
-                read = con.sql(
-                    f"select * from read_parquet('{glob}', hive_partitioning = true)"
-                ).to_arrow_table()
+                read = con.sql(f"select * from read_parquet('{glob}', hive_partitioning = true)").to_arrow_table()
             except duckdb.Error as error:
                 state.problems.append(f"DuckDB cannot read {name}: {error}")
                 continue
             if read.num_rows != sum(files.values()):
-                state.problems.append(
-                    f"DuckDB reads {read.num_rows} {name} rows, the files hold {sum(files.values())}"
-                )
+                state.problems.append(f"DuckDB reads {read.num_rows} {name} rows, the files hold {sum(files.values())}")
     _check_manifest(lake, state)
     return state
 
@@ -293,11 +289,11 @@ def _check_manifest(lake: Path, state: LakeState) -> None:
                 recorded.add(data)
                 held = state.files.get(dataset, {}).get(data)
                 if held is None:
-                    state.problems.append(f"{path.relative_to(lake)} records {data.relative_to(lake)}, which is missing")
-                elif held != rows:
                     state.problems.append(
-                        f"{data.relative_to(lake)} holds {held} rows, the manifest records {rows}"
+                        f"{path.relative_to(lake)} records {data.relative_to(lake)}, which is missing"
                     )
+                elif held != rows:
+                    state.problems.append(f"{data.relative_to(lake)} holds {held} rows, the manifest records {rows}")
     state.unrecorded = sorted(p for name in DATA for p in state.files.get(name, {}) if p not in recorded)
 
 
@@ -317,9 +313,7 @@ def content(lake: Path) -> dict[str, list[tuple]]:
     result = {}
     with duckdb.connect() as con:
         con.sql(f"create temp table latest as {latest}")
-        rows = con.sql(
-            f"select * exclude ({', '.join(RUN_SPECIFIC)}) from latest"
-        ).fetchall()
+        rows = con.sql(f"select * exclude ({', '.join(RUN_SPECIFIC)}) from latest").fetchall()
         result["manifest"] = sorted(map(repr, rows))
         for name in DATA:
             rows = con.sql(
@@ -467,9 +461,7 @@ def run_trials(work: Path, reference: Reference, trials: int, seed: int) -> Repo
     started = time.monotonic()
     suite, expected, run = reference.suite, reference.content, reference.run
     gaps = [b - a for a, b in zip(run.manifests, run.manifests[1:], strict=False)]
-    report = Report(
-        n_checkpoints(suite), run.seconds, run.manifests[0] - run.claimed, statistics.median(gaps)
-    )
+    report = Report(n_checkpoints(suite), run.seconds, run.manifests[0] - run.claimed, statistics.median(gaps))
     rng = random.Random(seed)
     rounds, done = 0, 0
     lake = work / "round0"
@@ -509,8 +501,7 @@ def summary(report: Report) -> str:
         f"{len(report.trials)} trials on {report.checkpoints} checkpoints, {report.seconds:.0f} s "
         f"in all (uninterrupted job {report.uninterrupted_s:.1f} s: {report.first_s:.1f} s from "
         f"its first claim to its first manifest file, then {report.checkpoint_s:.2f} s per checkpoint)",
-        "  kills (checkpoints written + seconds): "
-        + ", ".join(f"{t.after}+{t.wait:.2f}" for t in report.trials),
+        "  kills (checkpoints written + seconds): " + ", ".join(f"{t.after}+{t.wait:.2f}" for t in report.trials),
         f"  killed: {len(kills)}; finished before the kill: {len(report.trials) - len(kills)}",
         f"  pairs done after each trial (of {len(DATA) * report.checkpoints}): {[t.done for t in report.trials]}",
         f"  kills leaving hidden temporary files: {sum(1 for t in kills if t.temporary)}; "

@@ -112,10 +112,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fractions", default="0.25,0.5,1", help="comma-separated shares of the seeds")
     parser.add_argument("--item-fraction", type=float, default=1.0, help="share of each task's items")
     parser.add_argument("--no-incremental", action="store_true", help="skip the incremental measurement")
-    parser.add_argument("--vars", default="{}", help="dbt vars as JSON, e.g. "
-                        "'{\"training_map_max_horizons\": 1, \"training_map_restarts\": 1}'")
-    parser.add_argument("--no-full-refresh", action="store_true",
-                        help="compare the incremental build with the first full build only")
+    parser.add_argument(
+        "--vars",
+        default="{}",
+        help='dbt vars as JSON, e.g. \'{"training_map_max_horizons": 1, "training_map_restarts": 1}\'',
+    )
+    parser.add_argument(
+        "--no-full-refresh", action="store_true", help="compare the incremental build with the first full build only"
+    )
     args = parser.parse_args(argv)
     variables = json.loads(args.vars)
     fractions = [float(f) for f in args.fractions.split(",")]
@@ -153,8 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     added = synthetic_lake.write_checkpoint(Lake(lake), spec, *HELD_OUT, attempt=attempt)
     incremental = measure_build(lake, db, variables=variables)
     rebuild = full if args.no_full_refresh else measure_build(lake, db, full_refresh=True, variables=variables)
-    print(f"\nincremental build after adding {HELD_OUT} (attempt {attempt}: {added:,} eval_samples rows) "
-          f"to the {fraction:g} lake:")
+    print(
+        f"\nincremental build after adding {HELD_OUT} (attempt {attempt}: {added:,} eval_samples rows) "
+        f"to the {fraction:g} lake:"
+    )
     print(f"  first full build  {full.wall_s:8.1f} s  peak {full.peak_rss_gib:.2f} GiB")
     print(f"  incremental       {incremental.wall_s:8.1f} s  peak {incremental.peak_rss_gib:.2f} GiB")
     if not args.no_full_refresh:

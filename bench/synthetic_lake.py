@@ -141,9 +141,7 @@ class Spec:
                 "gold": rng.integers(0, task.choices, n).astype(np.int32),
                 "difficulty": rng.normal(0.0, 1.0, n),
                 "bias": rng.normal(0.0, 1.0, (n, task.choices)),
-                "doc_hash": pa.array(
-                    [hashlib.sha256(f"{task.name}/{i}".encode()).hexdigest() for i in range(n)]
-                ),
+                "doc_hash": pa.array([hashlib.sha256(f"{task.name}/{i}".encode()).hexdigest() for i in range(n)]),
             }
         return self._items[task.name]
 
@@ -171,9 +169,7 @@ def _progress(step: int) -> float:
 # -- eval_samples and eval_results ------------------------------------------------
 
 
-def eval_tables(
-    spec: Spec, size: str, seed: int, step: int, eid: str, variant: int = 0
-) -> tuple[pa.Table, pa.Table]:
+def eval_tables(spec: Spec, size: str, seed: int, step: int, eid: str, variant: int = 0) -> tuple[pa.Table, pa.Table]:
     """(eval_samples, eval_results) of one checkpoint. ``variant`` > 0 gives a
     re-extraction with other checkpoint noise (the same run, a different result)."""
     progress = _progress(step)
@@ -253,9 +249,7 @@ def eval_tables(
             values = metric_values[metric]
             mean = float(values.mean())
             stderr = float(values.std(ddof=1) / np.sqrt(n)) if metric != "perplexity" else None
-            results.append(
-                (eid, task.name, metric, "none", mean, stderr, n, 0, "1.0", "0.4.13", evaluated_at)
-            )
+            results.append((eid, task.name, metric, "none", mean, stderr, n, 0, "1.0", "0.4.13", evaluated_at))
     results_table = pa.Table.from_pylist(
         [dict(zip(EVAL_RESULTS.schema.names, row, strict=True)) for row in results],
         schema=EVAL_RESULTS.schema,
@@ -316,16 +310,14 @@ def weight_table(spec: Spec, size: str, seed: int, step: int, eid: str) -> pa.Ta
         "trace": [None if np.isnan(t) else t for t in trace] + [None, None],
         "spectral": [*spectral, None, None],
         "code_sparsity": [*(l1 / l2), None, None],
-        "computational_sparsity": [
-            None if np.isnan(t) else t / s for t, s in zip(trace, spectral, strict=True)
-        ] + [None, None],
+        "computational_sparsity": [None if np.isnan(t) else t / s for t, s in zip(trace, spectral, strict=True)]
+        + [None, None],
         "sv_mean": [*sv_mean, None, None],
         "sv_var": [*sv_var, None, None],
         "mean": [*mean, 0.01 * progress * drift.mean(), float(mean.mean())],
         "median": [None] * m + [0.0, float(np.median(mean))],
         "var": [*var, 1e-3 * (1 + progress), float(var.mean())],
-        "weight_hash": [hashlib.sha256(f"{eid}/{t}".encode()).hexdigest()[:16] for t in names]
-        + [None, None],
+        "weight_hash": [hashlib.sha256(f"{eid}/{t}".encode()).hexdigest()[:16] for t in names] + [None, None],
         "value_sample": [*sample.astype(np.float32), None, None],
     }
     if "nonfinite" in WEIGHT_STATS.schema.names:  # helper D's column, when present
@@ -360,7 +352,12 @@ def manifest_table(eid: str, source: str, rows: dict[str, dict[str, int]], statu
 
 
 def write_checkpoint(
-    lake: Lake, spec: Spec, size: str, seed: int, step: int, attempt: int = 0,
+    lake: Lake,
+    spec: Spec,
+    size: str,
+    seed: int,
+    step: int,
+    attempt: int = 0,
     extractors: tuple[str, ...] = ("evals", "weight_stats"),
 ) -> int:
     """Write one checkpoint's partitions, then its manifest (as the runner does);

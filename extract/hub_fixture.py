@@ -207,8 +207,10 @@ def main() -> None:
     parser.add_argument("--steps", default="0,1000")
     args = parser.parse_args()
     files = write_hub_suite(
-        args.out, args.tokenizer,
-        tuple(args.sizes.split(",")), tuple(int(s) for s in args.seeds.split(",")),
+        args.out,
+        args.tokenizer,
+        tuple(args.sizes.split(",")),
+        tuple(int(s) for s in args.seeds.split(",")),
         tuple(int(s) for s in args.steps.split(",")),
     )
     print(f"{len(files)} checkpoints written to {args.out}")

@@ -174,8 +174,14 @@ class ModelNamePattern:
         """(model_size, seed, variant) of a model name, else PatternMismatch."""
         match = self.regex.search(self._searched(name, revision))
         if match is None or not match.group("size"):
-            shown = "the default pattern" if self.pattern == DEFAULT_PATTERN else f"--pattern {_one_line(self.pattern, 60)!r}"
-            raise PatternMismatch(f"model name {_one_line(self._searched(name, revision), 60)!r} does not match {shown}")
+            shown = (
+                "the default pattern"
+                if self.pattern == DEFAULT_PATTERN
+                else f"--pattern {_one_line(self.pattern, 60)!r}"
+            )
+            raise PatternMismatch(
+                f"model name {_one_line(self._searched(name, revision), 60)!r} does not match {shown}"
+            )
         seed = match.groupdict().get("seed")
         parts = [match.group(g) for g in self._variant_groups if match.group(g)]
         return match.group("size"), int(seed) if seed else 0, "-".join(parts) or "standard"
@@ -224,7 +230,8 @@ def find_files(paths: Iterable[Path]) -> tuple[list[Candidate], list[tuple[Path,
         path = Path(given).absolute()
         if path.is_dir():
             files = sorted(
-                f for f in path.rglob("*")
+                f
+                for f in path.rglob("*")
                 if f.is_file() and not any(p.startswith(".") for p in f.relative_to(path).parts)
             )
             json_files = [f for f in files if f.suffix == ".json"]
@@ -237,8 +244,12 @@ def find_files(paths: Iterable[Path]) -> tuple[list[Candidate], list[tuple[Path,
                 found.setdefault(file.resolve(), Candidate(file, names))
         elif path.is_file():
             if path.name.startswith("samples_") and path.suffix == ".jsonl":
-                problems.append((path, "a samples file is read through its results file: "
-                                       "give results_<timestamp>.json or its folder"))
+                problems.append(
+                    (
+                        path,
+                        "a samples file is read through its results file: give results_<timestamp>.json or its folder",
+                    )
+                )
             elif path.suffix != ".json":
                 not_results.append(path)
             else:
@@ -272,8 +283,9 @@ class ResultFile:
     finding: str | None
 
 
-def read_result_file(candidate: Candidate, pattern: ModelNamePattern, suite: str,
-                     step: int | None = None, done: set[tuple] | None = None) -> ResultFile:
+def read_result_file(
+    candidate: Candidate, pattern: ModelNamePattern, suite: str, step: int | None = None, done: set[tuple] | None = None
+) -> ResultFile:
     """Read, identify and convert one results file; IngestError names the file.
 
     ``step`` is the step of a file that states no checkpoint (``--step``). A file
@@ -293,17 +305,22 @@ def read_result_file(candidate: Candidate, pattern: ModelNamePattern, suite: str
     except OSError as error:
         raise IngestError(f"{_shown(path)}: cannot read it: {error.strerror or error}", "cannot read") from None
     except (KeyError, TypeError, AttributeError, ValueError) as error:  # lm-eval-like, but misshapen
-        raise IngestError(f"{_shown(path)}: malformed lm-eval output ({type(error).__name__}: "
-                          f"{_one_line(str(error), 80)})", "malformed lm-eval output") from None
+        raise IngestError(
+            f"{_shown(path)}: malformed lm-eval output ({type(error).__name__}: {_one_line(str(error), 80)})",
+            "malformed lm-eval output",
+        ) from None
 
 
-def _read(candidate: Candidate, pattern: ModelNamePattern, suite: str, step_option: int | None,
-          done: set[tuple]) -> ResultFile:
+def _read(
+    candidate: Candidate, pattern: ModelNamePattern, suite: str, step_option: int | None, done: set[tuple]
+) -> ResultFile:
     path = candidate.path
     size = path.stat().st_size
     if size > MAX_RESULTS_FILE_BYTES:
-        raise IngestError(f"{size / 2**20:.0f} MiB, more than a results file has "
-                          f"({MAX_RESULTS_FILE_BYTES // 2**20} MiB at most)", "too large")
+        raise IngestError(
+            f"{size / 2**20:.0f} MiB, more than a results file has ({MAX_RESULTS_FILE_BYTES // 2**20} MiB at most)",
+            "too large",
+        )
     content = path.read_bytes()
     document = _parse(content)
     try:
@@ -328,8 +345,9 @@ def _read(candidate: Candidate, pattern: ModelNamePattern, suite: str, step_opti
     else:
         pretrained = args.get("pretrained") or _text(document.get("model_name")) or _text(config.get("model_name"))
         if not pretrained:
-            raise IngestError(f"config.model_args {_one_line(repr(raw_args), 50)} names no pretrained model",
-                              "no model named")
+            raise IngestError(
+                f"config.model_args {_one_line(repr(raw_args), 50)} names no pretrained model", "no model named"
+            )
         revision = args.get("revision") or _text(config.get("model_revision")) or _text(document.get("model_revision"))
         size, seed, variant = pattern.parse(pretrained, revision)
         step = _step(pattern, pretrained, revision, step_option)
@@ -389,7 +407,9 @@ def _parse(content: bytes) -> object:
     try:
         return json.loads(content)
     except UnicodeDecodeError as error:
-        raise IngestError(f"not a text file: not UTF-8 ({error.reason} at byte {error.start})", "not UTF-8 text") from None
+        raise IngestError(
+            f"not a text file: not UTF-8 ({error.reason} at byte {error.start})", "not UTF-8 text"
+        ) from None
     except json.JSONDecodeError as error:
         raise IngestError(f"not valid JSON: {error}", "not valid JSON") from None
     except RecursionError:
@@ -419,8 +439,11 @@ def _step(pattern: ModelNamePattern, pretrained: str, revision: str | None, step
         return stated
     if step_option is not None:
         return step_option
-    raise IngestError(f"has no step revision (revision=stepN), got revision {_one_line(str(revision), 40)!r}: "
-                      "it states no checkpoint; import it with --step N naming its step", "states no checkpoint")
+    raise IngestError(
+        f"has no step revision (revision=stepN), got revision {_one_line(str(revision), 40)!r}: "
+        "it states no checkpoint; import it with --step N naming its step",
+        "states no checkpoint",
+    )
 
 
 def _shown(path: Path) -> str:
@@ -461,8 +484,9 @@ def _samples(path: Path, document: Mapping) -> tuple[pa.Table | None, list[str]]
             with file.open("rb") as handle:
                 lines = [_sample_line(file, number, raw) for number, raw in enumerate(handle, start=1)]
         except OSError as error:
-            raise IngestError(f"samples file {file.name}: cannot read it: {error.strerror or error}",
-                              "unreadable samples file") from None
+            raise IngestError(
+                f"samples file {file.name}: cannot read it: {error.strerror or error}", "unreadable samples file"
+            ) from None
         try:
             samples = [line for line in lines if line is not None]  # blank lines are skipped
             tables.append(samples_table(task, samples, _shots(n_shot.get(task))))
@@ -478,8 +502,9 @@ def _sample_line(file: Path, number: int, raw: bytes) -> Mapping | None:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise IngestError(f"{where}: not UTF-8 text ({error.reason} at byte {error.start})",
-                          "unreadable samples file") from None
+        raise IngestError(
+            f"{where}: not UTF-8 text ({error.reason} at byte {error.start})", "unreadable samples file"
+        ) from None
     if not text.strip():
         return None
     try:
@@ -501,8 +526,9 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def name_disagreements(names: Iterable[str], identity: Identity, old_size_names: bool = False,
-                       num_fewshot: int | None = None) -> str | None:
+def name_disagreements(
+    names: Iterable[str], identity: Identity, old_size_names: bool = False, num_fewshot: int | None = None
+) -> str | None:
     """What the file's and folders' names say against the file's identity, or None.
 
     A name says a step (``step1000``), a size (``70m``, ``1.4b``; with
@@ -622,8 +648,12 @@ def ingest(
         try:
             outcome = _ingest_one(candidate, lake, pattern, suite, step, done, versions, host)
         except Exception as error:  # noqa: BLE001 - one file's failure, whatever it is, is that file's alone
-            outcome = Outcome(candidate.path, "failed", reason="unexpected error",
-                              error=f"{_shown(candidate.path)}: {type(error).__name__}: {_one_line(str(error), 100)}")
+            outcome = Outcome(
+                candidate.path,
+                "failed",
+                reason="unexpected error",
+                error=f"{_shown(candidate.path)}: {type(error).__name__}: {_one_line(str(error), 100)}",
+            )
         summary.outcomes.append(outcome)
         if on_file:
             on_file(outcome)
@@ -677,11 +707,17 @@ def _ingest_one(candidate, lake, pattern, suite, step, done, versions, host) -> 
             "package_versions": list(versions.items()),
             "error": None,
         }
-        lake.write(MANIFEST, identity.partition(), extraction_id,
-                   pa.Table.from_pylist([manifest], schema=MANIFEST.schema))
+        lake.write(
+            MANIFEST, identity.partition(), extraction_id, pa.Table.from_pylist([manifest], schema=MANIFEST.schema)
+        )
     except LakeError as error:
-        return Outcome(file.path, "failed", identity, error=f"{_shown(file.path)}: {_one_line(str(error))}",
-                       reason="the lake refused the write")
+        return Outcome(
+            file.path,
+            "failed",
+            identity,
+            error=f"{_shown(file.path)}: {_one_line(str(error))}",
+            reason="the lake refused the write",
+        )
     done.add(key)
     return Outcome(file.path, "ingested", identity, rows, file.finding)
 

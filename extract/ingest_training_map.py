@@ -134,8 +134,10 @@ def read_training_map(path: Path) -> TrainingMap:
                     f"{columns['__width__']} ({_separator_name(delimiter)}-separated)"
                 )
             if _INDEX_COLUMN in columns and not _INDEX.match(fields[columns[_INDEX_COLUMN]].strip()):
-                raise TrainingMapError(f"{path} line {number}: the unnamed first column holds "
-                                       f"{fields[columns[_INDEX_COLUMN]]!r}, not a row index")
+                raise TrainingMapError(
+                    f"{path} line {number}: the unnamed first column holds "
+                    f"{fields[columns[_INDEX_COLUMN]]!r}, not a row index"
+                )
             step = _non_negative_integer(path, number, "step", fields[columns["step"]])
             seed = _non_negative_integer(path, number, "seed", fields[columns["seed"]])
             state = _non_negative_integer(path, number, "state", fields[columns["state"]])
@@ -150,7 +152,9 @@ def read_training_map(path: Path) -> TrainingMap:
             states.append(state)
             scores.append(score)
     except csv.Error as error:
-        raise TrainingMapError(f"{path} line {rows.line_num}: malformed {_separator_name(delimiter)}-separated line: {error}") from None
+        raise TrainingMapError(
+            f"{path} line {rows.line_num}: malformed {_separator_name(delimiter)}-separated line: {error}"
+        ) from None
     if not steps:
         raise TrainingMapError(f"{path}: no rows after the header (line {header_number})")
     ignored = tuple(name for name in columns if name not in (*REQUIRED, *OPTIONAL, _INDEX_COLUMN, "__width__"))
@@ -175,23 +179,30 @@ def _header(path: Path, number: int, fields: list[str], delimiter: str) -> dict[
     names = [f.strip().lower() for f in fields]
     if _INDEX_COLUMN in names[1:]:
         where = names.index(_INDEX_COLUMN, 1) + 1
-        raise TrainingMapError(f"{path} line {number}: column {where} has no name (only a row index, "
-                               "first, may have none)")
+        raise TrainingMapError(
+            f"{path} line {number}: column {where} has no name (only a row index, first, may have none)"
+        )
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise TrainingMapError(f"{path} line {number}: column(s) {', '.join(repeated)} appear more than once in the header")
+        raise TrainingMapError(
+            f"{path} line {number}: column(s) {', '.join(repeated)} appear more than once in the header"
+        )
     missing = [n for n in REQUIRED if n not in names]
     if missing and len(names) == 1:
         raise TrainingMapError(
             f"{path} line {number}: one column {fields[0].strip()!r}: expected step, seed, state and optionally "
             f"score, {_separator_name(delimiter)}-separated"
         )
-    unknown = [f.strip() for f, name in zip(fields, names, strict=True)
-               if name not in (*REQUIRED, *OPTIONAL, _INDEX_COLUMN)]
+    unknown = [
+        f.strip() for f, name in zip(fields, names, strict=True) if name not in (*REQUIRED, *OPTIONAL, _INDEX_COLUMN)
+    ]
     if missing:
         # a misspelt column is the likely reason a required one is missing: name both
-        lacks = (f"unknown column(s) {', '.join(map(repr, unknown))} and no {', '.join(missing)}" if unknown
-                 else f"the header lacks {', '.join(missing)}")
+        lacks = (
+            f"unknown column(s) {', '.join(map(repr, unknown))} and no {', '.join(missing)}"
+            if unknown
+            else f"the header lacks {', '.join(missing)}"
+        )
         raise TrainingMapError(
             f"{path} line {number}: {lacks}; expected step, seed, state "
             f"and optionally score ({_separator_name(delimiter)}-separated)"
@@ -206,7 +217,9 @@ def _non_negative_integer(path: Path, number: int, column: str, text: str) -> in
     if not _INTEGER.match(value):
         raise TrainingMapError(f"{path} line {number}: {column} {text[:40]!r} is not a non-negative integer")
     if len(value) > 19 or int(value) > _MAXIMUM[column]:
-        raise TrainingMapError(f"{path} line {number}: {column} {value[:40]} is out of range (at most {_MAXIMUM[column]})")
+        raise TrainingMapError(
+            f"{path} line {number}: {column} {value[:40]} is out of range (at most {_MAXIMUM[column]})"
+        )
     return int(value)
 
 
@@ -261,6 +274,5 @@ def _n_imports(lake: Lake, directory: str) -> int:
     """How many imports the partition already holds."""
     selector = pafs.FileSelector(directory, allow_not_found=True)
     return sum(
-        info.type == pafs.FileType.File and info.path.endswith(".parquet")
-        for info in lake.fs.get_file_info(selector)
+        info.type == pafs.FileType.File and info.path.endswith(".parquet") for info in lake.fs.get_file_info(selector)
     )

@@ -55,8 +55,10 @@ def detect_format(document: Mapping) -> str:
         return "prompt-source"
     if not isinstance(results, Mapping):
         raise LmEvalFormatError("no 'results' object: not an lm-eval results file")
-    if "n-shot" in document or "lm_eval_version" in document or any(
-        "," in key for entry in results.values() if isinstance(entry, Mapping) for key in entry
+    if (
+        "n-shot" in document
+        or "lm_eval_version" in document
+        or any("," in key for entry in results.values() if isinstance(entry, Mapping) for key in entry)
     ):
         return "lm-eval-0.4"
     config = document.get("config")
@@ -96,8 +98,20 @@ def results_table(document: Mapping, evaluated_at: datetime, num_fewshot: int = 
             for (metric, filter_), value in values.items():
                 if value is None:
                     continue
-                rows.append(_result(task, metric, filter_, value, errors.get((metric, filter_)),
-                                    n, shots, versions.get(task), harness, evaluated_at))
+                rows.append(
+                    _result(
+                        task,
+                        metric,
+                        filter_,
+                        value,
+                        errors.get((metric, filter_)),
+                        n,
+                        shots,
+                        versions.get(task),
+                        harness,
+                        evaluated_at,
+                    )
+                )
     elif fmt == "prompt-source":
         config = document.get("config")
         shots = _int(config.get("num_fewshot"), num_fewshot) if isinstance(config, Mapping) else num_fewshot
@@ -105,17 +119,40 @@ def results_table(document: Mapping, evaluated_at: datetime, num_fewshot: int = 
             for metric, value in entry.items():
                 if metric in _PROMPT_FIELDS or metric.endswith("_stderr") or not _is_number(value):
                     continue
-                rows.append(_result(task, metric, "none", float(value), _number(entry.get(f"{metric}_stderr")),
-                                    None, shots, versions.get(task), None, evaluated_at))
+                rows.append(
+                    _result(
+                        task,
+                        metric,
+                        "none",
+                        float(value),
+                        _number(entry.get(f"{metric}_stderr")),
+                        None,
+                        shots,
+                        versions.get(task),
+                        None,
+                        evaluated_at,
+                    )
+                )
     else:
         shots = _int(document["config"].get("num_fewshot"), num_fewshot)
         for task, entry in _tasks(document):
             for metric, value in entry.items():
                 if metric.endswith("_stderr") or _number(value) is None:
                     continue
-                rows.append(_result(task, metric, "none", _number(value),
-                                    _number(entry.get(f"{metric}_stderr")), None, shots,
-                                    versions.get(task), None, evaluated_at))
+                rows.append(
+                    _result(
+                        task,
+                        metric,
+                        "none",
+                        _number(value),
+                        _number(entry.get(f"{metric}_stderr")),
+                        None,
+                        shots,
+                        versions.get(task),
+                        None,
+                        evaluated_at,
+                    )
+                )
     return pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA)
 
 

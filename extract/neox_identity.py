@@ -46,8 +46,14 @@ PYTHIA_ARCHITECTURES = {
 }
 #: The first Pythia runs' size names and today's.
 OLD_SIZE_NAMES = {
-    "19m": "70m", "125m": "160m", "350m": "410m", "800m": "1b",
-    "1.3b": "1.4b", "2.7b": "2.8b", "6.7b": "6.9b", "13b": "12b",
+    "19m": "70m",
+    "125m": "160m",
+    "350m": "410m",
+    "800m": "1b",
+    "1.3b": "1.4b",
+    "2.7b": "2.8b",
+    "6.7b": "6.9b",
+    "13b": "12b",
 }
 _SIZE = re.compile(r"(?<![A-Za-z0-9.])(\d+(?:\.\d+)?[mb])(?![A-Za-z0-9])", re.IGNORECASE)
 _LONG_INTERVENTION = re.compile(r"long(?:er)?[-_ ]?(?:gender)?[-_ ]?interven", re.IGNORECASE)
@@ -103,8 +109,9 @@ def neox_run(args: Mapping, folder_names: list[str], step_option: int | None = N
     ``step_option`` (``--step``) the step only when the file states no iteration."""
     step = args.get("iteration", step_option)
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise NeoxIdentityError(f"model_args states no checkpoint (iteration {step!r}): import it with --step N",
-                                "states no checkpoint")
+        raise NeoxIdentityError(
+            f"model_args states no checkpoint (iteration {step!r}): import it with --step N", "states no checkpoint"
+        )
     names = _run_names(args)
     findings: list[str] = []
 
@@ -116,7 +123,9 @@ def neox_run(args: Mapping, folder_names: list[str], step_option: int | None = N
         source, name, size = named_sizes[0]
         size_source = f"{source} {name!r}"
         if any(v is not None for v in architecture):
-            findings.append(f"architecture {_architecture(architecture)} is no Pythia size; size {size} from {size_source}")
+            findings.append(
+                f"architecture {_architecture(architecture)} is no Pythia size; size {size} from {size_source}"
+            )
     else:
         folder = next((n for n in folder_names if size_in(n)), None)
         if folder is None:

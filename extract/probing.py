@@ -45,7 +45,17 @@ import torch
 #: Voita & Titov's block ends, as fractions of the train split: 0.1 %, 0.2 %, 0.4 %,
 #: 0.8 %, 1.6 %, 3.2 %, 6.25 %, 12.5 %, 25 %, 50 %, 100 %.
 VOITA_TITOV_FRACTIONS: tuple[float, ...] = (
-    0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.0625, 0.125, 0.25, 0.5, 1.0,
+    0.001,
+    0.002,
+    0.004,
+    0.008,
+    0.016,
+    0.032,
+    0.0625,
+    0.125,
+    0.25,
+    0.5,
+    1.0,
 )
 #: A fit stops when the largest absolute entry of its gradient (of the objective
 #: divided by its number of items, as sklearn's lbfgs) is below this.
@@ -98,7 +108,11 @@ def block_ends(n: int, fractions: Sequence[float]) -> list[int]:
 
 
 def online_codelength(
-    x: torch.Tensor, y: torch.Tensor, n_classes: int, ends: Sequence[int], fit: Fitter,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    ends: Sequence[int],
+    fit: Fitter,
 ) -> tuple[torch.Tensor, Predictor]:
     """Online codelength in bits of labels ``y`` (items,) given features ``x``
     (layers, items, dim), one per layer; and the fitted predictor, whose last probe
@@ -130,8 +144,13 @@ class LogisticProbes:
     be standardised and carry the intercept column (``with_intercept``).
     """
 
-    def __init__(self, l2: float, tolerance: float = GRADIENT_TOLERANCE,
-                 max_iterations: int = MAX_ITERATIONS, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        l2: float,
+        tolerance: float = GRADIENT_TOLERANCE,
+        max_iterations: int = MAX_ITERATIONS,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         if l2 <= 0:
             raise ValueError(f"l2 must be > 0, got {l2}")
         self.l2, self.tolerance, self.max_iterations, self.dtype = l2, tolerance, max_iterations, dtype
@@ -139,12 +158,10 @@ class LogisticProbes:
         self.iterations = 0
         self.converged = False
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, n_classes: int,
-                 sizes: Sequence[int]) -> LinearPredictor:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, n_classes: int, sizes: Sequence[int]) -> LinearPredictor:
         return LinearPredictor(self.fit(x, y, n_classes, sizes))
 
-    def fit(self, x: torch.Tensor, y: torch.Tensor, n_classes: int,
-            sizes: Sequence[int]) -> torch.Tensor:
+    def fit(self, x: torch.Tensor, y: torch.Tensor, n_classes: int, sizes: Sequence[int]) -> torch.Tensor:
         """Weights (len(sizes), layers, dim, n_classes); probe k is trained on the
         first ``sizes[k]`` items of every layer."""
         x = x.to(self.dtype).contiguous()
@@ -178,8 +195,7 @@ class LogisticProbes:
             return value.view(-1), grad.view(n_fits * layers, -1)
 
         start = x.new_zeros(n_fits * layers, dim * n_classes)
-        weights, self.iterations, self.converged = _lbfgs(
-            evaluate, start, self.tolerance, self.max_iterations)
+        weights, self.iterations, self.converged = _lbfgs(evaluate, start, self.tolerance, self.max_iterations)
         return weights.view(n_fits, layers, dim, n_classes)
 
 
@@ -258,8 +274,9 @@ def _lbfgs(
     return w, iteration, converged
 
 
-def _two_loop(grad: torch.Tensor, history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-              gamma: torch.Tensor) -> torch.Tensor:
+def _two_loop(
+    grad: torch.Tensor, history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], gamma: torch.Tensor
+) -> torch.Tensor:
     """The L-BFGS inverse-Hessian estimate times ``grad``, per problem (row)."""
     q = grad.clone()
     alphas = []

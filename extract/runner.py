@@ -149,9 +149,7 @@ def build_extractors(suite: Suite, names: list[str] | None) -> dict[str, Extract
                 f"extractor {name!r} is not configured in suite {suite.name!r} "
                 f"(configured: {', '.join(suite.extractors)})"
             )
-    return {
-        name: get_extractor(name)(suite.extractor_options(name), suite) for name in names
-    }
+    return {name: get_extractor(name)(suite.extractor_options(name), suite) for name in names}
 
 
 def plan(
@@ -254,8 +252,7 @@ class Runner:
         settled = {
             (row["extractor"], row["config_hash"])
             for row in manifest.select(["extraction_id", "extractor", "config_hash", "status", "rows"]).to_pylist()
-            if row["status"] in SETTLED
-            and not data_damage(self.lake, partition, row["extraction_id"], row["rows"])
+            if row["status"] in SETTLED and not data_damage(self.lake, partition, row["extraction_id"], row["rows"])
         }
         return Task(
             task.checkpoint,
@@ -272,9 +269,7 @@ class Runner:
             return Loaded(started, error=str(error))
         nonfinite, total = _nonfinite_parameters(model)
         if nonfinite:
-            loaded.diverged = (
-                f"weights not finite: {nonfinite} of {total} parameter values are NaN or inf"
-            )
+            loaded.diverged = f"weights not finite: {nonfinite} of {total} parameter values are NaN or inf"
         return loaded
 
     def extract(self, task: Task, loaded: Loaded) -> Attempt:
@@ -282,21 +277,15 @@ class Runner:
         import torch
 
         checkpoint = task.checkpoint
-        attempt = Attempt(
-            checkpoint, new_extraction_id(), self.suite.source_of(checkpoint), loaded.weights_format
-        )
+        attempt = Attempt(checkpoint, new_extraction_id(), self.suite.source_of(checkpoint), loaded.weights_format)
         if loaded.error is not None:
             for name in task.extractors:
-                attempt.records[name] = self._record(
-                    attempt, name, loaded.started, "failed", loaded.error
-                )
+                attempt.records[name] = self._record(attempt, name, loaded.started, "failed", loaded.error)
             return attempt
         for name in task.extractors:
             extractor_started = datetime.now(UTC)
             if loaded.diverged and not self.extractors[name].runs_on_diverged:
-                attempt.records[name] = self._record(
-                    attempt, name, extractor_started, "diverged", loaded.diverged
-                )
+                attempt.records[name] = self._record(attempt, name, extractor_started, "diverged", loaded.diverged)
                 continue
             status, error = ("diverged", loaded.diverged) if loaded.diverged else ("success", None)
             try:
@@ -357,9 +346,7 @@ class Runner:
             self._tokenizers[key] = load_tokenizer(self.suite, checkpoint)
         return self._tokenizers[key]
 
-    def _with_extraction_id(
-        self, name: str, extraction_id: str, tables: dict[str, pa.Table]
-    ) -> dict[str, pa.Table]:
+    def _with_extraction_id(self, name: str, extraction_id: str, tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
         expected = {d.name for d in self.extractors[name].outputs}
         if set(tables) != expected:
             raise ExtractorError(f"{name} returned {sorted(tables)}, expected {sorted(expected)}")
@@ -370,9 +357,7 @@ class Runner:
             for dataset, table in tables.items()
         }
 
-    def _record(
-        self, attempt: Attempt, name: str, started: datetime, status: str, error: str | None
-    ) -> dict:
+    def _record(self, attempt: Attempt, name: str, started: datetime, status: str, error: str | None) -> dict:
         finished = datetime.now(UTC)
         return {
             "extraction_id": attempt.extraction_id,
@@ -587,8 +572,13 @@ def _worker(
             extractor.prepare()
         with _fewer_garbage_collections():
             summary = _extract(
-                suite, Lake(lake_uri), extractors, iter(todo.get, None), torch.device("cpu"),
-                lease_s, lambda task, outcome: events.put(("advance", index, (task, outcome))),
+                suite,
+                Lake(lake_uri),
+                extractors,
+                iter(todo.get, None),
+                torch.device("cpu"),
+                lease_s,
+                lambda task, outcome: events.put(("advance", index, (task, outcome))),
             )
     except (ExtractorError, LakeError) as error:
         events.put(("error", index, str(error)))

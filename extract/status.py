@@ -74,8 +74,13 @@ def suite_status(suite: Suite, lake: Lake, extractors: dict[str, Extractor]) -> 
         (*key[1:5], config_hash): damaged[key]
         for key, config_hash in (
             ((suite.name, *row[:5]), row[5])
-            for row in zip(*(manifest[c].to_pylist() for c in
-                             ["model_size", "seed", "step", "extractor", "extraction_id", "config_hash"]), strict=True)
+            for row in zip(
+                *(
+                    manifest[c].to_pylist()
+                    for c in ["model_size", "seed", "step", "extractor", "extraction_id", "config_hash"]
+                ),
+                strict=True,
+            )
         )
         if key in damaged
     }

@@ -83,16 +83,12 @@ class CheckpointSource(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    repo: str | None = Field(
-        None, description="Hub repo template, e.g. 'EleutherAI/pythia-{size}-seed{seed}'."
-    )
+    repo: str | None = Field(None, description="Hub repo template, e.g. 'EleutherAI/pythia-{size}-seed{seed}'.")
     repo_seed0: str | None = Field(
         None, description="Repo template for seed 0 when it differs (PolyPythias: 'EleutherAI/pythia-{size}')."
     )
     revision: str = Field("step{step}", description="Revision template for hub checkpoints.")
-    local: str | None = Field(
-        None, description="Local folder template, e.g. '{size}/seed{seed}/step{step}'."
-    )
+    local: str | None = Field(None, description="Local folder template, e.g. '{size}/seed{seed}/step{step}'.")
     tokenizer: str | None = Field(
         None, description="Tokenizer repo or folder shared by all checkpoints (default: each checkpoint's own)."
     )
@@ -185,8 +181,7 @@ class Suite(BaseModel):
                 ) from None
             if parsed.steps not in self.steps:
                 raise _Located(
-                    f"extractors.{name}.steps: unknown step set {parsed.steps!r}; "
-                    f"defined: {', '.join(self.steps)}",
+                    f"extractors.{name}.steps: unknown step set {parsed.steps!r}; defined: {', '.join(self.steps)}",
                     ("extractors", name, "steps"),
                 )
         return self
@@ -215,10 +210,7 @@ class Suite(BaseModel):
     def checkpoints_for(self, extractor: str) -> list[CheckpointId]:
         steps = self.steps[self.extractor_options(extractor).steps]
         return [
-            CheckpointId(self.name, size, seed, step)
-            for size in self.sizes
-            for seed in self.seeds
-            for step in steps
+            CheckpointId(self.name, size, seed, step) for size in self.sizes for seed in self.seeds for step in steps
         ]
 
     def narrowed(
@@ -231,8 +223,11 @@ class Suite(BaseModel):
         (it may be left empty: that extractor then has nothing to do). The narrowed
         suite remembers the whole one (``whole``), whose grid is what the suite expects.
         """
-        for option, given, known in (("--sizes", sizes, self.sizes), ("--seeds", seeds, self.seeds),
-                                     ("--steps", steps, self.steps["all"])):
+        for option, given, known in (
+            ("--sizes", sizes, self.sizes),
+            ("--seeds", seeds, self.seeds),
+            ("--steps", steps, self.steps["all"]),
+        ):
             if given is None:
                 continue
             if not given:
@@ -243,12 +238,15 @@ class Suite(BaseModel):
                     f"{option}: {', '.join(map(str, unknown))} not in suite {self.name!r} "
                     f"({_summarise(known)}); a selection can only narrow the suite"
                 )
-        narrowed = self.model_copy(update={
-            "sizes": [s for s in self.sizes if sizes is None or s in sizes],
-            "seeds": [s for s in self.seeds if seeds is None or s in seeds],
-            "steps": {name: [s for s in values if steps is None or s in steps]
-                      for name, values in self.steps.items()},
-        })
+        narrowed = self.model_copy(
+            update={
+                "sizes": [s for s in self.sizes if sizes is None or s in sizes],
+                "seeds": [s for s in self.seeds if seeds is None or s in seeds],
+                "steps": {
+                    name: [s for s in values if steps is None or s in steps] for name, values in self.steps.items()
+                },
+            }
+        )
         narrowed._whole = self.whole
         return narrowed
 
@@ -312,9 +310,7 @@ def parse_selection(
 
     step_items = items("--steps", steps)
     try:
-        step_list = None if step_items is None else _expand_steps(
-            [int(v) if v.isdigit() else v for v in step_items]
-        )
+        step_list = None if step_items is None else _expand_steps([int(v) if v.isdigit() else v for v in step_items])
     except ValueError as error:
         raise SuiteError(f"--steps: {error}") from None
     return items("--sizes", sizes), integers("--seeds", items("--seeds", seeds)), step_list
@@ -404,7 +400,7 @@ def _apply_override(data: dict, override: str) -> None:
     for depth, part in enumerate(parts[:-1]):
         target = target.setdefault(part, {})
         if target is None:  # an empty mapping in the file (`evals:`)
-            target = _parent(data, parts[: depth])[part] = {}
+            target = _parent(data, parts[:depth])[part] = {}
         if not isinstance(target, dict):
             raise SuiteError(f"--set {key}: {'.'.join(parts[: depth + 1])} is not a mapping")
     target[parts[-1]] = parsed

@@ -29,9 +29,7 @@ _CGROUP = Path("/sys/fs/cgroup")
 _PROC_CGROUP = Path("/proc/self/cgroup")
 
 
-def usable_cpus(
-    affinity: set[int] | None = None, cgroup_root: Path = _CGROUP, proc_cgroup: Path = _PROC_CGROUP
-) -> int:
+def usable_cpus(affinity: set[int] | None = None, cgroup_root: Path = _CGROUP, proc_cgroup: Path = _PROC_CGROUP) -> int:
     """CPUs this process may use: its affinity, capped by a cgroup CPU quota (rounded
     up: a quota of 1.5 CPUs gets 2 threads). At least 1."""
     if affinity is None:
@@ -50,9 +48,7 @@ def cgroup_cpu_quota(root: Path = _CGROUP, proc_cgroup: Path = _PROC_CGROUP) -> 
     group and every group above it, the smallest one counting; v1:
     ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (-1: no quota).
     """
-    quotas = [
-        quota for folder in _cgroup_folders(root, proc_cgroup) if (quota := _read_quota(folder)) is not None
-    ]
+    quotas = [quota for folder in _cgroup_folders(root, proc_cgroup) if (quota := _read_quota(folder)) is not None]
     return min(quotas) if quotas else None
 
 

@@ -23,10 +23,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 
 app = typer.Typer(
-    help=(
-        "A data lake and SQL marts for studying the stability of language-model "
-        "pre-training across random seeds."
-    ),
+    help=("A data lake and SQL marts for studying the stability of language-model pre-training across random seeds."),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -101,8 +98,11 @@ def _fail(message: str) -> None:
 
 
 def _load_suite(
-    name: str, overrides: list[str] | None = None,
-    sizes: str | None = None, seeds: str | None = None, steps: str | None = None,
+    name: str,
+    overrides: list[str] | None = None,
+    sizes: str | None = None,
+    seeds: str | None = None,
+    steps: str | None = None,
 ):
     """The suite file with its --set overrides, narrowed to the selected sizes, seeds, steps."""
     from polypythias.extract.suite import SuiteError, load_suite, parse_selection
@@ -225,9 +225,8 @@ def extract(
     from polypythias.extract.claims import DEFAULT_LEASE_S
     from polypythias.extract.extractors import ExtractorError
     from polypythias.extract.runner import parse_shard, run_extraction
-    from polypythias.warehouse.lake import LakeError
-
     from polypythias.extract.threads import configure_threads
+    from polypythias.warehouse.lake import LakeError
 
     # First: OpenMP reads its settings when torch loads, and reading the suite loads it.
     configure_threads(threads)
@@ -246,7 +245,13 @@ def extract(
     the_lake = _lake(lake, the_suite)
     try:
         summary = run_extraction(
-            the_suite, the_lake, names, shard_range, progress, lease or DEFAULT_LEASE_S, workers,
+            the_suite,
+            the_lake,
+            names,
+            shard_range,
+            progress,
+            lease or DEFAULT_LEASE_S,
+            workers,
         )
     except (ExtractorError, LakeError) as error:
         _fail(str(error))
@@ -328,8 +333,9 @@ def verify(lake: LakeOption = None) -> None:
     for name in sorted(result.files):
         table.add_row(name, str(result.files[name]), str(result.rows[name]), f"{result.bytes[name] / 2**20:.1f}")
     console.print(table)
-    unrecorded = (f"; {result.unrecorded} data files of attempts without a manifest row (never read)"
-                  if result.unrecorded else "")
+    unrecorded = (
+        f"; {result.unrecorded} data files of attempts without a manifest row (never read)" if result.unrecorded else ""
+    )
     console.print(
         f"verified {sum(result.files.values())} files ({sum(result.rows.values())} rows, "
         f"{sum(result.bytes.values()) / 2**20:.1f} MB) in {result.seconds:.1f} s: "
@@ -380,7 +386,13 @@ def micro_train(
 
 
 def _train_micro(
-    out: Path, sizes: str, seeds: int | None, steps: int | None, lake, progress: bool, instabilities=(),
+    out: Path,
+    sizes: str,
+    seeds: int | None,
+    steps: int | None,
+    lake,
+    progress: bool,
+    instabilities=(),
 ) -> Path:
     """`instabilities`: Instability objects or their specs (SIZE:SEED:KIND@START+STEPS[xFACTOR])."""
     from polypythias.extract.micro.train import Instability, SettingError, TrainConfig, train_suite_into_lake
@@ -438,8 +450,13 @@ def ingest_lm_eval(
     ] = None,
     step: Annotated[
         int | None,
-        typer.Option("--step", min=0, help="Step of files that state no checkpoint (a final model's results, "
-                     "no revision); files that state one keep theirs.", show_default=False),
+        typer.Option(
+            "--step",
+            min=0,
+            help="Step of files that state no checkpoint (a final model's results, "
+            "no revision); files that state one keep theirs.",
+            show_default=False,
+        ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -475,7 +492,9 @@ def ingest_lm_eval(
     rows = summary.rows
     for outcome in summary.outcomes:
         if outcome.finding and outcome.status == "ingested":
-            console.print(f"[yellow]finding[/yellow] {escape(str(outcome.path))}: {escape(outcome.finding)}", soft_wrap=True)
+            console.print(
+                f"[yellow]finding[/yellow] {escape(str(outcome.path))}: {escape(outcome.finding)}", soft_wrap=True
+            )
     for outcome in summary.of("failed"):
         err.print(f"[red]failed[/red] {escape(outcome.error or str(outcome.path))}", soft_wrap=True)
 
@@ -531,9 +550,11 @@ def ingest_training_map(
         raise typer.Exit(1) from None
     the_map = imported.map
     if the_map.ignored_columns:
-        err.print(f"[yellow]notice[/yellow] {escape(str(file))}: column(s) "
-                  f"{escape(', '.join(map(repr, the_map.ignored_columns)))} ignored (a map uses step, seed, state, score)",
-                  soft_wrap=True)
+        err.print(
+            f"[yellow]notice[/yellow] {escape(str(file))}: column(s) "
+            f"{escape(', '.join(map(repr, the_map.ignored_columns)))} ignored (a map uses step, seed, state, score)",
+            soft_wrap=True,
+        )
     replaced = f"; supersedes {imported.superseded} earlier import(s)" if imported.superseded else ""
     console.print(
         f"training map of [bold]{escape(suite)}/{escape(model_size)}[/bold]: {the_map.n_rows} checkpoints of "
@@ -550,8 +571,14 @@ def _file_progress(enabled: bool):
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=err, transient=True)
+    bar = Progress(
+        TextColumn("[bold]ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
     task = bar.add_task("ingest", total=0)
 
     def on_start(total: int) -> None:
@@ -586,8 +613,7 @@ def build(
         bool,
         typer.Option(
             "--unit-tests",
-            help="Also run dbt's unit tests: they check the SQL on fixed rows, not the lake "
-            "(`make test` runs them).",
+            help="Also run dbt's unit tests: they check the SQL on fixed rows, not the lake (`make test` runs them).",
         ),
     ] = False,
 ) -> None:
@@ -599,19 +625,25 @@ def build(
 
 
 def _build(
-    lake, db: Path, docs: bool = False, verbose: bool = False, full_refresh: bool = False,
+    lake,
+    db: Path,
+    docs: bool = False,
+    verbose: bool = False,
+    full_refresh: bool = False,
     unit_tests: bool = False,
 ) -> None:
     from polypythias.warehouse.dbt import DbtBuildError, build as dbt_build
 
     _check_lake(lake)
     try:
-        ran = dbt_build(lake.uri, db, docs=docs, verbose=verbose, full_refresh=full_refresh,
-                        unit_tests=unit_tests)
+        ran = dbt_build(lake.uri, db, docs=docs, verbose=verbose, full_refresh=full_refresh, unit_tests=unit_tests)
     except DbtBuildError as error:
         _fail(str(error))
-    tests = (f"{ran['test']} data tests and {ran['unit_test']} unit tests passed" if unit_tests
-             else f"{ran['test']} data tests passed; `--unit-tests` also runs dbt's unit tests")
+    tests = (
+        f"{ran['test']} data tests and {ran['unit_test']} unit tests passed"
+        if unit_tests
+        else f"{ran['test']} data tests passed; `--unit-tests` also runs dbt's unit tests"
+    )
     console.print(f"warehouse built: [bold]{db}[/bold] ({ran['model']} models, {tests})")
 
 
@@ -705,8 +737,8 @@ def demo(
     shell = Path(sys.executable).parent / "duckdb"
     console.print(
         f"\nlake:      {the_lake.uri}\nwarehouse: {db}\nreport:    {index}\n\n"
-        "Try:\n  polypythias sql \"select model_size, seed, signal, score, threshold, reason "
-        "from fct_run_outliers where fires order by all\"\n"
+        'Try:\n  polypythias sql "select model_size, seed, signal, score, threshold, reason '
+        'from fct_run_outliers where fires order by all"\n'
         f"  {shell} -readonly {db}"
     )
 

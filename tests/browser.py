@@ -58,17 +58,14 @@ _COUNT_MARKS = """
 """
 
 
-def check_report_in_browser(
-    index_html: Path, screenshot: Path, *, timeout_s: float = 60.0
-) -> dict[str, int]:
+def check_report_in_browser(index_html: Path, screenshot: Path, *, timeout_s: float = 60.0) -> dict[str, int]:
     """Open ``index_html`` in headless Chromium, check every chart, save ``screenshot``.
 
     Returns ``{figure name: number of mark items drawn}``. Raises AssertionError naming
     each problem (no Chromium, a network request, a console or page error, a chart that
     is not drawn or draws no marks), after writing the screenshot when the page loaded.
     """
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import Error as PlaywrightError, sync_playwright
 
     index_html = Path(index_html).resolve()
     screenshot = Path(screenshot)
@@ -110,11 +107,7 @@ def check_report_in_browser(
             page.on("request", on_request)
             page.on(
                 "console",
-                lambda msg: (
-                    console_errors.append(f"console error: {msg.text}")
-                    if msg.type == "error"
-                    else None
-                ),
+                lambda msg: console_errors.append(f"console error: {msg.text}") if msg.type == "error" else None,
             )
             page.on("pageerror", lambda exc: console_errors.append(f"page error: {exc}"))
 
@@ -125,8 +118,7 @@ def check_report_in_browser(
                 problems.append(f"{index_html} has no chart (every figure is 'no data yet')")
             try:
                 page.wait_for_function(
-                    "() => [...document.querySelectorAll('div.chart')]"
-                    ".every((el) => el.dataset.rendered)",
+                    "() => [...document.querySelectorAll('div.chart')].every((el) => el.dataset.rendered)",
                     timeout=timeout_ms,
                 )
             except PlaywrightError:
@@ -134,9 +126,7 @@ def check_report_in_browser(
                     "div.chart",
                     "(els) => els.filter((el) => !el.dataset.rendered).map((el) => el.id)",
                 )
-                problems.append(
-                    f"charts not drawn after {timeout_s:.0f} s: {', '.join(pending) or '?'}"
-                )
+                problems.append(f"charts not drawn after {timeout_s:.0f} s: {', '.join(pending) or '?'}")
 
             marks: dict[str, int] = {}
             for state in charts.evaluate_all(f"(els) => els.map({_COUNT_MARKS})"):

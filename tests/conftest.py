@@ -103,4 +103,5 @@ def pytest_sessionstart(session):
     if not PYTHIA_EVALS.is_dir():
         raise pytest.UsageError(
             f"the shared real inputs are missing: {PYTHIA_EVALS} not found "
-            "(clone next to ../shared, or set POLYPYTHIAS_SHARED)")
+            "(clone next to ../shared, or set POLYPYTHIAS_SHARED)"
+        )

@@ -188,9 +188,7 @@ class Truth:
     probe_ids: dict[Checkpoint, str] = field(default_factory=dict)
 
 
-def _manifest(
-    extraction: str, status: str, error: str | None, extractors: Iterable[str] = EXTRACTORS
-) -> pa.Table:
+def _manifest(extraction: str, status: str, error: str | None, extractors: Iterable[str] = EXTRACTORS) -> pa.Table:
     started = _started_at(extraction)
     records = [
         {
@@ -282,9 +280,7 @@ def _evaluate(rng, targets: dict[str, list[int]], skill: float, evaluated_at, ab
 
 
 def _eval_tables(extraction: str, evaluation: _Evaluation, tasks=tuple(EVAL_TASKS)):
-    results = [
-        {"extraction_id": extraction, **row} for task in tasks for row in evaluation.results[task]
-    ]
+    results = [{"extraction_id": extraction, **row} for task in tasks for row in evaluation.results[task]]
     samples = [
         {
             "extraction_id": extraction, "task": task, "filter": "none", "num_fewshot": 0,
@@ -301,8 +297,9 @@ def _eval_tables(extraction: str, evaluation: _Evaluation, tasks=tuple(EVAL_TASK
     )
 
 
-def _eval_file(extraction: str, path: str, variant: str, step: int, evaluated_at,
-               n_tasks: int, finding: str | None = None) -> pa.Table:
+def _eval_file(
+    extraction: str, path: str, variant: str, step: int, evaluated_at, n_tasks: int, finding: str | None = None
+) -> pa.Table:
     return pa.Table.from_pylist([{
         "extraction_id": extraction, "path": path, "sha256": "f" * 64, "format": "lm-eval-0.4",
         "model_args": f"pretrained=EleutherAI/pythia-x,revision=step{step}",
@@ -321,16 +318,16 @@ def _probe(rng, gold: dict[str, list[str]], size: str, seed: int, step: int, abs
         for layer in PROBE_LAYERS:
             # learnt sooner by some seeds than by others, so emergence steps differ
             learnt = 1 - np.exp(-step / (4 + 12 * seed))
-            skill = min(0.95, 0.2 + 0.5 * learnt + 0.08 * layer
-                        + (0.1 if size == "1.4b" else 0.0) + float(rng.normal(0, 0.05)))
+            skill = min(
+                0.95, 0.2 + 0.5 * learnt + 0.08 * layer + (0.1 if size == "1.4b" else 0.0) + float(rng.normal(0, 0.05))
+            )
             if absurd:
                 predicted = [ABSURD_LABEL] * n_test
             elif (step, layer, task) == PROBE_CONSTANT:
                 predicted = [labels[0]] * n_test
             else:
                 predicted = [
-                    g if rng.random() < skill else str(rng.choice([o for o in labels if o != g]))
-                    for g in gold[task]
+                    g if rng.random() < skill else str(rng.choice([o for o in labels if o != g])) for g in gold[task]
                 ]
             accuracy = float(np.mean(np.equal(predicted, gold[task])))
             macro_f1 = float(f1_score(gold[task], predicted, average="macro", zero_division=0))
@@ -355,9 +352,7 @@ def _probe_tables(extraction: str, results: list[dict], items: dict, gold: dict)
         for item_id, label in labels.items()
     ]  # fmt: skip
     return (
-        pa.Table.from_pylist(
-            [{"extraction_id": extraction, **row} for row in results], schema=PROBE_RESULTS.schema
-        ),
+        pa.Table.from_pylist([{"extraction_id": extraction, **row} for row in results], schema=PROBE_RESULTS.schema),
         pa.Table.from_pylist(predictions, schema=PROBE_PREDICTIONS.schema),
     )
 
@@ -385,9 +380,7 @@ def _token_table(extraction: str, losses: dict[tuple[int, int], float]) -> pa.Ta
 
 
 def _weight_table(extraction: str, rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(
-        [{"extraction_id": extraction, **row} for row in rows], schema=WEIGHT_STATS.schema
-    )
+    return pa.Table.from_pylist([{"extraction_id": extraction, **row} for row in rows], schema=WEIGHT_STATS.schema)
 
 
 def _random_weight_rows(rng: np.random.Generator, scale: float = 1.0) -> list[dict]:
@@ -464,8 +457,7 @@ def write_lake(
         names = (*EXTRACTORS, "evals") if evals and checkpoint != MISSING_EVALS else EXTRACTORS
         return (*names, "probes") if probes else names
 
-    def write_probes(partition, extraction, checkpoint, status="success", absurd=False,
-                     manifest=True):
+    def write_probes(partition, extraction, checkpoint, status="success", absurd=False, manifest=True):
         size, seed_, step = checkpoint
         results, items = _probe(probe_rng, probe_gold, size, seed_, step, absurd=absurd)
         if checkpoint == PROBE_SHORT and not absurd:
@@ -490,19 +482,15 @@ def write_lake(
         for task, (_level, labels, _n_train, n_test) in PROBE_TASKS.items()
     }
 
-    def record(suite, checkpoint, extraction, evaluation, origin, variant,
-               tasks=tuple(EVAL_TASKS), with_samples=True):
+    def record(suite, checkpoint, extraction, evaluation, origin, variant, tasks=tuple(EVAL_TASKS), with_samples=True):
         for task in tasks:
             for row in evaluation.results[task]:
                 key = (suite, *checkpoint, task, row["metric"])
-                truth.eval_scores[key] = {
-                    **row, "origin": origin, "variant": variant, "extraction_id": extraction
-                }
+                truth.eval_scores[key] = {**row, "origin": origin, "variant": variant, "extraction_id": extraction}
             if with_samples:
                 truth.eval_items[(suite, *checkpoint, task)] = evaluation.items(task)
 
-    def ingest(partition, extraction, evaluation, tasks, path, variant, finding=None,
-               with_samples=True):
+    def ingest(partition, extraction, evaluation, tasks, path, variant, finding=None, with_samples=True):
         results, samples = _eval_tables(extraction, evaluation, tasks)
         evaluated_at = evaluation.results[tasks[0]][0]["evaluated_at"]
         write(MANIFEST, partition, extraction,
@@ -530,11 +518,7 @@ def write_lake(
 
     # Per size, how hard each token is, shared by every seed: seeds agree partly.
     difficulty = {
-        size: {
-            (doc, pos): float(rng.gamma(3.0, 1.0))
-            for doc in range(N_DOCS)
-            for pos in range(N_POSITIONS)
-        }
+        size: {(doc, pos): float(rng.gamma(3.0, 1.0)) for doc in range(N_DOCS) for pos in range(N_POSITIONS)}
         for size in SIZES
     }
 
@@ -604,9 +588,7 @@ def write_lake(
                         stale_eval = _evaluate(eval_rng, targets[size], skill, earlier, absurd=True)
                         ingest(partition, stale, stale_eval, tuple(EVAL_TASKS),
                                "/evals/stale/results.json", "standard")  # fmt: skip
-                        truth.superseded_evals |= {
-                            (SUITE, *checkpoint, task, stale) for task in EVAL_TASKS
-                        }
+                        truth.superseded_evals |= {(SUITE, *checkpoint, task, stale) for task in EVAL_TASKS}
                     if checkpoint == TIED_RERUN:
                         tied = extraction_id(99 + step, next(serial))  # before `current`
                         tied_eval = _evaluate(eval_rng, targets[size], skill, evaluated_at,
@@ -616,9 +598,7 @@ def write_lake(
                               _manifest(tied, "success", None, ("evals",)))  # fmt: skip
                         write(EVAL_RESULTS, partition, tied, results)
                         write(EVAL_SAMPLES, partition, tied, samples)
-                        truth.superseded_evals |= {
-                            (SUITE, *checkpoint, task, tied) for task in EVAL_TASKS
-                        }
+                        truth.superseded_evals |= {(SUITE, *checkpoint, task, tied) for task in EVAL_TASKS}
                     if checkpoint == NEWER_INGEST:
                         newer = extraction_id(3000, next(serial))
                         later = evaluated_at + timedelta(days=1)

@@ -195,10 +195,7 @@ def write_lake(root, seed: int = 5) -> Truth:
 
                 copy = 0.2 if outlier else 0.85
                 answers = {
-                    task: [
-                        s if rng.random() < copy else int(rng.integers(N_CHOICES))
-                        for s in shared[task]
-                    ]
+                    task: [s if rng.random() < copy else int(rng.integers(N_CHOICES)) for s in shared[task]]
                     for task in TASKS
                 }
                 evaluated_at = _BASE_TIME + timedelta(minutes=step + 1)

@@ -127,9 +127,7 @@ REASONS = {
         "(the other runs stay in state 2 from step 64 to the end)"
     ),
     "performance": "mean z-score across 3 tasks is -2.6 at step 224, below the threshold -2",
-    "loss_spikes": (
-        "3 loss spikes, the largest 9.1 robust deviations above the rolling median at step 100"
-    ),
+    "loss_spikes": ("3 loss spikes, the largest 9.1 robust deviations above the rolling median at step 100"),
 }
 
 

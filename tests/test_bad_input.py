@@ -91,7 +91,10 @@ SUITE_CASES = {
     "size with ..": (_replace("[tiny]", "['a..b']"), ["model_size 'a..b' is not a safe partition value"]),
     "size with =": (_replace("[tiny]", "['a=b']"), ["model_size 'a=b' is not a safe partition value"]),
     "empty size": (_replace("[tiny]", "['']"), ["model_size '' is not a safe partition value"]),
-    "name with ..": (_replace("name: tiny", "name: ../up"), ["line 1: name: suite '../up' is not a safe partition value"]),
+    "name with ..": (
+        _replace("name: tiny", "name: ../up"),
+        ["line 1: name: suite '../up' is not a safe partition value"],
+    ),
     "negative seed": (_replace("[0, 1]", "[0, -1]"), ["line 3: seeds: seed must be a non-negative integer, got -1"]),
     "negative step": (_replace("[0, 1, 2]", "[0, -2]"), ["line 4: steps: step -2 is negative"]),
 }
@@ -132,8 +135,10 @@ def test_an_unknown_preset_lists_the_presets(tmp_path):
 
 @pytest.mark.parametrize(
     ("names", "expected"),
-    [("frob", "unknown extractor 'frob'; known: evals, probes, token_stats, weight_stats"),
-     ("weight_stats,evals", "extractor 'evals' is not configured in suite 'tiny' (configured: weight_stats)")],
+    [
+        ("frob", "unknown extractor 'frob'; known: evals, probes, token_stats, weight_stats"),
+        ("weight_stats,evals", "extractor 'evals' is not configured in suite 'tiny' (configured: weight_stats)"),
+    ],
     ids=["unknown", "not configured"],
 )
 def test_extract_refuses_an_unknown_extractor_option(tmp_path, names, expected):
@@ -147,10 +152,12 @@ def test_extract_refuses_an_unknown_extractor_option(tmp_path, names, expected):
 def test_an_unknown_lm_eval_task_is_named_with_the_tasks_available(tmp_path):
     shutil.copytree(MICRO_TASKS, tmp_path / "tasks")
     suite = tmp_path / "suite.yaml"
-    suite.write_text(SUITE.replace(
-        "  weight_stats: {}\n",
-        "  evals: {tasks: [micro_lambda, micro_gender_agreement], include_path: tasks, include_defaults: false}\n",
-    ))
+    suite.write_text(
+        SUITE.replace(
+            "  weight_stats: {}\n",
+            "  evals: {tasks: [micro_lambda, micro_gender_agreement], include_path: tasks, include_defaults: false}\n",
+        )
+    )
     result = invoke("extract", "--suite", suite, "--lake", tmp_path / "lake", "--no-progress")
     assert result.exit_code == 2
     message = one_line(result.stderr)
@@ -162,17 +169,28 @@ def test_an_unknown_lm_eval_task_is_named_with_the_tasks_available(tmp_path):
 # -- ingest lm-eval -----------------------------------------------------------------------
 
 TIMESTAMP = "2024-01-01T00-00-00.000001"
-SAMPLE = {"doc_id": 0, "doc_hash": "h", "target": 1, "filter": "none", "metrics": ["acc"], "acc": 1.0,
-          "filtered_resps": [["-1.5", "False"], ["-0.5", "True"]]}
+SAMPLE = {
+    "doc_id": 0,
+    "doc_hash": "h",
+    "target": 1,
+    "filter": "none",
+    "metrics": ["acc"],
+    "acc": 1.0,
+    "filtered_resps": [["-1.5", "False"], ["-0.5", "True"]],
+}
 
 
-def results_file(folder: Path, model_args: object = "pretrained=EleutherAI/pythia-14m,revision=step8",
-                 samples: bytes | None = None) -> Path:
+def results_file(
+    folder: Path, model_args: object = "pretrained=EleutherAI/pythia-14m,revision=step8", samples: bytes | None = None
+) -> Path:
     """A minimal lm-eval 0.4 results file (one task, 't'), with a samples file if given."""
     folder.mkdir(parents=True)
     document = {
         "results": {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": 0.1}},
-        "n-shot": {"t": 0}, "config": {"model_args": model_args}, "date": 1.7e9, "lm_eval_version": "0.4.9",
+        "n-shot": {"t": 0},
+        "config": {"model_args": model_args},
+        "date": 1.7e9,
+        "lm_eval_version": "0.4.9",
     }
     path = folder / f"results_{TIMESTAMP}.json"
     path.write_text(json.dumps(document))
@@ -286,7 +304,9 @@ def test_ingest_lm_eval_refuses_an_unsafe_suite(tmp_path, suite):
 
 def test_a_model_name_that_gives_an_unsafe_partition_is_named(tmp_path):
     file = results_file(tmp_path / "in")
-    result = invoke("ingest", "lm-eval", file, "--pattern", "(?P<size>.+)", "--lake", tmp_path / "lake", "--no-progress")
+    result = invoke(
+        "ingest", "lm-eval", file, "--pattern", "(?P<size>.+)", "--lake", tmp_path / "lake", "--no-progress"
+    )
     assert result.exit_code == 1
     assert f"failed {file}: model_size 'EleutherAI/pythia-14m' is not a safe partition value" in one_line(result.stderr)
     assert not files_under(tmp_path / "lake")
@@ -297,8 +317,12 @@ def test_a_model_name_that_gives_an_unsafe_partition_is_named(tmp_path):
 
 @pytest.mark.parametrize(
     ("suite", "size", "expected"),
-    [("a/b", "70m", "--suite: suite 'a/b'"), ("pythia", "..", "--model-size: model_size '..'"),
-     ("pythia", "a=b", "--model-size: model_size 'a=b'"), ("", "70m", "--suite: suite ''")],
+    [
+        ("a/b", "70m", "--suite: suite 'a/b'"),
+        ("pythia", "..", "--model-size: model_size '..'"),
+        ("pythia", "a=b", "--model-size: model_size 'a=b'"),
+        ("", "70m", "--suite: suite ''"),
+    ],
 )
 def test_training_map_refuses_an_unsafe_suite_or_size(tmp_path, suite, size, expected):
     file = tmp_path / "map.tsv"
@@ -325,7 +349,9 @@ def test_a_bad_training_map_is_named_with_its_line(tmp_path, content, expected):
     file = tmp_path / "map.tsv"
     if content is not None:
         file.write_bytes(content if isinstance(content, bytes) else content.encode())
-    result = invoke("ingest", "training-map", file, "--suite", "pythia", "--model-size", "70m", "--lake", tmp_path / "lake")
+    result = invoke(
+        "ingest", "training-map", file, "--suite", "pythia", "--model-size", "70m", "--lake", tmp_path / "lake"
+    )
     assert result.exit_code == 1
     assert f"failed {file}{'' if expected.startswith(':') else ' '}{expected}" in one_line(result.stderr)
     assert not (tmp_path / "lake").exists()
@@ -342,7 +368,10 @@ def test_a_bad_training_map_is_named_with_its_line(tmp_path, content, expected):
         (["--sizes", ","], "--sizes: give one or more different sizes, got []"),
         (["--sizes", "200k,200k"], "--sizes: give one or more different sizes, got ['200k', '200k']"),
         (["--seeds", "0"], "Invalid value for '--seeds'"),
-        (["--steps", "3"], "--steps: the micro suite saves 8 evenly spaced checkpoints, so it needs at least 8 steps, got 3"),
+        (
+            ["--steps", "3"],
+            "--steps: the micro suite saves 8 evenly spaced checkpoints, so it needs at least 8 steps, got 3",
+        ),
         (["--inject", "garbage"], "bad instability spec 'garbage': expected SIZE:SEED:KIND@START+STEPS[xFACTOR]"),
         (["--inject", "200k:0:boom@1+2"], "unknown instability kind 'boom'"),
         (["--inject", "200k:9:lr_spike@1+2x30"], "seed 9 is not in the suite"),
@@ -378,9 +407,11 @@ def warehouse(tmp_path) -> Path:
 
 @pytest.mark.parametrize(
     ("query", "expected"),
-    [("selec 1", 'Parser Error: syntax error at or near "selec"'),
-     ("select * from nope", "Catalog Error: Table with name nope does not exist"),
-     ("create table x (a int)", "a CREATE statement is refused")],
+    [
+        ("selec 1", 'Parser Error: syntax error at or near "selec"'),
+        ("select * from nope", "Catalog Error: Table with name nope does not exist"),
+        ("create table x (a int)", "a CREATE statement is refused"),
+    ],
     ids=["syntax", "unknown table", "write"],
 )
 def test_sql_errors_are_duckdbs_message(warehouse, query, expected):
@@ -421,17 +452,24 @@ def test_build_refuses_a_missing_lake(tmp_path):
 
 @pytest.mark.parametrize(
     "command",
-    [["build", "--db", "{db}"], ["micro", "train", "--out", "{out}", "--no-progress"],
-     ["ingest", "lm-eval", "{results}", "--no-progress"],
-     ["ingest", "training-map", "{map}", "--suite", "pythia", "--model-size", "70m"]],
+    [
+        ["build", "--db", "{db}"],
+        ["micro", "train", "--out", "{out}", "--no-progress"],
+        ["ingest", "lm-eval", "{results}", "--no-progress"],
+        ["ingest", "training-map", "{map}", "--suite", "pythia", "--model-size", "70m"],
+    ],
     ids=lambda command: " ".join(command[:2]),
 )
 def test_a_file_given_as_the_lake_is_refused_before_any_work(tmp_path, command):
     lake = tmp_path / "lake"
     lake.write_text("not a lake")
     (tmp_path / "map.tsv").write_text("step\tseed\tstate\n0\t0\t1\n")
-    paths = {"{db}": tmp_path / "w.duckdb", "{out}": tmp_path / "micro", "{results}": results_file(tmp_path / "in"),
-             "{map}": tmp_path / "map.tsv"}
+    paths = {
+        "{db}": tmp_path / "w.duckdb",
+        "{out}": tmp_path / "micro",
+        "{results}": results_file(tmp_path / "in"),
+        "{map}": tmp_path / "map.tsv",
+    }
     result = invoke(*(paths.get(a, a) for a in command), "--lake", lake)
     assert result.exit_code == 2 and f"the lake {lake} is not a folder" in one_line(result.stderr)
     assert not (tmp_path / "w.duckdb").exists() and not (tmp_path / "micro").exists()
@@ -442,8 +480,12 @@ def test_demo_names_a_bad_suite_file_before_extracting(tmp_path):
     micro.mkdir()
     (micro / "suite.yaml").write_text(SUITE.replace("sizes: [tiny]", "sizes: [tiny"))
     lake = tmp_path / "lake"
-    result = invoke("demo", "--micro-dir", micro, "--lake", lake, "--db", tmp_path / "w.duckdb", "--out", tmp_path / "r")
-    assert result.exit_code == 2 and f"{micro / 'suite.yaml'}: line 3, column 6: not valid YAML" in one_line(result.stderr)
+    result = invoke(
+        "demo", "--micro-dir", micro, "--lake", lake, "--db", tmp_path / "w.duckdb", "--out", tmp_path / "r"
+    )
+    assert result.exit_code == 2 and f"{micro / 'suite.yaml'}: line 3, column 6: not valid YAML" in one_line(
+        result.stderr
+    )
     assert not lake.exists() and not (tmp_path / "w.duckdb").exists()
 
 

@@ -48,8 +48,13 @@ def micro(tmp_path_factory):
     """200k × 3 seeds × 16 steps, trained by the product; its suite runs weight_stats only."""
     out = tmp_path_factory.mktemp("integrity") / "micro"
     config = TrainConfig(
-        sizes=["200k"], seeds=list(SEEDS), total_steps=TOTAL_STEPS, corpus_docs=400,
-        eval_docs=4, eval_task_items=4, workers=1,
+        sizes=["200k"],
+        seeds=list(SEEDS),
+        total_steps=TOTAL_STEPS,
+        corpus_docs=400,
+        eval_docs=4,
+        eval_task_items=4,
+        workers=1,
     )
     assert config.checkpoint_steps == STEPS
     train_suite(config, out, progress=False)
@@ -103,7 +108,10 @@ def test_sample_positions_are_stable_across_processes_and_differ_across_tensors(
     )
     # A fresh interpreter with another hash seed: Python's salted hash() would differ.
     there = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
         env={"PYTHONHASHSEED": "12345", "PATH": ""},
     )
     assert json.loads(there.stdout) == here
@@ -118,8 +126,9 @@ def test_value_samples_are_the_checkpoints_values_at_the_positions_in_every_inst
     checkpoint = CheckpointId(suite.name, "200k", 1, 8)
     model, _ = load_model(suite, checkpoint, torch.device("cpu"))
     tables = [
-        get_extractor("weight_stats")(suite.extractor_options("weight_stats"), suite)
-        .run(model, None, checkpoint, torch.device("cpu"))["weight_stats"]
+        get_extractor("weight_stats")(suite.extractor_options("weight_stats"), suite).run(
+            model, None, checkpoint, torch.device("cpu")
+        )["weight_stats"]
         for _ in range(2)
     ]
     assert tables[0]["value_sample"].to_pylist() == tables[1]["value_sample"].to_pylist()
@@ -242,7 +251,10 @@ def test_files_without_value_sample_read_as_null(damaged):
 
 def test_copied_checkpoints_are_duplicates_both_ways(damaged):
     assert _keys(damaged["findings"], "duplicate_weights") == [
-        (0, 4, 1, 12), (0, 6, 0, 8), (0, 8, 0, 6), (1, 12, 0, 4),
+        (0, 4, 1, 12),
+        (0, 6, 0, 8),
+        (0, 8, 0, 6),
+        (1, 12, 0, 4),
     ]
     duplicates = damaged["findings"][damaged["findings"].finding == "duplicate_weights"]
     assert (duplicates.other_model_size == "200k").all()
@@ -263,7 +275,8 @@ def _lake_samples(lake):
     for row in table:
         if row["value_sample"] is not None:
             out.setdefault(row["seed"], {}).setdefault(row["step"], {})[row["tensor_name"]] = (
-                np.array(row["value_sample"], dtype=np.float64), row["n_rows"] * row["n_cols"],
+                np.array(row["value_sample"], dtype=np.float64),
+                row["n_rows"] * row["n_cols"],
             )
     return out
 
@@ -299,11 +312,14 @@ def test_normal_runs_stay_below_the_factor_at_every_step(damaged):
     for i, step in enumerate(steps):
         if 0 < i < len(steps) - 1:
             p, n = steps[i - 1], steps[i + 1]
-            ratios.append((_distance(samples[p], samples[step]) + _distance(samples[step], samples[n]))
-                          / _distance(samples[p], samples[n]))
+            ratios.append(
+                (_distance(samples[p], samples[step]) + _distance(samples[step], samples[n]))
+                / _distance(samples[p], samples[n])
+            )
         if i >= 2:
             p, p2 = steps[i - 1], steps[i - 2]
             g = (step - p) / (p - p2)
-            ratios.append(_distance(samples[p], samples[step])
-                          / (_distance(samples[p2], samples[p]) * max(g, math.sqrt(g))))
+            ratios.append(
+                _distance(samples[p], samples[step]) / (_distance(samples[p2], samples[p]) * max(g, math.sqrt(g)))
+            )
     assert max(ratios) < FACTOR / 1.5

@@ -50,8 +50,6 @@ def test_bad_inputs_get_clear_errors(tmp_path):
     assert result.exit_code == 2 and "none.duckdb" in result.output
 
 
-
-
 def test_ingest_lm_eval(tmp_path):
     runner = CliRunner()
     assert "--pattern" in runner.invoke(app, ["ingest", "lm-eval", "--help"]).output
@@ -85,8 +83,22 @@ def test_micro_train_options_default_to_the_training_config(tmp_path):
     from polypythias.extract.micro.train import TrainConfig
 
     out = tmp_path / "micro"
-    result = CliRunner().invoke(app, ["micro", "train", "--out", str(out), "--sizes", "200k",
-                                      "--seeds", "1", "--lake", str(tmp_path / "lake"), "--no-progress"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "micro",
+            "train",
+            "--out",
+            str(out),
+            "--sizes",
+            "200k",
+            "--seeds",
+            "1",
+            "--lake",
+            str(tmp_path / "lake"),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     info = json.loads((out / "200k" / "seed0" / "run.json").read_text())
     assert info["train"]["total_steps"] == TrainConfig().total_steps

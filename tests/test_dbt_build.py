@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
 import sys
 import time
@@ -236,8 +235,7 @@ def test_staging_keeps_only_the_latest_successful_extraction(full):
     for model in ("stg_lake__token_stats", "stg_lake__weight_stats"):
         ids = query(
             full.db,
-            f"select model_size, seed, step, list(distinct extraction_id) as ids "
-            f"from staging.{model} group by all",
+            f"select model_size, seed, step, list(distinct extraction_id) as ids from staging.{model} group by all",
         )
         found = {(r["model_size"], r["seed"], r["step"]): r["ids"] for r in ids}
         assert found == {c: [i] for c, i in full.truth.current_ids.items()}, model
@@ -310,8 +308,7 @@ def test_a_failing_invariant_makes_build_raise(tmp_path):
     # the newest success of one checkpoint holds a positive log-probability
     poison_token_stats(tmp_path / "lake", ("14m", 0, 0), extraction_id(10_000, 0xBAD))
     with pytest.raises(DbtBuildError) as raised:
-        build(str(tmp_path / "lake"), tmp_path / "w.duckdb", select="+stg_lake__token_stats",
-              unit_tests=False)
+        build(str(tmp_path / "lake"), tmp_path / "w.duckdb", select="+stg_lake__token_stats", unit_tests=False)
     message = str(raised.value)
     assert "expression_is_true_stg_lake__token_stats_target_logprob" in message
     assert "[fail]" in message
@@ -366,9 +363,15 @@ def test_a_second_build_of_a_warehouse_being_built_is_refused(tmp_path):
     running.write_bytes(b"x")
     (tmp_path / "lake").mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
-         "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)", str(lock)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)",
+            str(lock),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -389,6 +392,6 @@ def test_a_rebuild_reuses_the_last_parse_of_the_project(tmp_path):
     first = log.read_text()
     assert "Unable to do partial parsing because saved manifest not found" in first
     build(str(tmp_path / "lake"), db, select="+stg_lake__manifest", unit_tests=False)
-    second = log.read_text()[len(first):]
+    second = log.read_text()[len(first) :]
     assert "Unable to do partial parsing" not in second
     assert "Partial parsing enabled: 0 files deleted, 0 files added, 0 files changed" in second

@@ -26,9 +26,7 @@ def empty_lake_warehouse(tmp_path_factory) -> Path:
 def test_every_dbt_unit_test_ran_here_and_passed(empty_lake_warehouse):
     target = state_dir(empty_lake_warehouse) / "target"
     results = json.loads((target / "run_results.json").read_text())
-    units = {
-        r["unique_id"]: r["status"] for r in results["results"] if r["unique_id"].startswith("unit_test.")
-    }
+    units = {r["unique_id"]: r["status"] for r in results["results"] if r["unique_id"].startswith("unit_test.")}
     assert sorted(units) == sorted(json.loads((target / "manifest.json").read_text())["unit_tests"])
     assert len(units) >= 45
     assert set(units.values()) == {"pass"}

@@ -24,8 +24,19 @@ from polypythias.warehouse.schemas import MANIFEST, TOKEN_STATS, WEIGHT_STATS
 
 pytestmark = pytest.mark.slow
 
-_STATS = ("l1", "l2", "trace", "spectral", "code_sparsity", "computational_sparsity",
-          "sv_mean", "sv_var", "mean", "median", "var")
+_STATS = (
+    "l1",
+    "l2",
+    "trace",
+    "spectral",
+    "code_sparsity",
+    "computational_sparsity",
+    "sv_mean",
+    "sv_var",
+    "mean",
+    "median",
+    "var",
+)
 
 
 def _run(tmp_path, name, options, model, tokenizer) -> pa.Table:
@@ -47,8 +58,16 @@ def _matrices_numpy(model) -> dict[str, np.ndarray]:
             per_head = w.reshape(heads, 3, hidden // heads, hidden)
             for i, part in enumerate("qkv"):
                 out[f"{name}[{part}]"] = per_head[:, i].reshape(hidden, hidden)
-        elif name.endswith(("embed_in.weight", "embed_out.weight", "lm_head.weight", "dense.weight",
-                            "dense_h_to_4h.weight", "dense_4h_to_h.weight")):
+        elif name.endswith(
+            (
+                "embed_in.weight",
+                "embed_out.weight",
+                "lm_head.weight",
+                "dense.weight",
+                "dense_h_to_4h.weight",
+                "dense_4h_to_h.weight",
+            )
+        ):
             out[name] = w
     return out
 
@@ -110,10 +129,13 @@ def test_token_stats_raise_diverged_when_logits_overflow(tmp_path, tokenizer):
         bad_docs += bool(bad.any())
     assert bad_positions == positions and bad_docs == len(texts)
     options = {"documents": "docs.jsonl", "batch_size": 4}
-    with pytest.raises(Diverged, match=(
-        rf"logits not finite \(NaN or inf\) at {bad_positions} of {positions} predicted "
-        rf"positions, in {bad_docs} of {len(texts)} documents"
-    )):
+    with pytest.raises(
+        Diverged,
+        match=(
+            rf"logits not finite \(NaN or inf\) at {bad_positions} of {positions} predicted "
+            rf"positions, in {bad_docs} of {len(texts)} documents"
+        ),
+    ):
         _run(tmp_path, "token_stats", options, model, tokenizer)
 
 
@@ -131,21 +153,30 @@ def _overflowing_logits(model) -> None:
 def test_evals_raise_diverged_when_loglikelihoods_are_not_finite(tmp_path):
     micro_tokenizer = build_tokenizer(Grammar().vocabulary(), model_max_length=64)
     eval_tasks.write_tasks(tmp_path / "tasks", n_items=4)
-    options = {"tasks": list(eval_tasks.TASK_NAMES), "include_path": "tasks",
-               "include_defaults": False, "limit": 3, "bootstrap_iters": 0}
+    options = {
+        "tasks": list(eval_tasks.TASK_NAMES),
+        "include_path": "tasks",
+        "include_defaults": False,
+        "limit": 3,
+        "bootstrap_iters": 0,
+    }
     model = tiny_model(len(micro_tokenizer), seed=4)
     _overflowing_logits(model)
     # every request's log-likelihood is NaN: all of them are counted
-    with pytest.raises(Diverged, match=r"evals: (\d+) of \1 loglikelihood request\(s\) gave a "
-                                       r"log-likelihood that is not finite \(NaN or inf\)"):
+    with pytest.raises(
+        Diverged,
+        match=r"evals: (\d+) of \1 loglikelihood request\(s\) gave a "
+        r"log-likelihood that is not finite \(NaN or inf\)",
+    ):
         _run(tmp_path, "evals", options, model, micro_tokenizer)
 
 
 def test_probes_raise_diverged_on_nonfinite_hidden_states(tmp_path):
     micro_tokenizer = build_tokenizer(Grammar().vocabulary(), model_max_length=64)
     probe_tasks.write_probe_tasks(tmp_path / "probe", pos_words=(40, 20), antecedent=(20, 10))
-    tasks = {"pos": {"format": "conllu", "field": "upos",
-                     "train": "probe/pos_train.conllu", "test": "probe/pos_test.conllu"}}
+    tasks = {
+        "pos": {"format": "conllu", "field": "upos", "train": "probe/pos_train.conllu", "test": "probe/pos_test.conllu"}
+    }
     model = tiny_model(len(micro_tokenizer), seed=6)
     with torch.no_grad():
         # finite weights; block 0 adds 3e38 to dimension 0 of every position (still
@@ -163,10 +194,13 @@ def test_probes_raise_diverged_on_nonfinite_hidden_states(tmp_path):
         bad_layers |= {i for i, h in enumerate(hidden) if not torch.isfinite(h).all()}
     assert bad_layers and min(bad_layers) >= 1
     layers = ", ".join(map(str, sorted(bad_layers)))
-    with pytest.raises(Diverged, match=(
-        rf"probes: hidden states not finite \(NaN or inf\) in (\d+) of \1 probed items, "
-        rf"at layer\(s\) {layers}$"
-    )):
+    with pytest.raises(
+        Diverged,
+        match=(
+            rf"probes: hidden states not finite \(NaN or inf\) in (\d+) of \1 probed items, "
+            rf"at layer\(s\) {layers}$"
+        ),
+    ):
         extractor.run(model, micro_tokenizer, CHECKPOINT, torch.device("cpu"))
 
 
@@ -214,7 +248,9 @@ def test_a_diverged_checkpoint_is_recorded_and_left_out_of_the_marts(suite_with_
     summary = run_extraction(suite, lake, progress=False)
     assert summary.ok and not summary.failures  # diverged is not a failure of the job
     assert {(d.checkpoint.seed, d.checkpoint.step, d.extractor) for d in summary.diverged} == {
-        (2, 1, "token_stats"), (2, 1, "weight_stats")}
+        (2, 1, "token_stats"),
+        (2, 1, "weight_stats"),
+    }
 
     def at(table, seed, step):
         return table.filter(pc.and_(pc.equal(table["seed"], seed), pc.equal(table["step"], step)))
@@ -223,9 +259,10 @@ def test_a_diverged_checkpoint_is_recorded_and_left_out_of_the_marts(suite_with_
     reason = f"weights not finite: {nonfinite} of {total} parameter values are NaN or inf"
     diverged = at(manifest, 2, 1).to_pylist()
     assert sorted((r["extractor"], r["status"], r["error"]) for r in diverged) == [
-        ("token_stats", "diverged", reason), ("weight_stats", "diverged", reason)]
-    assert set(pc.filter(manifest["status"], pc.invert(pc.equal(manifest["step"], 1))
-                         ).to_pylist()) == {"success"}
+        ("token_stats", "diverged", reason),
+        ("weight_stats", "diverged", reason),
+    ]
+    assert set(pc.filter(manifest["status"], pc.invert(pc.equal(manifest["step"], 1))).to_pylist()) == {"success"}
     # What could still be computed was: every tensor's row, the non-finite ones counted.
     weights = at(lake.read(WEIGHT_STATS), 2, 1)
     assert weights.num_rows == at(lake.read(WEIGHT_STATS), 0, 1).num_rows > 0
@@ -242,13 +279,16 @@ def test_a_diverged_checkpoint_is_recorded_and_left_out_of_the_marts(suite_with_
     dbt.build(str(tmp_path / "lake"), db, unit_tests=False)  # every data test passes too
     token_stats = lake.read(TOKEN_STATS)
     with duckdb.connect(str(db), read_only=True) as con:
+
         def rows(sql):
             cursor = con.execute(sql)
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
-        checkpoints = rows("select seed, step, is_present, is_diverged, diverged_reason, "
-                           "n_failed_attempts from dim_checkpoints order by seed, step")
+        checkpoints = rows(
+            "select seed, step, is_present, is_diverged, diverged_reason, "
+            "n_failed_attempts from dim_checkpoints order by seed, step"
+        )
         assert [(r["seed"], r["step"]) for r in checkpoints if r["is_diverged"]] == [(2, 1)]
         assert all(r["is_present"] and r["n_failed_attempts"] == 0 for r in checkpoints)
         assert {r["diverged_reason"] for r in checkpoints} == {None, reason}
@@ -262,14 +302,19 @@ def test_a_diverged_checkpoint_is_recorded_and_left_out_of_the_marts(suite_with_
         step1 = consistency[1]
         assert step1["n_seeds"] == 2 and step1["n_seeds_diverged"] == 1
         # numpy over the finite seeds' token losses, read from the lake
-        per_seed = np.array([
-            -at(token_stats, seed, 1)["target_logprob"].to_numpy().astype(np.float64).mean()
-            for seed in (0, 1)
-        ])
+        per_seed = np.array(
+            [-at(token_stats, seed, 1)["target_logprob"].to_numpy().astype(np.float64).mean() for seed in (0, 1)]
+        )
         q25, median, q75 = np.quantile(per_seed, [0.25, 0.5, 0.75])
-        for column, value in {"loss_median": median, "loss_q25": q25, "loss_q75": q75,
-                              "loss_mean": per_seed.mean(), "loss_std": per_seed.std(ddof=1),
-                              "loss_min": per_seed.min(), "loss_max": per_seed.max()}.items():
+        for column, value in {
+            "loss_median": median,
+            "loss_q25": q25,
+            "loss_q75": q75,
+            "loss_mean": per_seed.mean(),
+            "loss_std": per_seed.std(ddof=1),
+            "loss_min": per_seed.min(),
+            "loss_max": per_seed.max(),
+        }.items():
             assert step1[column] == pytest.approx(value, rel=1e-6), column
 
         outliers = {(r["seed"], r["signal"]): r for r in rows("select * from fct_run_outliers")}
@@ -288,7 +333,7 @@ def test_weight_stats_files_from_before_nonfinite_read_it_as_null(tmp_path, toke
     tokenizer.save_pretrained(folder)
     suite_file = tmp_path / "suite.yaml"
     suite_file.write_text(
-        'name: tiny\nsizes: [tiny]\nseeds: [0]\nsteps: {all: [0]}\n'
+        "name: tiny\nsizes: [tiny]\nseeds: [0]\nsteps: {all: [0]}\n"
         'checkpoints: {local: "ck/{size}/seed{seed}/step{step}"}\nextractors:\n  weight_stats: {}\n'
     )
     assert run_extraction(load_suite(suite_file), Lake(tmp_path / "lake"), progress=False).ok
@@ -301,7 +346,6 @@ def test_weight_stats_files_from_before_nonfinite_read_it_as_null(tmp_path, toke
     dbt.build(str(tmp_path / "lake"), db, select="+stg_lake__weight_stats", unit_tests=False)
     with duckdb.connect(str(db), read_only=True) as con:
         rows = con.execute(
-            "select count(*), count(nonfinite), bool_or(is_diverged), count(l1) "
-            "from staging.stg_lake__weight_stats"
+            "select count(*), count(nonfinite), bool_or(is_diverged), count(l1) from staging.stg_lake__weight_stats"
         ).fetchone()
     assert rows == (old.num_rows, 0, False, old.num_rows - 2)  # l1: null on the 2 aggregate rows

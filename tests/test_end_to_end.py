@@ -47,8 +47,21 @@ def pipeline(tmp_path_factory):
     def invoke(*args):
         return cli.invoke(app, [str(a) for a in args])
 
-    trained = invoke("micro", "train", "--out", micro, "--sizes", ",".join(SIZES), "--seeds", SEEDS,
-                     "--steps", STEPS, "--lake", lake, "--no-progress")
+    trained = invoke(
+        "micro",
+        "train",
+        "--out",
+        micro,
+        "--sizes",
+        ",".join(SIZES),
+        "--seeds",
+        SEEDS,
+        "--steps",
+        STEPS,
+        "--lake",
+        lake,
+        "--no-progress",
+    )
     assert trained.exit_code == 0, trained.output
 
     # Break two checkpoints of the suite before extracting.
@@ -89,9 +102,7 @@ def test_broken_checkpoints_are_recorded_and_the_rest_is_extracted(pipeline):
     expected = len(SIZES) * SEEDS * 9  # --steps 8 checkpoints every step 0…8
     assert len(checkpoints) == expected
     missing = checkpoints[~checkpoints["is_present"]]
-    assert sorted(zip(missing["model_size"], missing["seed"], missing["step"])) == [
-        ("1m", 1, 4), ("200k", 2, 8)
-    ]
+    assert sorted(zip(missing["model_size"], missing["seed"], missing["step"])) == [("1m", 1, 4), ("200k", 2, 8)]
     assert (missing["n_failed_attempts"] == 2 * 4).all()  # two attempts × four extractors
     assert missing["last_error"].str.len().min() > 0
     runs = _mart(pipeline["db"], "select * from dim_runs order by model_size, seed")
@@ -152,8 +163,10 @@ def test_weight_features_match_numpy_on_the_lake(pipeline):
 def test_training_logs_reach_the_warehouse(pipeline):
     logged = pipeline["lake"].read(TRAINING_LOG)
     assert logged.num_rows == len(SIZES) * SEEDS * STEPS
-    staged = _mart(pipeline["db"], "select count(*) as n, min(step) as first, max(step) as last "
-                                   "from staging.stg_lake__training_log")
+    staged = _mart(
+        pipeline["db"],
+        "select count(*) as n, min(step) as first, max(step) as last from staging.stg_lake__training_log",
+    )
     assert (staged.n[0], staged["first"][0], staged["last"][0]) == (logged.num_rows, 1, STEPS)
 
 
@@ -168,7 +181,9 @@ def test_the_warehouse_opens_in_the_duckdb_shell_and_the_sql_verb(pipeline):
     query = "select model_size, step, n_seeds from fct_loss_consistency order by model_size, step limit 3"
     printed = subprocess.run(
         [shell, "-readonly", "-csv", str(pipeline["db"]), "-c", query],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     expected = _mart(pipeline["db"], query)
     assert printed.strip().splitlines() == ["model_size,step,n_seeds"] + [
@@ -247,8 +262,12 @@ def test_kappas_match_sklearn_on_the_micro_suite(pipeline):
     self_consistency = _mart(pipeline["db"], "select * from fct_self_consistency")
     assert len(self_consistency) > 0
     for row in self_consistency.sample(n=min(40, len(self_consistency)), random_state=0).itertuples():
-        here = items[(items.model_size == row.model_size) & (items.seed == row.seed)
-                     & (items.step == row.step) & (items.task == row.task)]
+        here = items[
+            (items.model_size == row.model_size)
+            & (items.seed == row.seed)
+            & (items.step == row.step)
+            & (items.task == row.task)
+        ]
         reference = last.loc[(row.model_size, row.seed, row.task)].reindex(here["doc_id"]).to_numpy()
         expected = cohen_kappa_score(here["prediction"].to_numpy(), reference)
         if np.isnan(expected):
@@ -296,16 +315,21 @@ def test_probe_marts_match_numpy_and_sklearn_on_the_lake(pipeline):
     mart = _mart(pipeline["db"], "select * from fct_probe_consistency where metric = 'accuracy'")
     assert len(mart) == len(accuracy[["model_size", "step", "task", "layer"]].drop_duplicates())
     for row in mart.itertuples():
-        values = accuracy[(accuracy.model_size == row.model_size) & (accuracy.step == row.step)
-                          & (accuracy.task == row.task) & (accuracy.layer == row.layer)]["value"].to_numpy()
+        values = accuracy[
+            (accuracy.model_size == row.model_size)
+            & (accuracy.step == row.step)
+            & (accuracy.task == row.task)
+            & (accuracy.layer == row.layer)
+        ]["value"].to_numpy()
         assert row.n_runs == len(values)
         assert row.value_median == pytest.approx(np.median(values))
         assert row.value_q25 == pytest.approx(np.percentile(values, 25))
         assert row.value_q75 == pytest.approx(np.percentile(values, 75))
 
     predictions = pipeline["lake"].read(PROBE_PREDICTIONS).to_pandas()
-    wide = predictions.pivot_table(index=["model_size", "step", "task", "layer", "item_id"],
-                                   columns="seed", values="predicted", aggfunc="first")
+    wide = predictions.pivot_table(
+        index=["model_size", "step", "task", "layer", "item_id"], columns="seed", values="predicted", aggfunc="first"
+    )
     agreement = _mart(pipeline["db"], "select * from fct_probe_agreement")
     checked = 0
     for row in agreement.sample(n=min(60, len(agreement)), random_state=0).itertuples():

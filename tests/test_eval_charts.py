@@ -181,9 +181,7 @@ def header_labels(channel: dict[str, Any]) -> list[str]:
 
 
 def by_key(rows, panel):
-    return {
-        (r["task"], r["suite"], r["model_size"], r["step"]): r for r in rows if r["panel"] == panel
-    }
+    return {(r["task"], r["suite"], r["model_size"], r["step"]): r for r in rows if r["panel"] == panel}
 
 
 def test_performance_facets_are_the_expected_tasks_and_panels(perf_spec):

@@ -140,7 +140,7 @@ def test_inter_seed_agreement_matches_sklearn(evals):
     rows = query(evals.db, "select * from fct_inter_seed_agreement")
     found = by_key(rows, "suite", "model_size", "step", "task", "seed")
     expected_keys = set()
-    for (suite, size, seed, step, task) in items:
+    for suite, size, seed, step, task in items:
         if seed != min(SEEDS):
             expected_keys.add((suite, size, step, task, seed))
     assert set(found) == expected_keys
@@ -183,9 +183,7 @@ def test_ac1_and_raw_agreement_match_an_independent_computation(evals):
         ]
         # every pair has an AC1, also those whose κ is undefined
         assert row["mean_pairwise_ac1"] == pytest.approx(np.mean([gwet_ac1(*p) for p in pairs]))
-        assert row["mean_pairwise_observed_agreement"] == pytest.approx(
-            np.mean([np.mean(np.equal(*p)) for p in pairs])
-        )
+        assert row["mean_pairwise_observed_agreement"] == pytest.approx(np.mean([np.mean(np.equal(*p)) for p in pairs]))
     assert len({round(r["ac1"], 6) for r in rows}) > 5  # not a constant
 
     for row in query(evals.db, "select * from fct_self_consistency"):
@@ -200,7 +198,7 @@ def test_self_consistency_matches_sklearn(evals):
     rows = query(evals.db, "select * from fct_self_consistency")
     found = by_key(rows, "suite", "model_size", "seed", "step", "task")
     final_steps: dict[tuple, int] = {}
-    for (suite, size, seed, step, task) in items:
+    for suite, size, seed, step, task in items:
         run = (suite, size, seed, task)
         final_steps[run] = max(step, final_steps.get(run, step))
     expected_keys = {
@@ -260,7 +258,8 @@ def test_staging_marks_superseded_evaluations(evals):
     )
     assert not {r["extraction_id"] for r in visible} & evals.truth.invisible_ids
     origins = query(
-        evals.db, "select origin, count(distinct extraction_id) as n "
+        evals.db,
+        "select origin, count(distinct extraction_id) as n "
         "from staging.stg_lake__eval_results group by origin order by origin",
     )
     # 17 evaluated checkpoints plus the tied rerun; stale, newer and deduped ingests
@@ -270,8 +269,7 @@ def test_staging_marks_superseded_evaluations(evals):
 def test_integrity_findings_are_the_planted_ones(evals):
     rows = query(evals.db, "select * from fct_eval_integrity")
     found = {
-        (r["finding"], r["suite"], r["model_size"], r["seed"], r["step"], r["other_seed"], r["path"])
-        for r in rows
+        (r["finding"], r["suite"], r["model_size"], r["seed"], r["step"], r["other_seed"], r["path"]) for r in rows
     }
     assert len(rows) == len(found)
     assert found == evals.truth.eval_findings

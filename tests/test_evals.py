@@ -30,8 +30,13 @@ CPU = torch.device("cpu")
 # Independent of language.py's agreement code: gender and number per word, and the
 # reflexive each (gender, number) of an antecedent takes.
 FEATURES = {w.text: (w.pos, w.gender, w.number) for w in _LEXICON}
-REFLEXIVE = {("m", "sg"): "himself", ("f", "sg"): "herself",
-             ("m", "pl"): "themselves", ("f", "pl"): "themselves", (None, "pl"): "themselves"}
+REFLEXIVE = {
+    ("m", "sg"): "himself",
+    ("f", "sg"): "herself",
+    ("m", "pl"): "themselves",
+    ("f", "pl"): "themselves",
+    (None, "pl"): "themselves",
+}
 
 
 def subject_of(words: list[str]) -> str:
@@ -54,8 +59,10 @@ def tasks_dir(tmp_path_factory) -> Path:
 
 
 def make_suite(base: Path, **options) -> Suite:
-    return one_checkpoint_suite(base, {"evals": {"tasks": TASKS, "include_path": "tasks",
-                                                 "include_defaults": False, "batch_size": 16} | options})
+    return one_checkpoint_suite(
+        base,
+        {"evals": {"tasks": TASKS, "include_path": "tasks", "include_defaults": False, "batch_size": 16} | options},
+    )
 
 
 def extractor(suite: Suite):
@@ -159,11 +166,14 @@ def test_rows_and_metrics_match_an_independent_recomputation(evaluated, tasks_di
         by_task = {t: sorted((s for s in samples if s["task"] == t), key=lambda s: s["doc_id"]) for t in TASKS}
         assert all([s["doc_id"] for s in rows] == list(range(N_ITEMS)) for rows in by_task.values())
         value = {(r["task"], r["metric"]): r for r in results}
-        assert set(value) == {("micro_gender_agreement", "acc"), ("micro_lambada", "acc"),
-                              ("micro_lambada", "perplexity"), ("micro_verb_agreement", "acc"),
-                              ("micro_verb_agreement", "acc_norm")}
-        assert all(r["n_samples"] == N_ITEMS and r["num_fewshot"] == 0 and r["harness_version"]
-                   for r in results)
+        assert set(value) == {
+            ("micro_gender_agreement", "acc"),
+            ("micro_lambada", "acc"),
+            ("micro_lambada", "perplexity"),
+            ("micro_verb_agreement", "acc"),
+            ("micro_verb_agreement", "acc_norm"),
+        }
+        assert all(r["n_samples"] == N_ITEMS and r["num_fewshot"] == 0 and r["harness_version"] for r in results)
 
         for task in ("micro_gender_agreement", "micro_verb_agreement"):
             items = read_jsonl(tasks_dir / f"{task}.jsonl")
@@ -203,8 +213,10 @@ def test_reused_tasks_give_the_loglikelihoods_of_a_fresh_simple_evaluate(
     model = tiny_model(len(micro_tokenizer), 2)
     fresh = simple_evaluate(
         model=HFLM(pretrained=model, tokenizer=micro_tokenizer, batch_size=16),
-        tasks=TASKS, task_manager=TaskManager(include_path=str(workdir / "tasks"), include_defaults=False),
-        bootstrap_iters=0, log_samples=True,
+        tasks=TASKS,
+        task_manager=TaskManager(include_path=str(workdir / "tasks"), include_defaults=False),
+        bootstrap_iters=0,
+        log_samples=True,
     )
     ours = {(s["task"], s["doc_id"]): s for s in evaluated[1]["eval_samples"].to_pylist()}
     compared = 0
@@ -221,9 +233,7 @@ def test_reused_tasks_give_the_loglikelihoods_of_a_fresh_simple_evaluate(
     assert any(first[k]["choice_loglikelihoods"] != ours[k]["choice_loglikelihoods"] for k in ours)
 
 
-def test_few_shot_contexts_are_those_of_a_fresh_run_for_every_checkpoint(
-    workdir, micro_tokenizer, monkeypatch
-):
+def test_few_shot_contexts_are_those_of_a_fresh_run_for_every_checkpoint(workdir, micro_tokenizer, monkeypatch):
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -238,7 +248,10 @@ def test_few_shot_contexts_are_those_of_a_fresh_run_for_every_checkpoint(
     monkeypatch.chdir(workdir / "tasks")
     fresh = simple_evaluate(
         model=HFLM(pretrained=model, tokenizer=micro_tokenizer, batch_size=16),
-        tasks=["micro_verb_agreement"], num_fewshot=2, limit=8, bootstrap_iters=0,
+        tasks=["micro_verb_agreement"],
+        num_fewshot=2,
+        limit=8,
+        bootstrap_iters=0,
         task_manager=TaskManager(include_path=str(workdir / "tasks"), include_defaults=False),
     )
     expected = [[float(ll) for ll, _ in s["filtered_resps"]] for s in fresh["samples"]["micro_verb_agreement"]]
@@ -263,9 +276,18 @@ def test_bad_options_give_clear_errors(tmp_path, workdir, micro_tokenizer):
         extractor(make_suite(tmp_path, include_path="missing_folder"))
     with pytest.raises(ValueError, match="tasks"):
         make_suite(tmp_path, tasks=[])
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(
-        {"name": "t", "sizes": ["s"], "seeds": [0], "steps": {"all": [0]},
-         "checkpoints": {"local": "{size}"}, "extractors": {"evals": {"tasks": ["x"], "shots": 1}}}))
+    (tmp_path / "bad.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "sizes": ["s"],
+                "seeds": [0],
+                "steps": {"all": [0]},
+                "checkpoints": {"local": "{size}"},
+                "extractors": {"evals": {"tasks": ["x"], "shots": 1}},
+            }
+        )
+    )
     with pytest.raises(SuiteError, match="extractors.evals"):
         load_suite(tmp_path / "bad.yaml")
 
@@ -276,8 +298,10 @@ def test_include_path_tasks_load_from_any_working_directory(tmp_path, tasks_dir,
     folder.mkdir(parents=True)
     shutil.copyfile(tasks_dir / "micro_lambada.jsonl", folder / "items.jsonl")
     (folder / "_template_yaml").write_text(
-        (eval_tasks.TASKS_DIR / "micro_lambada.yaml").read_text()
-        .replace("task: micro_lambada\n", "").replace("micro_lambada.jsonl", "items.jsonl")
+        (eval_tasks.TASKS_DIR / "micro_lambada.yaml")
+        .read_text()
+        .replace("task: micro_lambada\n", "")
+        .replace("micro_lambada.jsonl", "items.jsonl")
     )
     (folder / "mine.yaml").write_text("include: _template_yaml\ntask: my_cloze\n")
     monkeypatch.chdir(tmp_path)
@@ -300,7 +324,10 @@ def test_include_path_yamls_get_absolute_data_files_and_keep_function_tags(tmp_p
     assert "!function 'utils.process'" in text or "!function utils.process" in text
     config = yaml.load(text.replace("!function", ""), Loader=yaml.SafeLoader)
     assert config["dataset_kwargs"]["data_files"]["test"] == [
-        str(tmp_path / "sub" / "a.jsonl"), str(tmp_path / "b.jsonl"), "/abs/c.jsonl", "hf://x/d.jsonl",
+        str(tmp_path / "sub" / "a.jsonl"),
+        str(tmp_path / "b.jsonl"),
+        "/abs/c.jsonl",
+        "hf://x/d.jsonl",
     ]
 
 

@@ -55,9 +55,17 @@ def state_of(seed: int, step: int) -> int:
 
 
 def planted_map() -> pd.DataFrame:
-    rows = [{"score": step / FINAL, "state": state_of(seed, step), "step": step, "seed": seed,
-             "group": "outlier" if seed == OUTLIER else "stable"}
-            for seed in range(5) for step in STEPS]
+    rows = [
+        {
+            "score": step / FINAL,
+            "state": state_of(seed, step),
+            "step": step,
+            "seed": seed,
+            "group": "outlier" if seed == OUTLIER else "stable",
+        }
+        for seed in range(5)
+        for step in STEPS
+    ]
     return pd.DataFrame(rows, index=range(100, 100 + len(rows)))
 
 
@@ -105,19 +113,27 @@ def test_the_outlier_is_flagged_at_its_first_departure_and_no_other_run_ever(war
 
 
 def test_at_each_step_the_forecast_reads_only_the_states_up_to_it(warehouse):
-    rows = query(warehouse, "select * from fct_stability_forecast where suite = 'clean' and signal = 'training_map'"
-                            " and seed = 0 order by step")
+    rows = query(
+        warehouse,
+        "select * from fct_stability_forecast where suite = 'clean' and signal = 'training_map'"
+        " and seed = 0 order by step",
+    )
     detail = {r["step"]: r for r in rows}
     # Before step 13000 no other run is in state 1: the outlier is alone there.
     assert detail[1000]["score"] == 1 and "visits state 1, which 1 of 5 runs" in _details(warehouse, 1000)
     # The return at 83000 is unknown at 82000 and a departure from 83000 on.
     assert "returns from" not in _details(warehouse, 82000)
-    assert "returns from state 4 to state 1 at step 83000, a transition no other run takes" in _details(warehouse, 83000)
+    assert "returns from state 4 to state 1 at step 83000, a transition no other run takes" in _details(
+        warehouse, 83000
+    )
 
 
 def _details(db: Path, step: int) -> str:
-    (row,) = query(db, "select departures from intermediate.int_outlier_training_map_departures "
-                       f"where suite = 'clean' and seed = 0 and horizon_step = {step}")
+    (row,) = query(
+        db,
+        "select departures from intermediate.int_outlier_training_map_departures "
+        f"where suite = 'clean' and seed = 0 and horizon_step = {step}",
+    )
     return row["departures"] or ""
 
 

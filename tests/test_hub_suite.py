@@ -20,15 +20,15 @@ from pathlib import Path
 import conllu
 import pyarrow.compute as pc
 import pytest
-from hub_english import DOCUMENTS, write_documents, write_eval_tasks
-from shared_inputs import SHARED
 from typer.testing import CliRunner
 
+from hub_english import DOCUMENTS, write_documents, write_eval_tasks
 from polypythias.cli import app
 from polypythias.extract.hub_fixture import PYTHIA_SHAPES, write_hub_suite
 from polypythias.extract.suite import load_suite
 from polypythias.warehouse.lake import Lake
 from polypythias.warehouse.schemas import MANIFEST, PROBE_RESULTS, TOKEN_STATS, WEIGHT_STATS
+from shared_inputs import SHARED
 
 TOKENIZER = SHARED / "fixtures" / "pythia-tokenizer" / "tokenizer.json"
 EWT = SHARED / "fixtures" / "ud-english-ewt"
@@ -71,17 +71,30 @@ def extracted(hub_cache, tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
     write_documents(work / "data" / "pile_val_sample.jsonl")
     write_eval_tasks(work / "tasks")
-    env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    common = ["extract", "--suite", "polypythias", "--lake", str(work / "lake"), "--no-progress",
-              *settings(work / "tasks")]
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(hub_cache),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    common = [
+        "extract",
+        "--suite",
+        "polypythias",
+        "--lake",
+        str(work / "lake"),
+        "--no-progress",
+        *settings(work / "tasks"),
+    ]
     runs = [
         [*common, "--sizes", "14m", "--seeds", "0,1,2", "--steps", "0,1000"],
         [*common, "--sizes", "70m", "--steps", "1000", "--seeds", "0", "--extractors", "weight_stats"],
     ]
     for arguments in runs:
-        done = subprocess.run([str(POLYPYTHIAS), *arguments], cwd=work, env=env,
-                              capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [str(POLYPYTHIAS), *arguments], cwd=work, env=env, capture_output=True, text=True, timeout=600
+        )
         assert done.returncode == 0, done.stdout + done.stderr
     return work
 
@@ -157,9 +170,7 @@ def test_probes_read_the_treebank_as_its_original_text(extracted):
     assert checked >= 5
 
 
-def test_status_reports_the_narrowed_grid_and_the_marts_build_and_the_report_draws(
-    extracted, tmp_path, monkeypatch
-):
+def test_status_reports_the_narrowed_grid_and_the_marts_build_and_the_report_draws(extracted, tmp_path, monkeypatch):
     monkeypatch.chdir(extracted)  # the preset's documents are relative to it
     runner = CliRunner()
     lake = str(extracted / "lake")

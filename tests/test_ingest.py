@@ -26,7 +26,10 @@ EXPECTED_RUNS = {
     "EleutherAI/pythia-v1.1-70m-deduped": ("polypythias-deduped", "70m", "deduped"),
     "EleutherAI/pythia-v1.1-160m-deduped": ("polypythias-deduped", "160m", "deduped"),
     "EleutherAI/intervention-pythia-v1.1-70m-deduped": (
-        "polypythias-intervention-deduped", "70m", "intervention-deduped"),
+        "polypythias-intervention-deduped",
+        "70m",
+        "intervention-deduped",
+    ),
 }
 
 
@@ -93,7 +96,11 @@ def test_named_checkpoints(pythia_lake):
     identity = {name: (r["suite"], r["model_size"], r["seed"], r["step"]) for name, r in files.items()}
     assert identity["70m-deduped_step3000.json"] == ("polypythias-deduped", "70m", 0, 3000)
     assert identity["intervention-70m-deduped_step134000.json"] == (
-        "polypythias-intervention-deduped", "70m", 0, 134000)
+        "polypythias-intervention-deduped",
+        "70m",
+        0,
+        134000,
+    )
     assert identity["160m_step0.json"] == ("polypythias", "160m", 0, 0)
     assert identity["160m-5shot_step93000.json"] == ("polypythias", "160m", 0, 93000)
     assert files["160m-5shot_step93000.json"]["num_fewshot"] == 5
@@ -239,7 +246,9 @@ def harness_output(tmp_path_factory):
     results = simple_evaluate(
         model=HFLM(pretrained=tiny_model(len(tokenizer), 3), tokenizer=tokenizer, batch_size=8),
         model_args=MODEL_ARGS,  # recorded in config as a real `--model_args` would be
-        tasks=["ingest_mc"], log_samples=True, bootstrap_iters=0,
+        tasks=["ingest_mc"],
+        log_samples=True,
+        bootstrap_iters=0,
         task_manager=TaskManager(include_path=str(tmp / "tasks"), include_defaults=False),
         evaluation_tracker=tracker,
     )
@@ -309,7 +318,9 @@ def test_04_model_args_as_dict_and_model_name(harness_output, tmp_path):
         (r["suite"], r["model_size"], r["seed"], r["step"], r["samples_files"] == [])
         for r in lake.read(EVAL_FILES).to_pylist()
     )
-    assert identities == Counter({
-        ("polypythias-deduped", "410m", 0, 64, True): 1,
-        ("polypythias", "14m", 3, 128, True): 1,
-    })
+    assert identities == Counter(
+        {
+            ("polypythias-deduped", "410m", 0, 64, True): 1,
+            ("polypythias", "14m", 3, 128, True): 1,
+        }
+    )

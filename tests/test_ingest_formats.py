@@ -29,33 +29,81 @@ WINOBIAS = FORMATS / "bias-evals" / "winobias"
 # What each file of the formats fixture is, written out by hand from the README and the
 # files: (suite, model_size, step, format).
 EXPECTED = {
-    "pythia-v0/pythia-1.4b-deduped/five-shot/pythia-1.4b-deduped-5shot-global_step11500_eval_results_12-30-2022-03-48-08.json":
-        ("polypythias-deduped-v0", "1.4b", 11500, "gpt-neox"),
-    "pythia-v0/pythia-70m/zero-shot/pythia-70m-0shot-global_step123000_eval_results_11-25-2022-05-54-21.json":
-        ("polypythias-v0", "70m", 123000, "gpt-neox"),
-    "pythia-v0/pythia-70m/zero-shot/pythia-70m-0shot-global_step103000_eval_results_11-25-2022-07-44-49.json":
-        ("polypythias-v0", "70m", 103000, "gpt-neox"),
-    "pythia-v0/pythia-70m/zero-shot/pythia-70m-0shot-global_step113000_eval_results_11-25-2022-07-58-32.json":
-        ("polypythias-v0", "70m", 113000, "gpt-neox"),
-    "pythia-v0/pythia-70m/zero-shot/pythia-70m-0shot-global_step123000_eval_results_11-25-2022-08-12-38.json":
-        ("polypythias-v0", "70m", 123000, "gpt-neox"),
+    "pythia-v0/pythia-1.4b-deduped/five-shot/pythia-1.4b-deduped-5shot-global_step11500_eval_results_12-30-2022-03-48-08.json": (
+        "polypythias-deduped-v0",
+        "1.4b",
+        11500,
+        "gpt-neox",
+    ),
+    "pythia-v0/pythia-70m/zero-shot/pythia-70m-0shot-global_step123000_eval_results_11-25-2022-05-54-21.json": (
+        "polypythias-v0",
+        "70m",
+        123000,
+        "gpt-neox",
+    ),
+    "pythia-v0/pythia-70m/zero-shot/pythia-70m-0shot-global_step103000_eval_results_11-25-2022-07-44-49.json": (
+        "polypythias-v0",
+        "70m",
+        103000,
+        "gpt-neox",
+    ),
+    "pythia-v0/pythia-70m/zero-shot/pythia-70m-0shot-global_step113000_eval_results_11-25-2022-07-58-32.json": (
+        "polypythias-v0",
+        "70m",
+        113000,
+        "gpt-neox",
+    ),
+    "pythia-v0/pythia-70m/zero-shot/pythia-70m-0shot-global_step123000_eval_results_11-25-2022-08-12-38.json": (
+        "polypythias-v0",
+        "70m",
+        123000,
+        "gpt-neox",
+    ),
     "pythia-v1/pythia-1b-bf16/zero-shot/1b-bf16-5shot_step128.json": ("polypythias-bf16", "1b", 128, "lm-eval-0.3"),
     "pythia-v1/pythia-1b-bf16/zero-shot/1b-bf16-5shot_step1000.json": ("polypythias-bf16", "1b", 1000, "lm-eval-0.3"),
-    "pythia-v1/pythia-70m-0.25MtokBS/five-shot/70m-0.25MtokBS_step1144000.json":
-        ("polypythias-0.25MtokBS", "70m", 1144000, "lm-eval-0.3"),
-    "pythia-v1/pythia-70m-0.25MtokBS/five-shot/70m-0.25MtokBS_step104000.json":
-        ("polypythias-0.25MtokBS", "70m", 104000, "lm-eval-0.3"),
-    "bias-evals/pythia-19m-deduped-step43000_eval_results_01-20-2023-15-59-07.json":
-        ("polypythias-deduped-v0", "70m", 43000, "gpt-neox"),
-    "bias-evals/long-intervention-1.3b-deduped-step61500_eval_results_01-23-2023-14-09-15.json":
-        ("polypythias-long-intervention-deduped-v0", "1.4b", 61500, "gpt-neox"),
-    "bias-evals/intervention-19m-deduped-step137000_eval_results_01-21-2023-21-02-18.json":
-        ("polypythias-intervention-deduped-v0", "70m", 137000, "gpt-neox"),
+    "pythia-v1/pythia-70m-0.25MtokBS/five-shot/70m-0.25MtokBS_step1144000.json": (
+        "polypythias-0.25MtokBS",
+        "70m",
+        1144000,
+        "lm-eval-0.3",
+    ),
+    "pythia-v1/pythia-70m-0.25MtokBS/five-shot/70m-0.25MtokBS_step104000.json": (
+        "polypythias-0.25MtokBS",
+        "70m",
+        104000,
+        "lm-eval-0.3",
+    ),
+    "bias-evals/pythia-19m-deduped-step43000_eval_results_01-20-2023-15-59-07.json": (
+        "polypythias-deduped-v0",
+        "70m",
+        43000,
+        "gpt-neox",
+    ),
+    "bias-evals/long-intervention-1.3b-deduped-step61500_eval_results_01-23-2023-14-09-15.json": (
+        "polypythias-long-intervention-deduped-v0",
+        "1.4b",
+        61500,
+        "gpt-neox",
+    ),
+    "bias-evals/intervention-19m-deduped-step137000_eval_results_01-21-2023-21-02-18.json": (
+        "polypythias-intervention-deduped-v0",
+        "70m",
+        137000,
+        "gpt-neox",
+    ),
     # The retrained (v1) 410m, named by today's size names.
-    "bias-evals/winobias/intervene_7/410M/eval_results_410m-deduped_134000.json":
-        ("polypythias-deduped", "410m", 134000, "prompt-source"),
-    "bias-evals/winobias/410M/eval_results_02-16-2023-00-59-19.json":
-        ("polypythias-deduped", "410m", 135000, "prompt-source"),
+    "bias-evals/winobias/intervene_7/410M/eval_results_410m-deduped_134000.json": (
+        "polypythias-deduped",
+        "410m",
+        134000,
+        "prompt-source",
+    ),
+    "bias-evals/winobias/410M/eval_results_02-16-2023-00-59-19.json": (
+        "polypythias-deduped",
+        "410m",
+        135000,
+        "prompt-source",
+    ),
 }
 
 
@@ -98,7 +146,12 @@ def test_each_format_lands_under_its_identity_with_every_value(release):
         path = FORMATS / relative
         record = files[str(path)]
         assert (record["suite"], record["model_size"], record["seed"], record["step"], record["format"]) == (
-            suite, size, 0, step, format_), relative
+            suite,
+            size,
+            0,
+            step,
+            format_,
+        ), relative
         document = json.loads(path.read_text())
         expected = expected_values(document)
         rows = {(r["task"], r["metric"]): r for r in results if r["extraction_id"] == record["extraction_id"]}
@@ -121,17 +174,25 @@ def test_prompt_source_rows_and_table_agree_and_prompts_stay_apart(release):
 
 def test_v0_and_v1_of_one_size_and_step_never_merge(release):
     lake, _ = release
-    at_123000 = {(r["suite"], r["variant"]) for r in lake.read(EVAL_FILES).to_pylist()
-                 if r["model_size"] == "70m" and r["step"] == 123000}
+    at_123000 = {
+        (r["suite"], r["variant"])
+        for r in lake.read(EVAL_FILES).to_pylist()
+        if r["model_size"] == "70m" and r["step"] == 123000
+    }
     assert at_123000 == {("polypythias-v0", "v0"), ("polypythias", "standard"), ("polypythias-deduped", "deduped")}
 
 
 def test_reruns_of_a_neox_checkpoint_are_ordered_by_the_time_in_their_names(release):
     lake, _ = release
-    times = {Path(r["path"]).name: r["evaluated_at"] for r in lake.read(EVAL_FILES).to_pylist()
-             if r["suite"] == "polypythias-v0" and r["step"] == 123000}
+    times = {
+        Path(r["path"]).name: r["evaluated_at"]
+        for r in lake.read(EVAL_FILES).to_pylist()
+        if r["suite"] == "polypythias-v0" and r["step"] == 123000
+    }
     assert {name[-24:-5]: time.strftime("%m-%d-%Y-%H-%M-%S") for name, time in times.items()} == {
-        "11-25-2022-05-54-21": "11-25-2022-05-54-21", "11-25-2022-08-12-38": "11-25-2022-08-12-38"}
+        "11-25-2022-05-54-21": "11-25-2022-05-54-21",
+        "11-25-2022-08-12-38": "11-25-2022-08-12-38",
+    }
 
 
 def test_findings_of_the_release(release):
@@ -139,18 +200,21 @@ def test_findings_of_the_release(release):
     findings = {Path(r["path"]).name: r["finding"] for r in lake.read(EVAL_FILES).to_pylist()}
     # The baseline's wandb group is named after the intervention experiment.
     assert findings["pythia-19m-deduped-step43000_eval_results_01-20-2023-15-59-07.json"] == (
-        "wandb_group '19M-intervention' says intervention but the run is standard")
+        "wandb_group '19M-intervention' says intervention but the run is standard"
+    )
     # Old size names in file and folder names agree with the architecture: no finding.
     assert findings[V0_FILE.name] is None
     # The names say five shots, the files' configurations zero.
     assert findings["pythia-1.4b-deduped-5shot-global_step11500_eval_results_12-30-2022-03-48-08.json"] == (
         "file name says 5-shot but the file's num_fewshot is 0; folder 'five-shot' says five-shot but the file's "
-        "num_fewshot is 0")
+        "num_fewshot is 0"
+    )
     assert findings["1b-bf16-5shot_step128.json"] == "file name says 5-shot but the file's num_fewshot is 0"
     assert findings["70m-0.25MtokBS_step104000.json"] is None  # five-shot folder, num_fewshot 5
     # A WinoBias file in an intervention folder whose run's name says no intervention.
     assert findings["eval_results_410m-deduped_134000.json"] == (
-        "folder 'intervene_7' says intervention but the file's run is no intervention")
+        "folder 'intervene_7' says intervention but the file's run is no intervention"
+    )
 
 
 # -- each identity rule, broken by a hand-made file ------------------------------------------
@@ -185,28 +249,49 @@ def test_the_size_comes_from_the_architecture(tmp_path):
     file = neox_file(tmp_path / "in", num_layers=12, hidden_size=768, num_attention_heads=12)
     record = ingested(tmp_path, file)
     assert (record["suite"], record["model_size"], record["step"]) == ("polypythias-v0", "160m", 103000)
-    assert "eval_results_prefix '19M-0shot-global_step103000' says size 70m but the architecture is 160m" in (
-        record["finding"])
+    assert (
+        "eval_results_prefix '19M-0shot-global_step103000' says size 70m but the architecture is 160m"
+        in (record["finding"])
+    )
 
 
 def test_without_an_architecture_old_size_names_give_the_size(tmp_path):
-    file = neox_file(tmp_path / "in", num_layers=None, hidden_size=None, num_attention_heads=None,
-                     eval_results_prefix="../x/125M-0shot", load="/ckpts/125M", save="/ckpts/125M",
-                     wandb_group="Pythia 125M new_abcd1234")
+    file = neox_file(
+        tmp_path / "in",
+        num_layers=None,
+        hidden_size=None,
+        num_attention_heads=None,
+        eval_results_prefix="../x/125M-0shot",
+        load="/ckpts/125M",
+        save="/ckpts/125M",
+        wandb_group="Pythia 125M new_abcd1234",
+    )
     record = ingested(tmp_path, file)
     assert (record["suite"], record["model_size"], record["finding"]) == ("polypythias-v0", "160m", None)
 
 
 def test_without_architecture_or_names_the_size_comes_from_the_path(tmp_path):
-    neox_file(tmp_path / "in" / "1.3B", num_layers=None, hidden_size=None, num_attention_heads=None,
-                     eval_results_prefix=None, load=None, save=None, wandb_group=None, config_files=None)
+    neox_file(
+        tmp_path / "in" / "1.3B",
+        num_layers=None,
+        hidden_size=None,
+        num_attention_heads=None,
+        eval_results_prefix=None,
+        load=None,
+        save=None,
+        wandb_group=None,
+        config_files=None,
+    )
     record = ingested(tmp_path, tmp_path / "in")
     assert (record["suite"], record["model_size"]) == ("polypythias-v0", "1.4b")
     assert record["finding"] == "size 1.4b from the path ('1.3B'): the file does not state it"
 
 
 def test_deduplication_comes_from_the_training_data(tmp_path):
-    deduped = ingested(tmp_path / "a", neox_file(tmp_path / "a", train_data_paths=["/fsx/pile_deduped/pile_0.87_deduped_text_document"]))
+    deduped = ingested(
+        tmp_path / "a",
+        neox_file(tmp_path / "a", train_data_paths=["/fsx/pile_deduped/pile_0.87_deduped_text_document"]),
+    )
     assert deduped["suite"] == "polypythias-deduped-v0"
     assert deduped["finding"] == "train_data_paths is the deduplicated Pile but no run name says dedup"
     # names that say dedup over the standard Pile: not deduplicated, and a finding
@@ -230,8 +315,9 @@ def test_run_kinds_come_from_the_run_name(tmp_path, prefix, suite):
 
 
 def test_today_s_size_names_are_no_v0_run(tmp_path):
-    file = neox_file(tmp_path / "in", eval_results_prefix="", load="/ckpts/70m", save="/ckpts/70m",
-                     wandb_group="v2-70m_abcd1234")
+    file = neox_file(
+        tmp_path / "in", eval_results_prefix="", load="/ckpts/70m", save="/ckpts/70m", wandb_group="v2-70m_abcd1234"
+    )
     assert ingested(tmp_path, file)["suite"] == "polypythias"
 
 
@@ -261,9 +347,11 @@ def lm_eval_file(folder: Path, model_args: str, results: dict | None = None) -> 
     """A minimal 0.3-format results file."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{len(list(folder.iterdir()))}.json"
-    document = {"results": results or {"arc_easy": {"acc": 0.5, "acc_stderr": 0.01}},
-                "versions": {"arc_easy": 0}, "config": {"model": "hf-causal", "model_args": model_args,
-                                                       "num_fewshot": 0}}
+    document = {
+        "results": results or {"arc_easy": {"acc": 0.5, "acc_stderr": 0.01}},
+        "versions": {"arc_easy": 0},
+        "config": {"model": "hf-causal", "model_args": model_args, "num_fewshot": 0},
+    }
     path.write_text(json.dumps(document))
     return path
 
@@ -292,14 +380,26 @@ def test_a_final_model_without_a_checkpoint_is_refused_unless_step_names_it(tmp_
 
 BAD_FILES = {
     # name: (content, reason, what the line says)
-    "nan.json": ('{"results": {"arc_easy": {"acc": NaN, "acc_stderr": 0.1}}, "versions": {}, "config": {}}',
-                 "non-finite value", "arc_easy acc is nan"),
-    "infinity.json": ('{"results": {"arc_easy": {"acc": Infinity}}, "versions": {}, "config": {}}',
-                      "non-finite value", "arc_easy acc is inf"),
-    "minus_infinity.json": ('{"results": {"arc_easy": {"acc": 0.5, "acc_stderr": -Infinity}}, "versions": {}, "config": {}}',
-                            "non-finite value", "arc_easy acc_stderr is -inf"),
-    "overflow.json": ('{"results": {"arc_easy": {"acc": 1e999}}, "versions": {}, "config": {}}',
-                      "non-finite value", "arc_easy acc is inf"),
+    "nan.json": (
+        '{"results": {"arc_easy": {"acc": NaN, "acc_stderr": 0.1}}, "versions": {}, "config": {}}',
+        "non-finite value",
+        "arc_easy acc is nan",
+    ),
+    "infinity.json": (
+        '{"results": {"arc_easy": {"acc": Infinity}}, "versions": {}, "config": {}}',
+        "non-finite value",
+        "arc_easy acc is inf",
+    ),
+    "minus_infinity.json": (
+        '{"results": {"arc_easy": {"acc": 0.5, "acc_stderr": -Infinity}}, "versions": {}, "config": {}}',
+        "non-finite value",
+        "arc_easy acc_stderr is -inf",
+    ),
+    "overflow.json": (
+        '{"results": {"arc_easy": {"acc": 1e999}}, "versions": {}, "config": {}}',
+        "non-finite value",
+        "arc_easy acc is inf",
+    ),
     "nested.json": ("[" * 100_000 + "]" * 100_000, "nested too deeply", "nested too deeply"),
     "latin1.json": (None, "not UTF-8 text", "not UTF-8"),
     "huge_step.json": (None, "step out of range", "out of range"),
@@ -309,8 +409,10 @@ BAD_FILES = {
 @pytest.fixture(scope="module")
 def bad_batch(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad")
-    good = [shutil.copy(PYTHIA_EVALS / "pythia-v1" / "pythia-160m" / "zero-shot" / name, folder / name)
-            for name in ("160m_step0.json", "160m_step4.json")]
+    good = [
+        shutil.copy(PYTHIA_EVALS / "pythia-v1" / "pythia-160m" / "zero-shot" / name, folder / name)
+        for name in ("160m_step0.json", "160m_step4.json")
+    ]
     template = json.loads((folder / "160m_step0.json").read_text())
     for name, (content, _, _) in BAD_FILES.items():
         if name == "latin1.json":
@@ -354,7 +456,9 @@ def test_the_summary_counts_failures_by_reason_and_skips_what_is_no_results(bad_
 
 
 def test_a_file_larger_than_results_files_are_fails_alone(tmp_path, monkeypatch):
-    good = shutil.copy(PYTHIA_EVALS / "pythia-v1" / "pythia-160m" / "zero-shot" / "160m_step0.json", tmp_path / "a.json")
+    good = shutil.copy(
+        PYTHIA_EVALS / "pythia-v1" / "pythia-160m" / "zero-shot" / "160m_step0.json", tmp_path / "a.json"
+    )
     big = tmp_path / "b.json"
     big.write_text(Path(good).read_text() + " " * 4096)
     monkeypatch.setattr(ingest_module, "MAX_RESULTS_FILE_BYTES", Path(good).stat().st_size + 1024)
@@ -366,8 +470,17 @@ def test_a_file_larger_than_results_files_are_fails_alone(tmp_path, monkeypatch)
 
 def test_every_error_line_is_short_even_for_a_kilobyte_model_args(tmp_path):
     # A NeoX-shaped file whose model_args is large and states nothing usable.
-    file = neox_file(tmp_path / "in", num_layers=None, hidden_size=None, num_attention_heads=None,
-                     eval_results_prefix=None, load=None, save=None, wandb_group=None, config_files=None)
+    file = neox_file(
+        tmp_path / "in",
+        num_layers=None,
+        hidden_size=None,
+        num_attention_heads=None,
+        eval_results_prefix=None,
+        load=None,
+        save=None,
+        wandb_group=None,
+        config_files=None,
+    )
     summary = ingest([file], Lake(tmp_path / "lake"))
     (failed,) = summary.of("failed")
     assert len(json.dumps(json.loads(file.read_text())["config"]["model_args"])) > 4000
@@ -377,8 +490,13 @@ def test_every_error_line_is_short_even_for_a_kilobyte_model_args(tmp_path):
 
 def test_a_deeply_nested_samples_line_fails_its_file_alone(tmp_path):
     stamp = "2024-01-01T00-00-00.000001"
-    document = {"results": {"t": {"alias": "t", "acc,none": 0.5}}, "n-shot": {"t": 0}, "date": 1.7e9,
-                "config": {"model_args": "pretrained=EleutherAI/pythia-14m,revision=step8"}, "lm_eval_version": "0.4.9"}
+    document = {
+        "results": {"t": {"alias": "t", "acc,none": 0.5}},
+        "n-shot": {"t": 0},
+        "date": 1.7e9,
+        "config": {"model_args": "pretrained=EleutherAI/pythia-14m,revision=step8"},
+        "lm_eval_version": "0.4.9",
+    }
     nested, good = tmp_path / "nested", tmp_path / "good"
     for folder in (nested, good):
         folder.mkdir()

@@ -86,13 +86,16 @@ def test_a_map_as_pandas_writes_it(tmp_path):
     first, the columns score, state, step, seed, then a group column."""
     import pandas as pd
 
-    frame = pd.DataFrame({
-        "score": [0.25, -1.0, 2.0, 0.5],
-        "state": [0, 1, 0, 2],
-        "step": [0, 1000, 0, 1000],
-        "seed": [1, 1, 2, 2],
-        "group": ["stable", "stable", "outlier", "outlier"],
-    }, index=[10, 11, 12, 13])
+    frame = pd.DataFrame(
+        {
+            "score": [0.25, -1.0, 2.0, 0.5],
+            "state": [0, 1, 0, 2],
+            "step": [0, 1000, 0, 1000],
+            "seed": [1, 1, 2, 2],
+            "group": ["stable", "stable", "outlier", "outlier"],
+        },
+        index=[10, 11, 12, 13],
+    )
     released = tmp_path / "released.tsv"
     frame.to_csv(released, sep="\t")
     assert released.read_text().startswith("\tscore\tstate\tstep\tseed\tgroup\n")
@@ -108,8 +111,20 @@ def test_a_map_as_pandas_writes_it(tmp_path):
     expected = sorted(zip(frame["seed"], frame["step"], frame["state"], frame["score"], strict=True))
     assert rows_of(lakes["released"], "pythia", "70m") == rows_of(lakes["clean"], "pythia", "70m") == expected
 
-    result = CliRunner().invoke(app, ["ingest", "training-map", str(released), "--suite", "pythia",
-                                      "--model-size", "70m", "--lake", str(tmp_path / "cli")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "ingest",
+            "training-map",
+            str(released),
+            "--suite",
+            "pythia",
+            "--model-size",
+            "70m",
+            "--lake",
+            str(tmp_path / "cli"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     (notice,) = [line for line in result.stderr.splitlines() if line.startswith("notice")]
     assert str(released) in notice and "'group'" in notice and "ignored" in notice
@@ -126,9 +141,16 @@ def test_a_map_as_pandas_writes_it(tmp_path):
         ("header-only.csv", "step,seed,state\n", "no rows after the header (line 1)"),
         ("no-state.tsv", "step\tseed\tscore\n0\t0\t1\n", "line 1: the header lacks state"),
         ("unnamed.csv", "step,,seed,state\n0,1,0,0\n", "line 1: column 2 has no name"),
-        ("not-an-index.csv", ",step,seed,state\nx,0,0,0\n", "line 2: the unnamed first column holds 'x', not a row index"),
-        ("huge-step.tsv", "step\tseed\tstate\n12345678901234567890123\t0\t0\n",
-         "line 2: step 12345678901234567890123 is out of range"),
+        (
+            "not-an-index.csv",
+            ",step,seed,state\nx,0,0,0\n",
+            "line 2: the unnamed first column holds 'x', not a row index",
+        ),
+        (
+            "huge-step.tsv",
+            "step\tseed\tstate\n12345678901234567890123\t0\t0\n",
+            "line 2: step 12345678901234567890123 is out of range",
+        ),
         ("huge-state.csv", "step,seed,state\n0,0,2147483648\n", "line 2: state 2147483648 is out of range"),
         ("infinite.csv", "step,seed,state,score\n0,0,0,inf\n", "line 2: score 'inf' is not a finite number"),
         ("minus-infinity.csv", "step,seed,state,score\n0,0,0,-Infinity\n", "line 2: score '-Infinity' is not a finite"),
@@ -142,7 +164,11 @@ def test_a_map_as_pandas_writes_it(tmp_path):
         ("nan.csv", "step,seed,state,score\n0,0,0,nan\n", "line 2: score 'nan' is not a finite number"),
         ("short.csv", "step,seed,state\n0,0,0\n\n1,0\n", "line 4: 2 fields, but the header has 3"),
         ("long.tsv", "step\tseed\tstate\n0\t0\t0\t7\n", "line 2: 4 fields, but the header has 3"),
-        ("duplicate.csv", "step,seed,state\n10,0,0\n10,1,0\n10,0,1\n", "line 4: seed 0 step 10 is already given on line 2"),
+        (
+            "duplicate.csv",
+            "step,seed,state\n10,0,0\n10,1,0\n10,0,1\n",
+            "line 4: seed 0 step 10 is already given on line 2",
+        ),
         ("quote.csv", 'step,seed,state\n0,0,"1\n', "line 2: malformed comma-separated line"),
     ],
 )
@@ -167,8 +193,15 @@ def test_a_file_that_is_not_text_or_not_there(tmp_path):
         read_training_map(tmp_path / "missing.tsv")
 
 
-@pytest.mark.parametrize(("suite", "size", "option"), [("../x", "70m", "--suite"), ("pythia", "a/b", "--model-size"),
-                                                      ("pythia", "size=1", "--model-size"), ("", "70m", "--suite")])
+@pytest.mark.parametrize(
+    ("suite", "size", "option"),
+    [
+        ("../x", "70m", "--suite"),
+        ("pythia", "a/b", "--model-size"),
+        ("pythia", "size=1", "--model-size"),
+        ("", "70m", "--suite"),
+    ],
+)
 def test_unsafe_suite_or_size_is_refused(tmp_path, suite, size, option):
     file = tmp_path / "map.csv"
     file.write_text("step,seed,state\n0,0,0\n")
@@ -248,8 +281,9 @@ def test_the_command_line_refuses_bad_values_in_one_line(tmp_path, content, prob
     else:
         file.write_text(content)
     lake = tmp_path / "lake"
-    result = CliRunner().invoke(app, ["ingest", "training-map", str(file), "--suite", "pythia", "--model-size", "70m",
-                                      "--lake", str(lake)])
+    result = CliRunner().invoke(
+        app, ["ingest", "training-map", str(file), "--suite", "pythia", "--model-size", "70m", "--lake", str(lake)]
+    )
     assert result.exit_code == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"failed {file}") and problem in line and len(line) <= 200, line

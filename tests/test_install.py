@@ -25,9 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(*args, cwd: Path | None = None, env: dict | None = None) -> str:
-    result = subprocess.run(
-        [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, check=False
-    )
+    result = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
     assert result.returncode == 0, f"{args[:3]} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 
@@ -47,8 +45,19 @@ def installed(tmp_path_factory) -> Path:
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             (source / name).write_bytes((REPO / name).read_bytes())
     wheels = work / "wheels"
-    log = _run(sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-index",
-               "--no-build-isolation", "--wheel-dir", wheels, source)
+    log = _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-v",
+        "--no-deps",
+        "--no-index",
+        "--no-build-isolation",
+        "--wheel-dir",
+        wheels,
+        source,
+    )
     # No packaging warning of setuptools (its "byte-compiling is disabled" notes are not).
     assert "Warning" not in log and "!!" not in log, log
     (wheel,) = wheels.glob("polypythias-*.whl")
@@ -59,8 +68,7 @@ def installed(tmp_path_factory) -> Path:
     fresh_site = Path(_run(fresh_python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").strip())
     # The dependencies come from the test environment, after the fresh one's own packages.
     (fresh_site / "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    _run(sys.executable, "-m", "pip", "--python", fresh_python, "install", "--no-deps", "--no-index",
-         "--quiet", wheel)
+    _run(sys.executable, "-m", "pip", "--python", fresh_python, "install", "--no-deps", "--no-index", "--quiet", wheel)
     return fresh / "bin" / "polypythias"
 
 

@@ -26,8 +26,17 @@ def _log(extraction_id: str, steps=(3, 1, 2)) -> pa.Table:
 
 @pytest.mark.parametrize(
     ("column", "value"),
-    [("model_size", "../etc"), ("model_size", "a/b"), ("suite", "x=1"), ("suite", ""),
-     ("suite", ".hidden"), ("seed", -1), ("step", "3"), ("seed", True), ("nope", "x")],
+    [
+        ("model_size", "../etc"),
+        ("model_size", "a/b"),
+        ("suite", "x=1"),
+        ("suite", ""),
+        ("suite", ".hidden"),
+        ("seed", -1),
+        ("step", "3"),
+        ("seed", True),
+        ("nope", "x"),
+    ],
 )
 def test_unsafe_partition_values_are_refused(column, value):
     with pytest.raises(LakeError):
@@ -60,14 +69,16 @@ def test_rows_are_sorted_by_every_key_column(tmp_path, order):
     # suite_grid sorts by (model_size, seed, step, extractor): ties on the first keys.
     rows = [("1m", 0, 0, "a"), ("1m", 0, 1, "a"), ("1m", 1, 0, "a"), ("1m", 1, 0, "b"), ("2m", 0, 0, "a")]
     shuffled = [rows[i] for i in order]
-    table = pa.table({
-        "extraction_id": ["x"] * len(rows),
-        "model_size": [r[0] for r in shuffled],
-        "seed": [r[1] for r in shuffled],
-        "step": [r[2] for r in shuffled],
-        "extractor": [r[3] for r in shuffled],
-        "source": [f"{r}" for r in shuffled],
-    })
+    table = pa.table(
+        {
+            "extraction_id": ["x"] * len(rows),
+            "model_size": [r[0] for r in shuffled],
+            "seed": [r[1] for r in shuffled],
+            "step": [r[2] for r in shuffled],
+            "extractor": [r[3] for r in shuffled],
+            "source": [f"{r}" for r in shuffled],
+        }
+    )
     path = Lake(tmp_path).write(SUITE_GRID, {"suite": "micro"}, new_extraction_id(), table)
     written = pq.read_table(path)
     assert written["source"].to_pylist() == [f"{r}" for r in rows]

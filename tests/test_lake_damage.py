@@ -109,8 +109,12 @@ def test_a_deleted_data_file_is_found_everywhere_and_redone(copy):
     db = copy / "w.duckdb"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DBT_INDIRECT_SELECTION", "cautious")
-        build(str(copy / "lake"), db, select="+dim_checkpoints +fct_checkpoint_integrity +fct_loss_consistency",
-              unit_tests=False)
+        build(
+            str(copy / "lake"),
+            db,
+            select="+dim_checkpoints +fct_checkpoint_integrity +fct_loss_consistency",
+            unit_tests=False,
+        )
     with duckdb.connect(str(db), read_only=True) as con:
         checkpoint = con.execute(
             "select has_token_stats, has_weight_stats, is_present from dim_checkpoints where seed = 1 and step = 2"
@@ -207,8 +211,12 @@ def _build_exits_cleanly(root: Path, what: str) -> None:
         Lake(root / "lake").check_schema_versions()
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("DBT_INDIRECT_SELECTION", "cautious")
-            build(str(root / "lake"), root / "w.duckdb", select="+dim_checkpoints +fct_checkpoint_integrity",
-                  unit_tests=False)
+            build(
+                str(root / "lake"),
+                root / "w.duckdb",
+                select="+dim_checkpoints +fct_checkpoint_integrity",
+                unit_tests=False,
+            )
     except (LakeError, DbtBuildError) as error:  # refused, with a message naming the file
         assert str(root / "lake") in str(error), (what, str(error))
         return

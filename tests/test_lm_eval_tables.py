@@ -50,10 +50,19 @@ def test_every_pythia_file_converts_to_its_numbers():
 def test_hand_written_04_document():
     document = {
         "results": {
-            "arc_easy": {"alias": "arc_easy", "acc,none": 0.5, "acc_stderr,none": 0.1,
-                         "acc_norm,none": 0.25, "acc_norm_stderr,none": "N/A"},
-            "gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.125,
-                      "exact_match_stderr,strict-match": 0.01, "sample_len": 8},
+            "arc_easy": {
+                "alias": "arc_easy",
+                "acc,none": 0.5,
+                "acc_stderr,none": 0.1,
+                "acc_norm,none": 0.25,
+                "acc_norm_stderr,none": "N/A",
+            },
+            "gsm8k": {
+                "alias": "gsm8k",
+                "exact_match,strict-match": 0.125,
+                "exact_match_stderr,strict-match": 0.01,
+                "sample_len": 8,
+            },
         },
         "versions": {"arc_easy": 1.0, "gsm8k": 3},
         "n-shot": {"arc_easy": 0, "gsm8k": 5},
@@ -63,8 +72,11 @@ def test_hand_written_04_document():
     }
     assert detect_format(document) == "lm-eval-0.4"
     rows = {(r["task"], r["metric"], r["filter"]): r for r in results_table(document, WHEN).to_pylist()}
-    assert set(rows) == {("arc_easy", "acc", "none"), ("arc_easy", "acc_norm", "none"),
-                         ("gsm8k", "exact_match", "strict-match")}
+    assert set(rows) == {
+        ("arc_easy", "acc", "none"),
+        ("arc_easy", "acc_norm", "none"),
+        ("gsm8k", "exact_match", "strict-match"),
+    }
     acc = rows[("arc_easy", "acc", "none")]
     assert (acc["value"], acc["stderr"], acc["n_samples"], acc["num_fewshot"]) == (0.5, 0.1, 40, 0)
     assert acc["task_version"] == "1.0" and acc["harness_version"] == "0.4.9"
@@ -76,14 +88,24 @@ def test_hand_written_04_document():
 
 def test_samples_from_jsonl_strings_and_from_memory_agree():
     in_memory = {
-        "doc_id": 3, "doc_hash": "h", "target": 1, "filter": "none",
+        "doc_id": 3,
+        "doc_hash": "h",
+        "target": 1,
+        "filter": "none",
         "filtered_resps": [(-1.5, False), (-0.5, True), (-2.0, False)],
-        "metrics": ["acc", "acc_norm"], "acc": 1.0, "acc_norm": 0.0,
+        "metrics": ["acc", "acc_norm"],
+        "acc": 1.0,
+        "acc_norm": 0.0,
     }
     # lm-eval's JSONL writer turns the (loglikelihood, is_greedy) tuples into strings.
-    from_file = json.loads(json.dumps(in_memory | {
-        "filtered_resps": [["-1.5", "False"], ["-0.5", "True"], ["-2.0", "False"]],
-    }))
+    from_file = json.loads(
+        json.dumps(
+            in_memory
+            | {
+                "filtered_resps": [["-1.5", "False"], ["-0.5", "True"], ["-2.0", "False"]],
+            }
+        )
+    )
     rows = [samples_table("t", [s], 0).to_pylist()[0] for s in (in_memory, from_file)]
     assert rows[0] == rows[1]
     row = rows[0]
@@ -91,8 +113,9 @@ def test_samples_from_jsonl_strings_and_from_memory_agree():
     assert row["choice_is_greedy"] == [False, True, False]
     assert (row["predicted"], row["target_index"], row["target"]) == (1, 1, "1")
     assert dict(row["metrics"]) == {"acc": 1.0, "acc_norm": 0.0}
-    cloze = samples_table("c", [{"doc_id": 0, "target": " him", "filtered_resps": [(-0.25, True)],
-                                 "metrics": ["acc"], "acc": True}], 0).to_pylist()[0]
+    cloze = samples_table(
+        "c", [{"doc_id": 0, "target": " him", "filtered_resps": [(-0.25, True)], "metrics": ["acc"], "acc": True}], 0
+    ).to_pylist()[0]
     assert cloze["predicted"] is None and cloze["target_index"] is None
     assert cloze["choice_loglikelihoods"] == [-0.25] and dict(cloze["metrics"]) == {"acc": 1.0}
 
@@ -114,7 +137,9 @@ def test_real_harness_output_read_back_from_its_files(tmp_path):
         yaml_file.write_text(text)
     results = simple_evaluate(
         model=HFLM(pretrained=tiny_model(len(tokenizer), 4), tokenizer=tokenizer, batch_size=8),
-        tasks=list(eval_tasks.TASK_NAMES), log_samples=True, bootstrap_iters=100,
+        tasks=list(eval_tasks.TASK_NAMES),
+        log_samples=True,
+        bootstrap_iters=100,
         task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
     )
     tracker = EvaluationTracker(output_path=str(tmp_path / "out"))

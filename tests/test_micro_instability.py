@@ -9,6 +9,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from polypythias.cli import app
 from polypythias.extract.micro.train import (
     DEMO_INSTABILITY,
     Instability,
@@ -16,10 +20,6 @@ from polypythias.extract.micro.train import (
     _shuffle_tokens,
     train_suite,
 )
-from safetensors.torch import load_file
-from typer.testing import CliRunner
-
-from polypythias.cli import app
 
 SEEDS = [0, 1, 2]
 LR_SPIKE = Instability("200k", 1, "lr_spike", start_step=9, n_steps=4, factor=50.0)
@@ -28,9 +28,16 @@ SHUFFLE = Instability("200k", 2, "shuffled_tokens", start_step=9, n_steps=4)
 
 def tiny_config(**overrides) -> TrainConfig:
     settings = {
-        "sizes": ["200k"], "seeds": SEEDS, "total_steps": 16, "n_linear": 2,
-        "warmup_fraction": 1 / 8, "batch_size": 8, "seq_len": 32, "corpus_docs": 300,
-        "eval_docs": 5, "workers": 1,
+        "sizes": ["200k"],
+        "seeds": SEEDS,
+        "total_steps": 16,
+        "n_linear": 2,
+        "warmup_fraction": 1 / 8,
+        "batch_size": 8,
+        "seq_len": 32,
+        "corpus_docs": 300,
+        "eval_docs": 5,
+        "workers": 1,
     }
     return TrainConfig(**(settings | overrides))
 
@@ -59,12 +66,15 @@ def run_files(root: Path, seed: int) -> dict[str, bytes]:
 # -- specs ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    ("1m:4:lr_spike@96+16x30", Instability("1m", 4, "lr_spike", 96, 16, 30.0)),
-    ("200k:1:shuffled_tokens@64+32", Instability("200k", 1, "shuffled_tokens", 64, 32, 1.0)),
-    (" 3m:12:lr_spike@1+1x2.5 ", Instability("3m", 12, "lr_spike", 1, 1, 2.5)),
-    ("1m:0:lr_spike@5+3x1e2", Instability("1m", 0, "lr_spike", 5, 3, 100.0)),
-])
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("1m:4:lr_spike@96+16x30", Instability("1m", 4, "lr_spike", 96, 16, 30.0)),
+        ("200k:1:shuffled_tokens@64+32", Instability("200k", 1, "shuffled_tokens", 64, 32, 1.0)),
+        (" 3m:12:lr_spike@1+1x2.5 ", Instability("3m", 12, "lr_spike", 1, 1, 2.5)),
+        ("1m:0:lr_spike@5+3x1e2", Instability("1m", 0, "lr_spike", 5, 3, 100.0)),
+    ],
+)
 def test_spec_parses_and_round_trips(spec, expected):
     parsed = Instability.parse(spec)
     assert parsed == expected
@@ -72,33 +82,41 @@ def test_spec_parses_and_round_trips(spec, expected):
     assert parsed.end_step == expected.start_step + expected.n_steps - 1
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("garbage", "expected SIZE:SEED:KIND@START+STEPS[xFACTOR]"),
-    ("1m:4:lr_spike@96", "expected SIZE:SEED:KIND@START+STEPS[xFACTOR]"),
-    ("1m:-1:lr_spike@96+16x30", "expected SIZE:SEED:KIND@START+STEPS[xFACTOR]"),
-    ("1m:4:lr_spike@96+16x", "expected SIZE:SEED:KIND@START+STEPS[xFACTOR]"),
-    ("1m:4:lr_spike@96+16", "needs a learning-rate factor > 1"),
-    ("1m:4:lr_spike@96+16x0.5", "needs a learning-rate factor > 1"),
-    ("1m:4:shuffled_tokens@96+16x3", "shuffled_tokens takes no factor"),
-    ("1m:4:nan_storm@96+16", "unknown instability kind 'nan_storm'"),
-    ("9m:4:lr_spike@96+16x30", "unknown model size '9m'"),
-    ("1m:4:lr_spike@0+16x30", "start_step must be an integer >= 1"),
-    ("1m:4:lr_spike@5+0x30", "n_steps must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("garbage", "expected SIZE:SEED:KIND@START+STEPS[xFACTOR]"),
+        ("1m:4:lr_spike@96", "expected SIZE:SEED:KIND@START+STEPS[xFACTOR]"),
+        ("1m:-1:lr_spike@96+16x30", "expected SIZE:SEED:KIND@START+STEPS[xFACTOR]"),
+        ("1m:4:lr_spike@96+16x", "expected SIZE:SEED:KIND@START+STEPS[xFACTOR]"),
+        ("1m:4:lr_spike@96+16", "needs a learning-rate factor > 1"),
+        ("1m:4:lr_spike@96+16x0.5", "needs a learning-rate factor > 1"),
+        ("1m:4:shuffled_tokens@96+16x3", "shuffled_tokens takes no factor"),
+        ("1m:4:nan_storm@96+16", "unknown instability kind 'nan_storm'"),
+        ("9m:4:lr_spike@96+16x30", "unknown model size '9m'"),
+        ("1m:4:lr_spike@0+16x30", "start_step must be an integer >= 1"),
+        ("1m:4:lr_spike@5+0x30", "n_steps must be an integer >= 1"),
+    ],
+)
 def test_bad_spec_is_a_clear_error(spec, message):
     with pytest.raises(ValueError, match="^(bad instability spec|instability|unknown)") as error:
         Instability.parse(spec)
     assert message in str(error.value)
 
 
-@pytest.mark.parametrize(("instabilities", "message"), [
-    ([Instability("1m", 0, "lr_spike", 1, 1, 2.0)], "size '1m' is not in the suite"),
-    ([Instability("200k", 7, "lr_spike", 1, 1, 2.0)], "seed 7 is not in the suite"),
-    ([Instability("200k", 0, "lr_spike", 17, 1, 2.0)], "must lie within 1..16"),
-    ([Instability("200k", 0, "lr_spike", 14, 4, 2.0)], "steps 14 to 17 must lie within 1..16"),
-    ([Instability("200k", 0, "lr_spike", 2, 4, 2.0), Instability("200k", 0, "lr_spike", 5, 2, 3.0)],
-     "overlap in the same run"),
-])
+@pytest.mark.parametrize(
+    ("instabilities", "message"),
+    [
+        ([Instability("1m", 0, "lr_spike", 1, 1, 2.0)], "size '1m' is not in the suite"),
+        ([Instability("200k", 7, "lr_spike", 1, 1, 2.0)], "seed 7 is not in the suite"),
+        ([Instability("200k", 0, "lr_spike", 17, 1, 2.0)], "must lie within 1..16"),
+        ([Instability("200k", 0, "lr_spike", 14, 4, 2.0)], "steps 14 to 17 must lie within 1..16"),
+        (
+            [Instability("200k", 0, "lr_spike", 2, 4, 2.0), Instability("200k", 0, "lr_spike", 5, 2, 3.0)],
+            "overlap in the same run",
+        ),
+    ],
+)
 def test_config_validates_instabilities(instabilities, message):
     with pytest.raises(ValueError, match="instabilit") as error:
         tiny_config(instabilities=instabilities)
@@ -152,8 +170,7 @@ def test_uninjected_run_is_bit_identical(twins):
     for name, data in plain_files.items():
         assert hashlib.sha256(data).digest() == hashlib.sha256(injected_files[name]).digest(), name
     last = max(int(p.name[4:]) for p in (plain_dir / "200k" / "seed0").glob("step*"))
-    a, b = (load_file(d / "200k" / "seed0" / f"step{last}" / "model.safetensors")
-            for d in (plain_dir, injected_dir))
+    a, b = (load_file(d / "200k" / "seed0" / f"step{last}" / "model.safetensors") for d in (plain_dir, injected_dir))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert plain[0].equals(injected[0])
     # The suite-level files do not mention the injection either.
@@ -172,20 +189,27 @@ def test_run_json_records_the_injection(twins):
     plain_dir, _, injected_dir, _ = twins
     for item in (LR_SPIKE, SHUFFLE):
         info = json.loads((injected_dir / "200k" / f"seed{item.seed}" / "run.json").read_text())
-        assert info["injected_instability"] == [{
-            "size": "200k", "seed": item.seed, "kind": item.kind, "start_step": item.start_step,
-            "n_steps": item.n_steps, "factor": item.factor, "end_step": item.end_step, "spec": item.spec(),
-        }]
+        assert info["injected_instability"] == [
+            {
+                "size": "200k",
+                "seed": item.seed,
+                "kind": item.kind,
+                "start_step": item.start_step,
+                "n_steps": item.n_steps,
+                "factor": item.factor,
+                "end_step": item.end_step,
+                "spec": item.spec(),
+            }
+        ]
         assert "instabilities" not in info["train"]
         plain_info = json.loads((plain_dir / "200k" / f"seed{item.seed}" / "run.json").read_text())
         assert "injected_instability" not in plain_info
-    assert "injected_instability" not in json.loads(
-        (injected_dir / "200k" / "seed0" / "run.json").read_text())
+    assert "injected_instability" not in json.loads((injected_dir / "200k" / "seed0" / "run.json").read_text())
 
 
 def column(log: pa.Table, name: str, first: int, last: int) -> list[float]:
     """Values of steps first..last (1-based, inclusive)."""
-    return log.column(name).to_pylist()[first - 1:last]
+    return log.column(name).to_pylist()[first - 1 : last]
 
 
 def test_lr_spike_shows_in_the_log(twins):
@@ -223,9 +247,28 @@ def test_cli_rejects_bad_specs_before_training(tmp_path):
         ("1m:0:lr_spike@4+2x10", "size '1m' is not in the suite"),
         ("200k:0:lr_spike@20+2x10", "must lie within 1..16"),
     ]:
-        result = runner.invoke(app, ["micro", "train", "--out", str(out), "--sizes", "200k", "--seeds", "2",
-                                     "--steps", "16", "--lake", str(tmp_path / "lake"), "--no-progress",
-                                     "--inject", "200k:1:shuffled_tokens@2+2", "--inject", spec])
+        result = runner.invoke(
+            app,
+            [
+                "micro",
+                "train",
+                "--out",
+                str(out),
+                "--sizes",
+                "200k",
+                "--seeds",
+                "2",
+                "--steps",
+                "16",
+                "--lake",
+                str(tmp_path / "lake"),
+                "--no-progress",
+                "--inject",
+                "200k:1:shuffled_tokens@2+2",
+                "--inject",
+                spec,
+            ],
+        )
         assert result.exit_code == 2, result.output
         assert message in " ".join(result.output.split()), result.output
     assert not out.exists()
@@ -235,6 +278,11 @@ def test_cli_help_documents_the_spec():
     result = CliRunner().invoke(app, ["micro", "train", "--help"], env={"COLUMNS": "240"})
     text = " ".join(result.output.replace("│", " ").split())  # unwrapped from rich's panel
     assert result.exit_code == 0
-    for needle in ("--inject", "SIZE:SEED:KIND@START+STEPS[xFACTOR]", "lr_spike", "shuffled_tokens",
-                   "1m:4:lr_spike@96+16x30"):
+    for needle in (
+        "--inject",
+        "SIZE:SEED:KIND@START+STEPS[xFACTOR]",
+        "lr_spike",
+        "shuffled_tokens",
+        "1m:4:lr_spike@96+16x30",
+    ):
         assert needle in text, needle

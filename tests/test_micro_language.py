@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from transformers import AutoTokenizer
+
 from polypythias.extract.micro.language import (
     POS_TAGS,
     Grammar,
@@ -14,7 +16,6 @@ from polypythias.extract.micro.language import (
     reflexive_for,
 )
 from polypythias.extract.micro.tokenizer import build_tokenizer
-from transformers import AutoTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +140,7 @@ def test_tokenizer_round_trip(tmp_path):
     reloaded = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
     assert reloaded(doc.text)["input_ids"] == ids
     assert reloaded.get_vocab() == tokenizer.get_vocab()
-    assert (reloaded.eos_token, reloaded.pad_token, reloaded.unk_token) == (
-        "<|endoftext|>", "<|padding|>", "<unk>")
+    assert (reloaded.eos_token, reloaded.pad_token, reloaded.unk_token) == ("<|endoftext|>", "<|padding|>", "<unk>")
     assert reloaded.model_max_length == 128
 
 

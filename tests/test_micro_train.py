@@ -11,6 +11,8 @@ import pyarrow as pa
 import pytest
 import torch
 import yaml
+from transformers import AutoTokenizer, GPTNeoXForCausalLM
+
 from polypythias.extract.micro import probe_tasks
 from polypythias.extract.micro.language import Grammar
 from polypythias.extract.micro.train import (
@@ -22,7 +24,6 @@ from polypythias.extract.micro.train import (
     pythia_style_steps,
     train_suite,
 )
-from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +32,16 @@ VOCAB_SIZE = len(Grammar().vocabulary()) + 3
 
 def tiny_config(**overrides) -> TrainConfig:
     settings = {
-        "sizes": ["200k"], "seeds": [0, 1], "total_steps": 24, "n_linear": 2,
-        "warmup_fraction": 1 / 6, "batch_size": 8, "seq_len": 32, "corpus_docs": 300,
-        "eval_docs": 5, "workers": 1,
+        "sizes": ["200k"],
+        "seeds": [0, 1],
+        "total_steps": 24,
+        "n_linear": 2,
+        "warmup_fraction": 1 / 6,
+        "batch_size": 8,
+        "seq_len": 32,
+        "corpus_docs": 300,
+        "eval_docs": 5,
+        "workers": 1,
     }
     return TrainConfig(**(settings | overrides))
 
@@ -93,9 +101,14 @@ def test_learning_rate_warms_up_then_decays():
 def test_bad_config_is_refused(tmp_path):
     with pytest.raises(ValueError, match="known sizes: 200k, 1m"):
         TrainConfig(sizes=["70m"])
-    for bad in [{"seeds": [0, 0]}, {"seeds": []}, {"seq_len": 1000},
-                {"eval_seed": 1234, "data_seed": 1234}, {"warmup_fraction": 1.0},
-                {"probe_seed": 1234 - probe_tasks.SEED_OFFSETS["pos_test"]}]:
+    for bad in [
+        {"seeds": [0, 0]},
+        {"seeds": []},
+        {"seq_len": 1000},
+        {"eval_seed": 1234, "data_seed": 1234},
+        {"warmup_fraction": 1.0},
+        {"probe_seed": 1234 - probe_tasks.SEED_OFFSETS["pos_test"]},
+    ]:
         with pytest.raises(ValueError):
             TrainConfig(**bad)
     config = TrainConfig()
@@ -128,7 +141,10 @@ def test_suite_layout(suite):
         "checkpoints": {"local": "{size}/seed{seed}/step{step}", "tokenizer": "tokenizer"},
         "extractors": {
             "token_stats": {
-                "steps": "all", "documents": "eval/documents.jsonl", "top_k": 10, "batch_size": 64,
+                "steps": "all",
+                "documents": "eval/documents.jsonl",
+                "top_k": 10,
+                "batch_size": 64,
             },
             "weight_stats": {"steps": "all"},
             "evals": {
@@ -141,11 +157,18 @@ def test_suite_layout(suite):
             "probes": {
                 "steps": "eval_grid",
                 "tasks": {
-                    "pos": {"format": "conllu", "field": "upos",
-                            "train": "probe/pos_train.conllu", "test": "probe/pos_test.conllu"},
-                    "antecedent": {"format": "jsonl-text", "pool": "last",
-                                   "train": "probe/antecedent_train.jsonl",
-                                   "test": "probe/antecedent_test.jsonl"},
+                    "pos": {
+                        "format": "conllu",
+                        "field": "upos",
+                        "train": "probe/pos_train.conllu",
+                        "test": "probe/pos_test.conllu",
+                    },
+                    "antecedent": {
+                        "format": "jsonl-text",
+                        "pool": "last",
+                        "train": "probe/antecedent_train.jsonl",
+                        "test": "probe/antecedent_test.jsonl",
+                    },
                 },
                 "batch_size": 128,
             },
@@ -160,7 +183,8 @@ def test_suite_layout(suite):
     for seed in config.seeds:
         run = out / "200k" / f"seed{seed}"
         assert sorted(p.name for p in run.iterdir()) == sorted(
-            ["run.json"] + [f"step{s}" for s in config.checkpoint_steps])
+            ["run.json"] + [f"step{s}" for s in config.checkpoint_steps]
+        )
         info = json.loads((run / "run.json").read_text())
         assert (info["size"], info["seed"], info["train"]["total_steps"]) == ("200k", seed, 24)
         assert info["train"]["learning_rate"] == config.learning_rate
@@ -202,8 +226,7 @@ def test_training_is_deterministic(suite, tmp_path):
     first, again = weight_hashes(out), weight_hashes(tmp_path)
     assert len(first) == 2 * 7 and first == again
     for step in (0, 24):  # another seed: other initial weights, other data order
-        assert first[f"200k/seed0/step{step}/model.safetensors"] != first[
-            f"200k/seed1/step{step}/model.safetensors"]
+        assert first[f"200k/seed0/step{step}/model.safetensors"] != first[f"200k/seed1/step{step}/model.safetensors"]
 
 
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path):

@@ -97,9 +97,7 @@ def test_workers_share_the_suite_and_extract_side_by_side(micro, tmp_path):
     assert set(attempts) == {(*c, e) for c in expected for e in ("token_stats", "weight_stats")}
     assert all(statuses == ["success"] for statuses in attempts.values())
     # One process runs its extractors one after another; two workers overlap in time.
-    runs = sorted(
-        (row["started_at"], row["finished_at"]) for row in Lake(lake).read(MANIFEST).to_pylist()
-    )
+    runs = sorted((row["started_at"], row["finished_at"]) for row in Lake(lake).read(MANIFEST).to_pylist())
     assert any(later[0] < earlier[1] for earlier, later in zip(runs, runs[1:])), runs
 
 

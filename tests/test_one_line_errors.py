@@ -13,7 +13,6 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -95,8 +94,7 @@ def test_a_non_utf8_documents_file_is_named(work):
 
 @pytest.mark.parametrize(
     ("uri", "expected"),
-    [("ftp://host/lake", "ftp:// is not supported"),
-     ("s3://polypythias-no-such-bucket/lake", "cannot be reached")],
+    [("ftp://host/lake", "ftp:// is not supported"), ("s3://polypythias-no-such-bucket/lake", "cannot be reached")],
 )
 def test_a_lake_uri_that_cannot_work_is_one_line(work, uri, expected):
     verbs = [["status", "--suite", work / "suite.yaml"]]
@@ -115,8 +113,10 @@ def test_a_claim_that_is_a_folder_is_named(work):
     assert result.exit_code == 2 and f"the claim {claim} is a folder" in one_line(result)
 
 
-@pytest.mark.parametrize(("folder", "expected"), [("seed=zero", "seed must be a non-negative integer"),
-                                                  ("model_size=..", "not a safe partition value")])
+@pytest.mark.parametrize(
+    ("folder", "expected"),
+    [("seed=zero", "seed must be a non-negative integer"), ("model_size=..", "not a safe partition value")],
+)
 def test_a_bad_partition_folder_is_named_before_any_work(work, folder, expected):
     good = manifest_files(work)[0]
     parts = list(good.relative_to(work / "lake").parts)
@@ -131,8 +131,14 @@ def test_a_bad_partition_folder_is_named_before_any_work(work, folder, expected)
     assert f"folder {folder!r}" in one_line(built) and expected in one_line(built)
     assert not (work / "w.duckdb").exists()
     for verb in ("status", "extract"):
-        result = invoke(verb, "--suite", work / "suite.yaml", "--lake", work / "lake",
-                        *(["--no-progress"] if verb == "extract" else []))
+        result = invoke(
+            verb,
+            "--suite",
+            work / "suite.yaml",
+            "--lake",
+            work / "lake",
+            *(["--no-progress"] if verb == "extract" else []),
+        )
         assert result.exit_code == 2 and f"folder {folder!r}" in one_line(result), verb
 
 
@@ -146,9 +152,10 @@ def test_an_unwritable_dataset_folder_stops_extract_up_front(work):
     assert not (work / "lake/manifest").exists() or not manifest_files(work)  # no checkpoint recorded
 
 
-@pytest.mark.parametrize(("variable", "value"), [("POLYPYTHIAS_MEMORY_LIMIT", "lots"),
-                                                 ("POLYPYTHIAS_THREADS", "zero"),
-                                                 ("POLYPYTHIAS_THREADS", "0")])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("POLYPYTHIAS_MEMORY_LIMIT", "lots"), ("POLYPYTHIAS_THREADS", "zero"), ("POLYPYTHIAS_THREADS", "0")],
+)
 def test_bad_duckdb_settings_name_the_variable(work, variable, value):
     result = invoke("build", "--lake", work / "lake", "--db", work / "w.duckdb", env={variable: value})
     assert result.exit_code == 2 and f"{variable}={value!r}" in one_line(result)
@@ -207,12 +214,14 @@ def test_a_dead_jobs_claim_on_a_finished_checkpoint_is_swept(work):
 
 
 def test_nonfinite_values_are_found_in_floats_lists_and_maps():
-    table = pa.table({
-        "value": [1.0, float("nan"), None],
-        "sample": [[1.0, float("-inf")], [2.0], None],
-        "metrics": pa.array([[("acc", 1.0)], [("acc", float("inf"))], None], pa.map_(pa.string(), pa.float64())),
-        "count": [1, 2, 3],
-    })
+    table = pa.table(
+        {
+            "value": [1.0, float("nan"), None],
+            "sample": [[1.0, float("-inf")], [2.0], None],
+            "metrics": pa.array([[("acc", 1.0)], [("acc", float("inf"))], None], pa.map_(pa.string(), pa.float64())),
+            "count": [1, 2, 3],
+        }
+    )
     assert nonfinite_values({"d": table}) == "d.value: 1 of 3 values; d.sample: 1 of 3 values; d.metrics: 1 of 2 values"
     assert nonfinite_values({"d": table.slice(2)}) is None
 
@@ -229,8 +238,7 @@ def test_a_nonfinite_value_fails_the_checkpoint_and_nothing_lands(work, monkeypa
             entropy = tables["token_stats"]["entropy"].to_numpy().copy()
             entropy[3] = float("nan")
             index = tables["token_stats"].schema.get_field_index("entropy")
-            tables["token_stats"] = tables["token_stats"].set_column(
-                index, "entropy", pa.array(entropy, pa.float32()))
+            tables["token_stats"] = tables["token_stats"].set_column(index, "entropy", pa.array(entropy, pa.float32()))
         return tables
 
     monkeypatch.setattr(extractor, "run", run_with_a_nan)

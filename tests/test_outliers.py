@@ -122,8 +122,7 @@ class Expected:
                     persists = signal == "diverged" or held >= persistence or step == FINAL
                     # a divergence and an imported map's departures flag during warm-up too
                     self.flags[(size, seed, signal, step)] = (
-                        (step >= self.warmup or signal in ("diverged", "training_map"))
-                        and beyond and persists
+                        (step >= self.warmup or signal in ("diverged", "training_map")) and beyond and persists
                     )
         self._verdicts()
 
@@ -152,10 +151,7 @@ class Expected:
 
     def _performance(self, truth):
         def values(size, seeds, step):
-            per_task = [
-                loo_z({seed: truth.accuracies[(size, seed, step, task)] for seed in seeds})
-                for task in TASKS
-            ]
+            per_task = [loo_z({seed: truth.accuracies[(size, seed, step, task)] for seed in seeds}) for task in TASKS]
             return {seed: mean_or_none(z[seed] for z in per_task) for seed in seeds}
 
         self._per_size_step("performance", values)
@@ -163,9 +159,7 @@ class Expected:
     def _final_loss(self, truth):
         self._per_size_step(
             "final_loss",
-            lambda size, seeds, step: loo_z(
-                {seed: truth.token_losses[(size, seed, step)] for seed in seeds}
-            ),
+            lambda size, seeds, step: loo_z({seed: truth.token_losses[(size, seed, step)] for seed in seeds}),
         )
 
     def _agreement(self, truth):
@@ -197,7 +191,7 @@ class Expected:
             window_median = pd.Series(np.nan, index=loss.index)
             robust = pd.Series(np.nan, index=loss.index)
             for i in range(window, len(loss)):
-                previous = loss.iloc[i - window:i].to_numpy()
+                previous = loss.iloc[i - window : i].to_numpy()
                 median = np.median(previous)
                 mad = np.median(np.abs(previous - median))
                 window_median.iloc[i], robust.iloc[i] = median, 1.4826 * mad
@@ -247,10 +241,7 @@ class Expected:
             for state in entry:
                 visits[state] = visits.get(state, 0) + 1
         common = sorted(state for state, count in visits.items() if count == n)
-        orders = {
-            seed: tuple(sorted(common, key=lambda st: (entry[st], st)))
-            for seed, entry in entries.items()
-        }
+        orders = {seed: tuple(sorted(common, key=lambda st: (entry[st], st))) for seed, entry in entries.items()}
         counts = pd.Series(list(orders.values())).value_counts()
         majority = counts.index[0] if counts.iloc[0] > n / 2 else None
         medians = {state: np.median([entry[state] for entry in entries.values()])
@@ -297,13 +288,8 @@ class Expected:
                     score = self.scores[(*run, signal, last)] if last is not None else None
                     fires = last is not None and self.flags[(*run, signal, last)]
                     first = self.first_flag[(*run, signal)] if fires else None
-                self.outliers[(*run, signal)] = {
-                    "score": score, "fires": fires, "first_step": first
-                }
-        self.is_outlier = {
-            run: any(self.outliers[(*run, signal)]["fires"] for signal in SIGNALS)
-            for run in self.runs
-        }
+                self.outliers[(*run, signal)] = {"score": score, "fires": fires, "first_step": first}
+        self.is_outlier = {run: any(self.outliers[(*run, signal)]["fires"] for signal in SIGNALS) for run in self.runs}
 
 
 def approx(value):
@@ -335,9 +321,7 @@ def test_run_outliers_match_an_independent_computation(built, expected):
         assert row["first_step"] == want["first_step"], key
         run = key[:2]
         assert row["is_outlier"] == expected.is_outlier[run]
-        assert row["n_signals_firing"] == sum(
-            expected.outliers[(*run, signal)]["fires"] for signal in SIGNALS
-        )
+        assert row["n_signals_firing"] == sum(expected.outliers[(*run, signal)]["fires"] for signal in SIGNALS)
 
 
 def test_the_planted_run_fires_every_signal_with_a_reason_and_no_other_run_fires(built, expected):
@@ -352,7 +336,8 @@ def test_the_planted_run_fires_every_signal_with_a_reason_and_no_other_run_fires
     persisted = STEPS[STEPS.index(60) + expected.settings["signal_persistence"] - 1]
     assert outlier["training_map"]["reason"] == (
         f"visits state 3, which 1 of 5 runs of {SIZE} visit; never visits state 2, which the other 4 runs visit "
-        f"(first at step {persisted})")
+        f"(first at step {persisted})"
+    )
     assert outlier["loss_spikes"]["reason"].startswith(
         f"{len(SPIKE_STEPS)} loss spikes after warm-up; the first at step {SPIKE_STEPS[0]}: loss "
     )
@@ -366,8 +351,7 @@ def test_the_planted_run_fires_every_signal_with_a_reason_and_no_other_run_fires
     others = [r for r in rows if (r["model_size"], r["seed"]) != OUTLIER]
     assert not any(r["fires"] or r["is_outlier"] for r in others)
     assert all(r["reason"].startswith(("within threshold: ", "no score: ")) for r in others)
-    small = [r for r in others
-             if r["model_size"] == SMALL and r["signal"] not in ("loss_spikes", "diverged")]
+    small = [r for r in others if r["model_size"] == SMALL and r["signal"] not in ("loss_spikes", "diverged")]
     assert small and all(r["score"] is None for r in small)
     assert {r["reason"] for r in small} == {f"no score: 2 seeds of {SMALL}, a comparison needs 3"}
     # a run's own training log needs no other seed
@@ -391,9 +375,7 @@ def test_lead_time_and_false_alarms_match_an_independent_computation(built, expe
     # state 3 (60), no other run has (the map is read up to each step); the spikes,
     # events, at the first checkpoint after them (80).
     persisted = STEPS[STEPS.index(OUTLIER_FROM) + expected.settings["signal_persistence"] - 1]
-    leads = {
-        r["signal"]: r["lead_steps"] for r in rows if (r["model_size"], r["seed"]) == OUTLIER
-    }
+    leads = {r["signal"]: r["lead_steps"] for r in rows if (r["model_size"], r["seed"]) == OUTLIER}
     assert leads == {
         "final_loss": FINAL - persisted,
         "performance": FINAL - persisted,
@@ -402,9 +384,7 @@ def test_lead_time_and_false_alarms_match_an_independent_computation(built, expe
         "training_map": FINAL - persisted,
         "diverged": None,
     }
-    false_alarms = sorted(
-        (r["model_size"], r["seed"], r["signal"], r["step"]) for r in rows if r["is_false_alarm"]
-    )
+    false_alarms = sorted((r["model_size"], r["seed"], r["signal"], r["step"]) for r in rows if r["is_false_alarm"])
     assert false_alarms == sorted(
         key for key, flag in expected.flags.items() if flag and not expected.is_outlier[key[:2]]
     )

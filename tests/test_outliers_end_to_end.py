@@ -20,9 +20,9 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from browser import check_report_in_browser
 from typer.testing import CliRunner
 
+from browser import check_report_in_browser
 from polypythias.analyses import report
 from polypythias.cli import app
 
@@ -45,10 +45,33 @@ def unstable_suite(tmp_path_factory):
         assert result.exit_code == 0, result.output
         return result
 
-    invoke("micro", "train", "--out", micro, "--sizes", SIZE, "--seeds", SEEDS, "--steps", STEPS,
-           "--inject", INJECTION, "--lake", lake, "--no-progress")
-    invoke("extract", "--suite", micro / "suite.yaml", "--lake", lake,
-           "--extractors", "token_stats,weight_stats,evals", "--no-progress")
+    invoke(
+        "micro",
+        "train",
+        "--out",
+        micro,
+        "--sizes",
+        SIZE,
+        "--seeds",
+        SEEDS,
+        "--steps",
+        STEPS,
+        "--inject",
+        INJECTION,
+        "--lake",
+        lake,
+        "--no-progress",
+    )
+    invoke(
+        "extract",
+        "--suite",
+        micro / "suite.yaml",
+        "--lake",
+        lake,
+        "--extractors",
+        "token_stats,weight_stats,evals",
+        "--no-progress",
+    )
     built = invoke("build", "--lake", lake, "--db", db)
     # By default a build leaves dbt's unit tests out (they check the SQL, not the lake).
     said = " ".join(built.output.split())
@@ -76,32 +99,42 @@ def _injected_runs(micro: Path) -> set[int]:
 
 def test_the_injected_run_is_flagged_with_a_reason(unstable_suite):
     assert _injected_runs(unstable_suite["micro"]) == {INJECTED_SEED}
-    fired = _rows(unstable_suite["db"], f"""
+    fired = _rows(
+        unstable_suite["db"],
+        f"""
         select signal, reason from fct_run_outliers
         where model_size = '{SIZE}' and seed = {INJECTED_SEED} and fires
-    """)
+    """,
+    )
     assert fired, "the injected run is not flagged by any signal"
     assert all(row["reason"] and len(row["reason"]) > 20 for row in fired), fired
-    flagged = _rows(unstable_suite["db"], f"select distinct seed, is_outlier from fct_run_outliers "
-                                          f"where model_size = '{SIZE}'")
+    flagged = _rows(
+        unstable_suite["db"], f"select distinct seed, is_outlier from fct_run_outliers where model_size = '{SIZE}'"
+    )
     assert {row["seed"] for row in flagged if row["is_outlier"]} >= {INJECTED_SEED}
 
 
 def test_no_uninjected_run_is_flagged_by_the_training_map(unstable_suite):
-    rows = _rows(unstable_suite["db"], f"""
+    rows = _rows(
+        unstable_suite["db"],
+        f"""
         select seed, fires, reason from fct_run_outliers
         where model_size = '{SIZE}' and signal = 'training_map'
-    """)
+    """,
+    )
     assert {row["seed"] for row in rows} == set(range(SEEDS))  # every run was judged
     wrongly = [row for row in rows if row["fires"] and row["seed"] != INJECTED_SEED]
     assert not wrongly, wrongly
 
 
 def test_no_uninjected_run_is_flagged_at_any_step_of_the_forecast(unstable_suite):
-    rows = _rows(unstable_suite["db"], f"""
+    rows = _rows(
+        unstable_suite["db"],
+        f"""
         select seed, signal, step from fct_stability_forecast
         where model_size = '{SIZE}' and flags and seed <> {INJECTED_SEED}
-    """)
+    """,
+    )
     assert not rows, rows
     flagged = _rows(unstable_suite["db"], "select distinct seed from fct_stability_forecast where flags")
     assert flagged == [{"seed": INJECTED_SEED}]
@@ -111,8 +144,7 @@ def test_the_report_renders_in_chromium_and_leaves_a_screenshot(unstable_suite, 
     index = unstable_suite["reports"] / "index.html"
     shot = tmp_path / "screenshot.png"
     marks = check_report_in_browser(index, shot)
-    expected = {"loss_curves", "loss_spikes", "performance", "training_maps", "run_outliers",
-                "warning_lead_time"}
+    expected = {"loss_curves", "loss_spikes", "performance", "training_maps", "run_outliers", "warning_lead_time"}
     assert expected <= set(marks), sorted(marks)
     assert set(marks) <= {figure.name for figure in report.FIGURES}
     SCREENSHOT.parent.mkdir(exist_ok=True)

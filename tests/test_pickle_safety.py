@@ -58,7 +58,10 @@ def test_a_malicious_bin_is_refused_and_runs_nothing_and_a_truncated_one_fails_a
     manifest = lake.read(MANIFEST)
     ok = manifest.filter(pc.equal(manifest["status"], "success"))
     assert {(r["seed"], r["step"], r["weights_format"]) for r in ok.to_pylist()} == {
-        (0, 2, "bin"), (1, 0, "safetensors"), (1, 1, "safetensors"), (1, 2, "safetensors"),
+        (0, 2, "bin"),
+        (1, 0, "safetensors"),
+        (1, 1, "safetensors"),
+        (1, 2, "safetensors"),
     }
     assert set(lake.read(WEIGHT_STATS)["step"].to_pylist()) == {0, 1, 2}
 

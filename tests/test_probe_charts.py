@@ -351,13 +351,9 @@ def test_several_suites_name_their_layers_on_separate_lines(tmp_path):
     ]  # fmt: skip
     db = make_probe_warehouse(tmp_path / "w.duckdb", {"fct_probe_consistency": rows})
     spec = spec_of(db, probes.chart)
-    assert header_labels(spec["facet"]["row"]) == [
-        ["t", "best layer", "deduped · 70m: 1", f"{SUITE} · 70m: 0"]
-    ]
+    assert header_labels(spec["facet"]["row"]) == [["t", "best layer", "deduped · 70m: 1", f"{SUITE} · 70m: 0"]]
     assert {(r["suite"], r["layer"]) for r in series_of(spec)} == {("deduped", 1), (SUITE, 0)}
-    assert spec["spec"]["layer"][2]["encoding"]["strokeDash"]["scale"]["domain"] == [
-        "deduped", SUITE
-    ]
+    assert spec["spec"]["layer"][2]["encoding"]["strokeDash"]["scale"]["domain"] == ["deduped", SUITE]
 
 
 def test_layer_heatmap_is_the_largest_size_at_every_layer(layer_spec, warehouse):

@@ -103,9 +103,7 @@ def test_probe_consistency_matches_numpy(probes):
     rows = query(probes.db, "select * from fct_probe_consistency")
     found = by_key(rows, "suite", "model_size", "step", "task", "layer", "metric")
     groups: dict[tuple, list[float]] = {}
-    for (suite, size, _seed, step, task, layer, metric), value in expected_scores(
-        probes.truth
-    ).items():
+    for (suite, size, _seed, step, task, layer, metric), value in expected_scores(probes.truth).items():
         groups.setdefault((suite, size, step, task, layer, metric), []).append(value)
     assert set(found) == set(groups)
     for key, values in groups.items():
@@ -132,9 +130,7 @@ def test_probe_agreement_matches_sklearn(probes):
     found = by_key(rows, "suite", "model_size", "step", "task", "layer", "seed")
     reference = min(SEEDS)
     expected_keys = {
-        (suite, size, step, task, layer, seed)
-        for (suite, size, seed, step, task, layer) in items
-        if seed != reference
+        (suite, size, step, task, layer, seed) for (suite, size, seed, step, task, layer) in items if seed != reference
     }
     assert set(found) == expected_keys
     for (suite, size, step, task, layer, seed), row in found.items():
@@ -209,9 +205,7 @@ def test_probe_emergence_matches_the_definition(probes):
     rows = query(probes.db, "select * from fct_probe_emergence")
     found = by_key(rows, "suite", "model_size", "seed", "task", "layer", "metric")
     runs: dict[tuple, dict[int, float]] = {}
-    for (suite, size, seed, step, task, layer, metric), value in expected_scores(
-        probes.truth
-    ).items():
+    for (suite, size, seed, step, task, layer, metric), value in expected_scores(probes.truth).items():
         if metric in ("accuracy", "compression"):
             runs.setdefault((suite, size, seed, task, layer, metric), {})[step] = value
     assert set(found) == set(runs)
@@ -249,8 +243,7 @@ def test_staging_keeps_only_the_latest_probe_extraction(probes):
     for model in PROBE_STAGING:
         ids = query(
             probes.db,
-            f"select model_size, seed, step, list(distinct extraction_id) as ids "
-            f"from staging.{model} group by all",
+            f"select model_size, seed, step, list(distinct extraction_id) as ids from staging.{model} group by all",
         )
         found = {(r["model_size"], r["seed"], r["step"]): r["ids"] for r in ids}
         assert found == {c: [i] for c, i in truth.probe_ids.items()}, model

@@ -70,11 +70,16 @@ CONLLU = """\
 
 
 def make_suite(base: Path, tasks: dict, **options) -> Suite:
-    suite = Suite.model_validate({
-        "name": "tiny", "sizes": ["tiny"], "seeds": [0], "steps": {"all": [0]},
-        "checkpoints": {"local": "ck/{size}/seed{seed}/step{step}"},
-        "extractors": {"probes": {"tasks": tasks} | options},
-    })
+    suite = Suite.model_validate(
+        {
+            "name": "tiny",
+            "sizes": ["tiny"],
+            "seeds": [0],
+            "steps": {"all": [0]},
+            "checkpoints": {"local": "ck/{size}/seed{seed}/step{step}"},
+            "extractors": {"probes": {"tasks": tasks} | options},
+        }
+    )
     suite._base_dir = base
     return suite
 
@@ -95,10 +100,13 @@ def micro_probe_dir(tmp_path_factory) -> Path:
 
 
 MICRO_TASKS = {
-    "pos": {"format": "conllu", "field": "upos",
-            "train": "probe/pos_train.conllu", "test": "probe/pos_test.conllu"},
-    "antecedent": {"format": "jsonl-text", "pool": "last",
-                   "train": "probe/antecedent_train.jsonl", "test": "probe/antecedent_test.jsonl"},
+    "pos": {"format": "conllu", "field": "upos", "train": "probe/pos_train.conllu", "test": "probe/pos_test.conllu"},
+    "antecedent": {
+        "format": "jsonl-text",
+        "pool": "last",
+        "train": "probe/antecedent_train.jsonl",
+        "test": "probe/antecedent_test.jsonl",
+    },
 }
 
 
@@ -112,15 +120,45 @@ def test_conllu_sentences_read_as_their_original_text(tmp_path):
     # "# text" where the sentence has one; else the tokens joined respecting SpaceAfter=No.
     assert split.texts == ["The cat's toy isn't here.", "Dogs barkdon't!", "Au revoir"]
     # "." has UPOS "_": in the text, not an item; the empty node 6.1 is neither.
-    assert split.labels == ["DET", "NOUN", "PART", "NOUN", "AUX", "PART", "ADV",
-                            "NOUN", "VERB", "AUX", "PART", "PUNCT", "ADP", "DET", "NOUN"]
+    assert split.labels == [
+        "DET",
+        "NOUN",
+        "PART",
+        "NOUN",
+        "AUX",
+        "PART",
+        "ADV",
+        "NOUN",
+        "VERB",
+        "AUX",
+        "PART",
+        "PUNCT",
+        "ADP",
+        "DET",
+        "NOUN",
+    ]
     assert split.item_word == [0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4, 0, 1, 2]
     assert split.item_sources[2] == f"{path}:6" and split.item_sources[7] == f"{path}:16"
     words = [split.texts[t][slice(*split.spans[t][w])] for t, w in zip(split.item_text, split.item_word)]
     # Words of a multiword token are their part of it; where the forms do not spell
     # the token ("Au" = "à" + "le"), each of them is the whole token.
-    assert words == ["The", "cat", "'s", "toy", "is", "n't", "here",
-                     "Dogs", "bark", "do", "n't", "!", "Au", "Au", "revoir"]
+    assert words == [
+        "The",
+        "cat",
+        "'s",
+        "toy",
+        "is",
+        "n't",
+        "here",
+        "Dogs",
+        "bark",
+        "do",
+        "n't",
+        "!",
+        "Au",
+        "Au",
+        "revoir",
+    ]
 
     number = read_conllu(path, "Number")  # a FEATS key: words without it are no items
     assert number.labels == ["Sing", "Sing", "Sing", "Plur"]
@@ -139,8 +177,12 @@ def _task(tmp_path, format_, train_text, **spec):
     ("format_", "text", "spec", "message"),
     [
         ("conllu", "1\tThe\tthe\tDET\n", {"field": "upos"}, r"train:1: a CoNLL-U word line has 10"),
-        ("conllu", "# x\n1\ta\t_\tX\t_\t_\t_\t_\t_\t_\nx\ta\t_\tX\t_\t_\t_\t_\t_\t_\n",
-         {"field": "upos"}, r"train:3: not CoNLL-U"),
+        (
+            "conllu",
+            "# x\n1\ta\t_\tX\t_\t_\t_\t_\t_\t_\nx\ta\t_\tX\t_\t_\t_\t_\t_\t_\n",
+            {"field": "upos"},
+            r"train:3: not CoNLL-U",
+        ),
         ("conllu", '{"text": "a", "label": "b"}\n', {"field": "upos"}, r"train:1: a CoNLL-U word line"),
         ("conllu", "1\ta\t_\t_\t_\t_\t_\t_\t_\t_\n", {"field": "upos"}, r"train: no item has a 'upos' label"),
         ("jsonl-text", '{"text": "a b", "label": "x"}\n\n{"text": "a"}\n', {}, r"train:3: no 'label' key"),
@@ -164,7 +206,9 @@ def test_missing_file_unknown_format_and_bad_options(tmp_path):
         "name: s\nsizes: [a]\nseeds: [0]\nsteps: {all: [0]}\ncheckpoints: {local: '{size}'}\n"
         "extractors:\n  probes:\n    tasks:\n      t: {format: xml, train: a, test: b}\n"
     )
-    with pytest.raises(SuiteError, match=r"suite.yaml: .*extractors.probes: tasks.t: .*'xml' found using 'format'.*'conllu'"):
+    with pytest.raises(
+        SuiteError, match=r"suite.yaml: .*extractors.probes: tasks.t: .*'xml' found using 'format'.*'conllu'"
+    ):
         load_suite(file)
     for bad, message in [
         ({"mdl_fractions": [0.5, 0.25, 1.0]}, "increase"),
@@ -213,9 +257,9 @@ def wordpiece() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.train_from_iterator(
-        SENTENCES, trainers.WordPieceTrainer(vocab_size=70, special_tokens=["[UNK]", "[PAD]", "[BOS]"]))
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                   bos_token="[BOS]")
+        SENTENCES, trainers.WordPieceTrainer(vocab_size=70, special_tokens=["[UNK]", "[PAD]", "[BOS]"])
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", bos_token="[BOS]")
 
 
 class PositionModel:
@@ -228,8 +272,7 @@ class PositionModel:
         rows, width = input_ids.shape
         column = torch.arange(width).expand(rows, width).float()
         states = tuple(
-            torch.stack([column, input_ids.float(), torch.full_like(column, layer)], dim=-1)
-            for layer in range(3)
+            torch.stack([column, input_ids.float(), torch.full_like(column, layer)], dim=-1) for layer in range(3)
         )
         return SimpleNamespace(hidden_states=states)
 
@@ -238,8 +281,12 @@ class PositionModel:
 def test_words_pool_their_own_sub_word_tokens(tmp_path, wordpiece, pooling):
     lines = [{"words": s.split(), "labels": [str(len(w) % 2) for w in s.split()]} for s in SENTENCES]
     (tmp_path / "w.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    suite = make_suite(tmp_path, {"w": {"format": "jsonl-words", "train": "w.jsonl", "test": "w.jsonl"}},
-                       word_pooling=pooling, batch_size=2)
+    suite = make_suite(
+        tmp_path,
+        {"w": {"format": "jsonl-words", "train": "w.jsonl", "test": "w.jsonl"}},
+        word_pooling=pooling,
+        batch_size=2,
+    )
     probes = extractor(suite)
     features = probes.features(PositionModel(), wordpiece, CPU)
     pooled = features[:, probes.plan(wordpiece).rows[("w", "test")]]
@@ -255,8 +302,9 @@ def test_words_pool_their_own_sub_word_tokens(tmp_path, wordpiece, pooling):
             assert columns, line
             chosen = columns[:1] if pooling == "first" else columns
             expected.append([np.mean(chosen), np.mean([ids[c] for c in chosen])])
-    assert any(len([w for w in wordpiece(s.split(), is_split_into_words=True).word_ids() if w == 1]) > 2
-               for s in SENTENCES[:1])  # "unbelievably" is really split up
+    assert any(
+        len([w for w in wordpiece(s.split(), is_split_into_words=True).word_ids() if w == 1]) > 2 for s in SENTENCES[:1]
+    )  # "unbelievably" is really split up
     np.testing.assert_allclose(pooled[0, :, :2].numpy(), np.array(expected), rtol=1e-6)
     assert pooled[:, :, 2].tolist() == [[layer] * len(expected) for layer in range(3)]
 
@@ -269,18 +317,23 @@ def byte_level() -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    backend.train_from_iterator(SENTENCES, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>", "<|padding|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>",
-                                   pad_token="<|padding|>")
+    backend.train_from_iterator(
+        SENTENCES,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<|endoftext|>", "<|padding|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>", pad_token="<|padding|>")
 
 
 def test_byte_level_words_pool_the_tokens_that_cover_them(tmp_path, byte_level):
     words = SENTENCES[1].split()  # "don't underestimate giraffes"
     (tmp_path / "w.jsonl").write_text(json.dumps({"words": words, "labels": ["a", "b", "a"]}) + "\n")
-    suite = make_suite(tmp_path, {"w": {"format": "jsonl-words", "train": "w.jsonl", "test": "w.jsonl"}},
-                       word_pooling="mean")
+    suite = make_suite(
+        tmp_path, {"w": {"format": "jsonl-words", "train": "w.jsonl", "test": "w.jsonl"}}, word_pooling="mean"
+    )
     probes = extractor(suite)
     pooled = probes.features(PositionModel(), byte_level, CPU)[0, probes.plan(byte_level).rows[("w", "test")]]
     # The tokenizer's own character-to-token map, on the text as the model reads it.
@@ -306,8 +359,9 @@ def test_text_items_pool_the_last_or_all_tokens(tmp_path, wordpiece):
     lines = [{"text": s, "label": str(i % 2)} for i, s in enumerate(SENTENCES)]
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     for pool in ("last", "mean"):
-        suite = make_suite(tmp_path, {"t": {"format": "jsonl-text", "train": "t.jsonl", "test": "t.jsonl",
-                                            "pool": pool}})
+        suite = make_suite(
+            tmp_path, {"t": {"format": "jsonl-text", "train": "t.jsonl", "test": "t.jsonl", "pool": pool}}
+        )
         probes = extractor(suite)
         pooled = probes.features(PositionModel(), wordpiece, CPU)[0, probes.plan(wordpiece).rows[("t", "test")]]
         for row, sentence in zip(pooled, SENTENCES, strict=True):
@@ -356,8 +410,9 @@ def test_features_are_the_hidden_states_of_an_unbatched_forward_pass(micro_run, 
             torch.testing.assert_close(features[layer, split_rows[item]], states[0, position], atol=2e-5, rtol=1e-4)
         # Layer 0 is the embedding; the last layer has the final layer norm applied.
         torch.testing.assert_close(features[0, split_rows[item]], model.gpt_neox.embed_in(ids)[0, position])
-        torch.testing.assert_close(features[-1, split_rows[item]], output.last_hidden_state[0, position],
-                                   atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            features[-1, split_rows[item]], output.last_hidden_state[0, position], atol=2e-5, rtol=1e-4
+        )
 
 
 def _gold_labels(folder: Path) -> dict[str, list[str]]:
@@ -409,13 +464,15 @@ def test_the_probe_is_sklearns_on_the_models_features(micro_run, micro_tokenizer
     rows = probes.plan(micro_tokenizer).rows
     predictions = tables[PROBE_PREDICTIONS.name].to_pylist()
     for task in probes.tasks:
-        train, test = probing.standardise(features[:, rows[(task.name, "train")]],
-                                          features[:, rows[(task.name, "test")]])
+        train, test = probing.standardise(
+            features[:, rows[(task.name, "train")]], features[:, rows[(task.name, "test")]]
+        )
         for layer in range(3):
             x_train = probing.with_intercept(train[layer]).numpy()
             x_test = probing.with_intercept(test[layer]).numpy()
-            reference = LogisticRegression(C=1 / probes.options.l2, fit_intercept=False, tol=1e-10,
-                                           max_iter=10_000).fit(x_train, task.train.labels)
+            reference = LogisticRegression(
+                C=1 / probes.options.l2, fit_intercept=False, tol=1e-10, max_iter=10_000
+            ).fit(x_train, task.train.labels)
             expected = reference.predict(x_test)
             ours = [r["predicted"] for r in predictions if r["task"] == task.name and r["layer"] == layer]
             assert np.mean(np.array(ours) == expected) >= 0.99, (task.name, layer)
@@ -435,9 +492,10 @@ def test_config_hash_covers_task_file_contents_not_paths(micro_probe_dir, tmp_pa
     moved.mkdir()
     for file in micro_probe_dir.iterdir():
         (moved / file.name).write_bytes(file.read_bytes())
-    relocated = {name: spec | {"train": str(moved / Path(spec["train"]).name),
-                               "test": str(moved / Path(spec["test"]).name)}
-                 for name, spec in MICRO_TASKS.items()}
+    relocated = {
+        name: spec | {"train": str(moved / Path(spec["train"]).name), "test": str(moved / Path(spec["test"]).name)}
+        for name, spec in MICRO_TASKS.items()
+    }
     assert extractor(make_suite(base, relocated)).config_hash() == reference
     assert extractor(make_suite(base, MICRO_TASKS, steps="all")).config_hash() == reference
     assert extractor(make_suite(base, MICRO_TASKS, l2=3.0)).config_hash() != reference
@@ -502,8 +560,10 @@ def test_micro_pos_files_annotate_disjoint_words_with_the_grammars_labels(micro_
 
 
 def test_micro_antecedent_items(micro_probe_dir):
-    items = {split: [json.loads(line) for line in (micro_probe_dir / f"antecedent_{split}.jsonl").read_text().splitlines()]
-             for split in ("train", "test")}
+    items = {
+        split: [json.loads(line) for line in (micro_probe_dir / f"antecedent_{split}.jsonl").read_text().splitlines()]
+        for split in ("train", "test")
+    }
     assert [len(items["train"]), len(items["test"])] == [90, 40]
     everything = items["train"] + items["test"]
     assert len({item["text"] for item in everything}) == len(everything)
@@ -517,8 +577,12 @@ def test_micro_antecedent_items(micro_probe_dir):
         assert item["label"] == label
         assert LEXICON[words[-1]].pos == "VERB"  # the text stops just before the reflexive
         between = [LEXICON[w] for w in words[item["antecedent_index"] + 1 :]]
-        differs = [w for w in between if w.pos in ("NOUN", "PROPN", "PRON") and (
-            w.number != antecedent.number or (w.number == "sg" and w.gender != antecedent.gender))]
+        differs = [
+            w
+            for w in between
+            if w.pos in ("NOUN", "PROPN", "PRON")
+            and (w.number != antecedent.number or (w.number == "sg" and w.gender != antecedent.gender))
+        ]
         assert item["attractor"] == bool(differs)
     for split in items.values():
         assert abs(sum(item["attractor"] for item in split) - len(split) / 2) <= 1

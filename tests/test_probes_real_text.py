@@ -10,12 +10,12 @@ import conllu
 import numpy as np
 import pytest
 import torch
-from shared_inputs import SHARED
 from transformers import PreTrainedTokenizerFast
 
 from polypythias.extract.extractors import get_extractor
 from polypythias.extract.extractors.probes import sentence_text, word_tokens
 from polypythias.extract.suite import CheckpointId, Suite
+from shared_inputs import SHARED
 
 TOKENIZER = SHARED / "fixtures" / "pythia-tokenizer" / "tokenizer.json"
 EWT = SHARED / "fixtures" / "ud-english-ewt"
@@ -23,8 +23,11 @@ EWT = SHARED / "fixtures" / "ud-english-ewt"
 
 def _pythia_tokenizer(tokenizer_object=None) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
-        tokenizer_file=None if tokenizer_object else str(TOKENIZER), tokenizer_object=tokenizer_object,
-        bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|padding|>",
+        tokenizer_file=None if tokenizer_object else str(TOKENIZER),
+        tokenizer_object=tokenizer_object,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|padding|>",
     )
 
 
@@ -52,8 +55,9 @@ def test_every_ewt_word_maps_to_a_token_of_the_real_tokenizer(split):
 
 def test_words_without_a_token_are_left_out_and_counted(tmp_path):
     """A tokenizer that strips accents gives a lone combining accent no token."""
-    from conftest import tiny_model
     from tokenizers import Tokenizer, normalizers
+
+    from conftest import tiny_model
 
     backend = Tokenizer.from_file(str(TOKENIZER))
     backend.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents()])
@@ -70,12 +74,26 @@ def test_words_without_a_token_are_left_out_and_counted(tmp_path):
     (tmp_path / "train.jsonl").write_text("\n".join(lines[:30]) + "\n")
     (tmp_path / "test.jsonl").write_text("\n".join(lines[30:]) + "\n")
     accents = [line.count("ACCENT") for line in lines]
-    suite = Suite.model_validate({
-        "name": "t", "sizes": ["s"], "seeds": [0], "steps": {"all": [0]}, "checkpoints": {"local": "ck"},
-        "extractors": {"probes": {"tasks": {"pos": {
-            "format": "jsonl-words", "train": str(tmp_path / "train.jsonl"), "test": str(tmp_path / "test.jsonl"),
-        }}}},
-    })
+    suite = Suite.model_validate(
+        {
+            "name": "t",
+            "sizes": ["s"],
+            "seeds": [0],
+            "steps": {"all": [0]},
+            "checkpoints": {"local": "ck"},
+            "extractors": {
+                "probes": {
+                    "tasks": {
+                        "pos": {
+                            "format": "jsonl-words",
+                            "train": str(tmp_path / "train.jsonl"),
+                            "test": str(tmp_path / "test.jsonl"),
+                        }
+                    }
+                }
+            },
+        }
+    )
     probes = get_extractor("probes")(suite.extractor_options("probes"), suite)
     model = tiny_model(len(tokenizer), 0)
     tables = probes.run(model, tokenizer, CheckpointId("t", "s", 0, 0), torch.device("cpu"))

@@ -114,8 +114,7 @@ def test_online_codelength_of_a_single_block_is_the_uniform_code():
 
 
 def test_block_ends():
-    assert probing.block_ends(2000, probing.VOITA_TITOV_FRACTIONS) == [
-        2, 4, 8, 16, 32, 64, 125, 250, 500, 1000, 2000]
+    assert probing.block_ends(2000, probing.VOITA_TITOV_FRACTIONS) == [2, 4, 8, 16, 32, 64, 125, 250, 500, 1000, 2000]
     # Small splits: fractions that round to the same end collapse; the first is >= 1.
     assert probing.block_ends(5, probing.VOITA_TITOV_FRACTIONS) == [1, 2, 5]
     assert probing.block_ends(1, probing.VOITA_TITOV_FRACTIONS) == [1]

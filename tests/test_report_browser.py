@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 import stability_fixtures as fx
 from browser import check_report_in_browser
 from polypythias.analyses import loss_curves, report

@@ -34,9 +34,20 @@ def test_a_selection_outside_the_suite_is_one_clear_line(command, selection, mes
 
 def test_a_selection_that_leaves_an_extractor_nothing_is_refused(tmp_path):
     # 2000 is a checkpoint of the suite but not of the evaluation grid evals run on.
-    result = CliRunner().invoke(app, [
-        "extract", "--suite", "polypythias", "--lake", str(tmp_path), "--steps", "2000", "--extractors", "evals",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "extract",
+            "--suite",
+            "polypythias",
+            "--lake",
+            str(tmp_path),
+            "--steps",
+            "2000",
+            "--extractors",
+            "evals",
+        ],
+    )
     assert result.exit_code == 2
     assert "matches no checkpoint of evals" in result.output and result.output.count("\n") == 1
 
@@ -49,9 +60,20 @@ def test_narrowing_selects_a_subgrid_and_status_reports_it(tiny_suite, tmp_path)
     assert [(t.checkpoint.seed, t.checkpoint.step) for t in tasks] == [(1, 0), (1, 2)]
     assert narrowed.whole is suite and len(suite.checkpoints_for("token_stats")) == 6
 
-    result = CliRunner().invoke(app, [
-        "status", "--suite", str(tiny_suite), "--lake", str(lake.root), "--seeds", "1", "--steps", "0,2",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "status",
+            "--suite",
+            str(tiny_suite),
+            "--lake",
+            str(lake.root),
+            "--seeds",
+            "1",
+            "--steps",
+            "0,2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if "│ tiny" in line]
     assert len(rows) == 1 and "(selected: 2 of 3 steps)" in result.output

@@ -49,8 +49,14 @@ def warehouse(tmp_path) -> dict[str, Path]:
 def test_a_query_reads_marts_and_the_lake_through_the_views(warehouse):
     result = invoke("sql", "select n_seeds from fct_loss", "--db", warehouse["db"], "--format", "csv")
     assert result.exit_code == 0 and result.stdout == "n_seeds\n7\n"
-    result = invoke("sql", "select sum(doc_id) as s, any_value(seed) as seed from staging.stg_lake__token_stats",
-                    "--db", warehouse["db"], "--format", "csv")
+    result = invoke(
+        "sql",
+        "select sum(doc_id) as s, any_value(seed) as seed from staging.stg_lake__token_stats",
+        "--db",
+        warehouse["db"],
+        "--format",
+        "csv",
+    )
     assert result.exit_code == 0 and result.stdout == "s,seed\n3,0\n"
     for query in ["show tables", "describe fct_loss", "from fct_loss", "with a as (select 1 as x) select * from a"]:
         assert invoke("sql", query, "--db", warehouse["db"]).exit_code == 0, query
@@ -79,9 +85,24 @@ def _escapes(w: dict[str, Path]) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     "escape",
-    ["attach and drop", "attach", "copy over a lake file", "copy elsewhere", "export database", "install",
-     "load", "two statements", "read any file", "read /etc/passwd", "read text", "escape the lake", "glob",
-     "unlock", "pragma", "explain analyze copy"],
+    [
+        "attach and drop",
+        "attach",
+        "copy over a lake file",
+        "copy elsewhere",
+        "export database",
+        "install",
+        "load",
+        "two statements",
+        "read any file",
+        "read /etc/passwd",
+        "read text",
+        "escape the lake",
+        "glob",
+        "unlock",
+        "pragma",
+        "explain analyze copy",
+    ],
 )
 def test_each_escape_is_refused_with_one_line_and_nothing_written(warehouse, escape):
     before = {p: p.read_bytes() for p in warehouse["tmp"].rglob("*") if p.is_file()}
@@ -97,10 +118,12 @@ def test_each_escape_is_refused_with_one_line_and_nothing_written(warehouse, esc
 
 @pytest.mark.parametrize(
     ("query", "expected"),
-    [("select 1; select 2", "give one statement per call, not 2"),
-     ("copy (select 1) to '/tmp/x.csv'", "a COPY statement is refused"),
-     ("select * from read_csv('/etc/passwd')", "Permission Error"),
-     ("set threads = 1", "a SET statement is refused")],
+    [
+        ("select 1; select 2", "give one statement per call, not 2"),
+        ("copy (select 1) to '/tmp/x.csv'", "a COPY statement is refused"),
+        ("select * from read_csv('/etc/passwd')", "Permission Error"),
+        ("set threads = 1", "a SET statement is refused"),
+    ],
 )
 def test_the_refusal_says_why(warehouse, query, expected):
     result = invoke("sql", query, "--db", warehouse["db"])

@@ -16,6 +16,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 import stability_fixtures as fx
 from polypythias.analyses import integrity, loss_curves, marts, outliers, report, training_maps
 from polypythias.analyses.report import build_report
@@ -118,9 +119,7 @@ def test_training_map_points_coloured_by_state_on_log_steps(warehouse):
 
 def test_training_map_without_outlier_mart_has_one_row_per_map(tmp_path):
     rows = fx.stability_marts()
-    db = fx.make_stability_warehouse(
-        tmp_path / "w.duckdb", {"fct_training_phases": rows["fct_training_phases"]}
-    )
+    db = fx.make_stability_warehouse(tmp_path / "w.duckdb", {"fct_training_phases": rows["fct_training_phases"]})
     spec = spec_of(db, training_maps.chart)
     labels = header_labels(spec["facet"]["row"])
     assert len(labels) == 3
@@ -132,9 +131,7 @@ def test_training_map_without_outlier_mart_has_one_row_per_map(tmp_path):
 
 
 def table_cells(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    return sorted(
-        (r for r in values_of(spec) if r["kind"] == "cell"), key=lambda r: (r["y"], r["x"])
-    )
+    return sorted((r for r in values_of(spec) if r["kind"] == "cell"), key=lambda r: (r["y"], r["x"]))
 
 
 def column_text(spec: dict[str, Any], header: str) -> list[str]:
@@ -227,20 +224,12 @@ def test_every_loss_spike_is_marked_at_its_own_step_and_loss(warehouse):
     marked = [r for r in data if r["kind"] == "spike"]
     # The micro log is short: every row is drawn, with its run's status.
     assert len(log) == len(rows["stg_lake__training_log"])
-    assert {r["status"] for r in log if (r["model_size"], r["seed"]) == fx.OUTLIER} == {
-        "outlier run"
-    }
-    assert {r["status"] for r in log if (r["model_size"], r["seed"]) != fx.OUTLIER} == {
-        "stable run"
-    }
+    assert {r["status"] for r in log if (r["model_size"], r["seed"]) == fx.OUTLIER} == {"outlier run"}
+    assert {r["status"] for r in log if (r["model_size"], r["seed"]) != fx.OUTLIER} == {"stable run"}
     # One mark per fct_loss_spikes row: the outlier's spikes at steps 100, 101, 102, each
     # at its logged loss, with the mart's window and score for the tooltip.
-    assert [(r["model_size"], r["seed"], r["step"]) for r in marked] == [
-        (*fx.OUTLIER, step) for step in fx.SPIKE_STEPS
-    ]
-    logged = {
-        (r["model_size"], r["seed"], r["step"]): r["loss"] for r in rows["stg_lake__training_log"]
-    }
+    assert [(r["model_size"], r["seed"], r["step"]) for r in marked] == [(*fx.OUTLIER, step) for step in fx.SPIKE_STEPS]
+    logged = {(r["model_size"], r["seed"], r["step"]): r["loss"] for r in rows["stg_lake__training_log"]}
     inserted = {r["step"]: r for r in rows["fct_loss_spikes"]}
     for mark in marked:
         assert mark["loss"] == logged[(*fx.OUTLIER, mark["step"])]
@@ -286,9 +275,7 @@ def test_spikes_without_a_log_or_a_spike_mart(tmp_path):
     assert marked == [("1m", 1, 20, 9.0), ("1m", 1, 33, 8.5)]
     # Without fct_run_outliers every run is just "run".
     assert {r["status"] for r in data if r["kind"] == "log"} == {"run"}
-    assert spec["title"]["subtitle"][1] == (
-        "Dots: the 2 loss spikes of 1 run, each at its own step and loss."
-    )
+    assert spec["title"]["subtitle"][1] == ("Dots: the 2 loss spikes of 1 run, each at its own step and loss.")
 
     # No spike: the lines alone, and the subtitle says so.
     none = fx.make_stability_warehouse(tmp_path / "n.duckdb", {
@@ -302,9 +289,7 @@ def test_spikes_without_a_log_or_a_spike_mart(tmp_path):
     missing = fx.make_stability_warehouse(tmp_path / "m.duckdb", {"stg_lake__training_log": log})
     spec = spec_of(missing, loss_curves.spikes_chart)
     assert len(values_of(spec)) == len(log)
-    assert spec["title"]["subtitle"][1:] == [
-        "fct_loss_spikes is not built yet: no loss spikes to mark."
-    ]
+    assert spec["title"]["subtitle"][1:] == ["fct_loss_spikes is not built yet: no loss spikes to mark."]
 
     # fct_loss_spikes without its columns: an error naming the warehouse file.
     stale = fx.make_stability_warehouse(tmp_path / "s.duckdb", {"stg_lake__training_log": log})
@@ -320,10 +305,7 @@ def test_long_logs_are_thinned_keeping_spikes_and_ends(tmp_path):
     spike = 12_345
     # Two spikes in the same bin: the bin's highest loss is kept anyway, the lower
     # spike because it is in fct_loss_spikes.
-    log = [
-        log_row(0, s, 10.0 if s == spike else 9.0 if s == spike + 1 else 3.0 + 1.0 / s)
-        for s in range(1, n + 1)
-    ]
+    log = [log_row(0, s, 10.0 if s == spike else 9.0 if s == spike + 1 else 3.0 + 1.0 / s) for s in range(1, n + 1)]
     spikes = [spike_row(0, spike, 10.0), spike_row(0, spike + 1, 9.0)]
     db = fx.make_stability_warehouse(tmp_path / "w.duckdb", {
         "fct_loss_spikes": spikes, "stg_lake__training_log": log,
@@ -346,9 +328,7 @@ def test_training_log_view_that_cannot_read_the_lake_names_the_warehouse(tmp_pat
     db = tmp_path / "w.duckdb"
     con = duckdb.connect(str(db))
     con.execute("create schema staging")
-    con.execute(
-        f"create view staging.stg_lake__training_log as select * from read_parquet('{parquet}')"
-    )
+    con.execute(f"create view staging.stg_lake__training_log as select * from read_parquet('{parquet}')")
     con.close()
     parquet.unlink()  # the lake moved away
     with pytest.raises(

@@ -95,8 +95,7 @@ def test_micro_preset_describes_what_micro_train_writes_by_default(tmp_path, mon
 
     def in_micro(options):  # the written suite's paths, seen from the preset's folder
         if isinstance(options, dict):
-            return {key: "micro/" + value if key in path_options else in_micro(value)
-                    for key, value in options.items()}
+            return {key: "micro/" + value if key in path_options else in_micro(value) for key, value in options.items()}
         return options
 
     assert preset.extractors == in_micro(written.extractors)

@@ -22,25 +22,38 @@ def _cgroup(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple[Path
 
 
 def test_cgroup_v2_quota_caps_the_affinity(tmp_path):
-    root, proc = _cgroup(tmp_path, "0::/job/step", {
-        "job/cpu.max": "250000 100000\n",  # 2.5 CPUs for the job
-        "job/step/cpu.max": "max 100000\n",  # no limit of its own
-    })
+    root, proc = _cgroup(
+        tmp_path,
+        "0::/job/step",
+        {
+            "job/cpu.max": "250000 100000\n",  # 2.5 CPUs for the job
+            "job/step/cpu.max": "max 100000\n",  # no limit of its own
+        },
+    )
     assert cgroup_cpu_quota(root, proc) == 2.5
     assert usable_cpus(set(range(16)), root, proc) == 3  # rounded up
     assert usable_cpus({0, 1}, root, proc) == 2  # the affinity is smaller
 
 
 def test_cgroup_v1_quota_and_no_quota(tmp_path):
-    root, proc = _cgroup(tmp_path, "4:cpu,cpuacct:/slurm/job7", {
-        "cpu,cpuacct/slurm/job7/cpu.cfs_quota_us": "50000\n",
-        "cpu,cpuacct/slurm/job7/cpu.cfs_period_us": "100000\n",
-    })
+    root, proc = _cgroup(
+        tmp_path,
+        "4:cpu,cpuacct:/slurm/job7",
+        {
+            "cpu,cpuacct/slurm/job7/cpu.cfs_quota_us": "50000\n",
+            "cpu,cpuacct/slurm/job7/cpu.cfs_period_us": "100000\n",
+        },
+    )
     assert cgroup_cpu_quota(root, proc) == 0.5
     assert usable_cpus(set(range(8)), root, proc) == 1
-    unlimited, proc = _cgroup(tmp_path / "other", "4:cpu,cpuacct:/", {
-        "cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n",
-    })
+    unlimited, proc = _cgroup(
+        tmp_path / "other",
+        "4:cpu,cpuacct:/",
+        {
+            "cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
+            "cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+        },
+    )
     assert cgroup_cpu_quota(unlimited, proc) is None
     assert usable_cpus({0, 1, 2}, unlimited, proc) == 3
 

@@ -60,9 +60,12 @@ def maps(tmp_path_factory) -> Maps:
     tmp = tmp_path_factory.mktemp("maps")
     written = write_training_map_lake(tmp / "lake")
     imported = tmp / "published.tsv"
-    imported.write_text("seed\tstep\tstate\tscore\n" + "".join(
-        f"{seed}\t{step}\t{state}\t{'' if score is None else score}\n" for seed, step, state, score in IMPORTED
-    ))
+    imported.write_text(
+        "seed\tstep\tstate\tscore\n"
+        + "".join(
+            f"{seed}\t{step}\t{state}\t{'' if score is None else score}\n" for seed, step, state, score in IMPORTED
+        )
+    )
     # A decoy imported first: the marts must read only the newest import.
     decoy = tmp / "decoy.tsv"
     decoy.write_text("seed\tstep\tstate\n0\t0\t9\n")
@@ -113,8 +116,9 @@ def reference_fit(written: Written, size: str, horizon: int) -> tuple[list[tuple
                 continue
             fits = []
             for restart in range(RESTARTS):
-                hmm = GaussianHMM(n, covariance_type="diag", n_iter=100, random_state=RANDOM_STATE + restart,
-                                  implementation="scaling")
+                hmm = GaussianHMM(
+                    n, covariance_type="diag", n_iter=100, random_state=RANDOM_STATE + restart, implementation="scaling"
+                )
                 hmm.fit(x, lengths)
                 fits.append((hmm.score(x, lengths), -restart, hmm))
             log_likelihood, _, hmm = max(fits, key=lambda f: f[:2])
@@ -182,10 +186,10 @@ def test_three_clear_phases_give_three_states_that_every_run_passes_in_order(map
     for row in size_a.itertuples():
         assert row.state == regime_state[maps.written.regimes["a", row.seed, row.step]], row
     assert (size_a.state_probability > 0.99).all()
-    transitions = query(maps.db, "select * from fct_training_map_transitions where model_size = 'a' and map_source = 'hmm'")
-    expected = {
-        (regime_state[a], regime_state[b]): step for (a, b), step in NORMAL_CHANGES.items()
-    }
+    transitions = query(
+        maps.db, "select * from fct_training_map_transitions where model_size = 'a' and map_source = 'hmm'"
+    )
+    expected = {(regime_state[a], regime_state[b]): step for (a, b), step in NORMAL_CHANGES.items()}
     assert {(t["from_state"], t["to_state"]): t["first_step"] for t in transitions} == expected
     for t in transitions:
         assert t["n_runs"] == t["n_transitions"] == t["n_runs_of_map"] == 4
@@ -204,8 +208,10 @@ def test_the_outlier_run_visits_a_state_no_other_run_visits(maps):
     assert own
     entered = size_b[(size_b.seed == outlier) & size_b.state.isin(own)].step.min()
     assert maps.written.regimes["b", outlier, entered] == "D"
-    assert all(maps.written.regimes["b", outlier, step] == "D"
-               for step in size_b[(size_b.seed == outlier) & size_b.state.isin(own)].step)
+    assert all(
+        maps.written.regimes["b", outlier, step] == "D"
+        for step in size_b[(size_b.seed == outlier) & size_b.state.isin(own)].step
+    )
     # the score tells the phases apart too: it rises with the step on average
     for _, run in size_b.groupby("seed"):
         run = run.sort_values("step")
@@ -293,8 +299,7 @@ KEYS = "suite, model_size, horizon_step, seed, step"
 def test_a_rebuild_gives_the_same_states(maps):
     """Near the end of the module: refits the Python model in place."""
     before = query(maps.db, f"select * from intermediate.int_training_map_states_fitted order by {KEYS}")
-    build(str(maps.lake), maps.db, select="int_training_map_states_fitted", full_refresh=True,
-          unit_tests=False)
+    build(str(maps.lake), maps.db, select="int_training_map_states_fitted", full_refresh=True, unit_tests=False)
     after = query(maps.db, f"select * from intermediate.int_training_map_states_fitted order by {KEYS}")
     assert after == before
 
@@ -332,14 +337,11 @@ def test_an_incremental_build_refits_only_the_horizons_that_changed(maps):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DBT_INDIRECT_SELECTION", "cautious")
-        build(str(maps.lake), maps.db, select="+int_training_map_states_fitted", full_refresh=True,
-              unit_tests=False)
+        build(str(maps.lake), maps.db, select="+int_training_map_states_fitted", full_refresh=True, unit_tests=False)
     refreshed = fitted(maps).sort_values(KEYS.split(", ")).reset_index(drop=True)
     assert not (refreshed.state_probability == mark).any()
     # The same maps as refitting everything: kept horizons in all but the mark.
     pd.testing.assert_frame_equal(
         incremental.drop(columns="state_probability"), refreshed.drop(columns="state_probability")
     )
-    pd.testing.assert_series_equal(
-        incremental.state_probability[~kept], refreshed.state_probability[~kept]
-    )
+    pd.testing.assert_series_equal(incremental.state_probability[~kept], refreshed.state_probability[~kept])

@@ -111,7 +111,9 @@ def write_training_map_lake(root: Path, seed: int = 7) -> Written:
             extraction_id = _extraction_id(serial)
             partition = {"suite": SUITE, "model_size": size, "seed": run, "step": step}
             lake.write(WEIGHT_STATS, partition, extraction_id, _weight_rows(extraction_id, x))
-            lake.write(MANIFEST, partition, extraction_id, _manifest(extraction_id, _BASE_TIME + timedelta(seconds=serial)))
+            lake.write(
+                MANIFEST, partition, extraction_id, _manifest(extraction_id, _BASE_TIME + timedelta(seconds=serial))
+            )
             written.features[size, run, step] = BASE + x
             written.regimes[size, run, step] = regime
     return written

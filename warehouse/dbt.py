@@ -79,8 +79,7 @@ def _one_line(message: str, limit: int = 400) -> str:
 class DbtBuildError(RuntimeError):
     """`dbt build` (or `dbt docs generate`) failed; the message lists each failure."""
 
-    def __init__(self, command: str, failures: list[NodeFailure], detail: str | None = None,
-                 log: Path | None = None):
+    def __init__(self, command: str, failures: list[NodeFailure], detail: str | None = None, log: Path | None = None):
         self.command = command
         self.failures = failures
         lines = [f"dbt {command} failed"]
@@ -126,9 +125,7 @@ def build(
     over it on success).
     """
     if not (PROJECT_DIR / "dbt_project.yml").is_file():
-        raise DbtBuildError(
-            "build", [], f"the dbt project is not at {PROJECT_DIR}; reinstall polypythias"
-        )
+        raise DbtBuildError("build", [], f"the dbt project is not at {PROJECT_DIR}; reinstall polypythias")
     root = _lake_root(lake_root)
     memory_limit, threads = _duckdb_settings()
     db_path = Path(db_path).resolve()
@@ -165,9 +162,7 @@ def build(
             outcome = _invoke("build", ["build", *quiet, *common, *selection, *refresh, *units], log)
             if docs:
                 _invoke("docs generate", ["docs", "generate", *quiet, *common, *selection], log)
-    return Counter(
-        getattr(r.node, "resource_type", "?") for r in getattr(outcome, "results", None) or []
-    )
+    return Counter(getattr(r.node, "resource_type", "?") for r in getattr(outcome, "results", None) or [])
 
 
 @contextmanager
@@ -222,8 +217,10 @@ def _spill_dir(root: Path) -> Iterator[Path]:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise DbtBuildError(
-                "build", [], f"another build is writing a warehouse in {root.parent.parent} "
-                f"(it holds {lock.name}); wait for it to finish"
+                "build",
+                [],
+                f"another build is writing a warehouse in {root.parent.parent} "
+                f"(it holds {lock.name}); wait for it to finish",
             ) from None
         spill = root / "spill"
         shutil.rmtree(spill, ignore_errors=True)
@@ -239,12 +236,16 @@ def _duckdb_settings() -> tuple[str, str]:
     memory_limit = os.environ.get(MEMORY_ENV) or _default_memory_limit()
     if not _MEMORY_LIMIT.match(memory_limit):
         raise DbtBuildError(
-            "build", [], f"{MEMORY_ENV}={memory_limit!r} is not a memory size: give a number "
-            "and a unit, e.g. 8GB or 500MiB, or a share of the memory, e.g. 80%"
+            "build",
+            [],
+            f"{MEMORY_ENV}={memory_limit!r} is not a memory size: give a number "
+            "and a unit, e.g. 8GB or 500MiB, or a share of the memory, e.g. 80%",
         )
     threads = os.environ.get(THREADS_ENV) or str(os.cpu_count() or 1)
     if not threads.strip().isdigit() or int(threads) < 1:
-        raise DbtBuildError("build", [], f"{THREADS_ENV}={threads!r} is not a number of threads: give a whole number ≥ 1")
+        raise DbtBuildError(
+            "build", [], f"{THREADS_ENV}={threads!r} is not a number of threads: give a whole number ≥ 1"
+        )
     return memory_limit, threads.strip()
 
 
@@ -264,16 +265,19 @@ def _lake_root(lake_root: str) -> str:
         path = Path(text).resolve()
         if not path.is_dir():
             raise DbtBuildError(
-                "build", [], f"the lake {path} does not exist; extract into it first "
-                "(`polypythias extract`) or pass the right --lake"
+                "build",
+                [],
+                f"the lake {path} does not exist; extract into it first "
+                "(`polypythias extract`) or pass the right --lake",
             )
         text = str(path)
     text = text.rstrip("/")
     bad = [c for c in _UNSAFE_IN_ROOT if c in text]
     if bad:
         raise DbtBuildError(
-            "build", [], f"the lake root {text!r} contains {' and '.join(map(repr, bad))}; "
-            "move the lake to a path without them"
+            "build",
+            [],
+            f"the lake root {text!r} contains {' and '.join(map(repr, bad))}; move the lake to a path without them",
         )
     return text
 
@@ -312,8 +316,7 @@ def _invoke(command: str, args: list[str], log: Path | None = None) -> object:
 
 #: Columns that say where a failing row comes from: its checkpoint and extraction,
 #: which name its lake file (<dataset>/suite=…/model_size=…/seed=…/step=…/<extraction_id>.parquet).
-_WHERE_COLUMNS = ("suite", "model_size", "seed", "step", "extractor", "extraction_id", "task", "metric",
-                  "source_file")
+_WHERE_COLUMNS = ("suite", "model_size", "seed", "step", "extractor", "extraction_id", "task", "metric", "source_file")
 
 
 def _failures(outcome: object) -> list[NodeFailure]:
@@ -331,7 +334,7 @@ def _failures(outcome: object) -> list[NodeFailure]:
 
 
 def _first_failing_row(test_sql: str | None) -> str:
-    """"; first failing row: suite=…, step=…, extraction_id=…" of a failed data test,
+    """ "; first failing row: suite=…, step=…, extraction_id=…" of a failed data test,
     so the message names the checkpoint (and so the lake file) it is about."""
     path = os.environ.get(DB_ENV)
     if not test_sql or not path:

@@ -117,10 +117,7 @@ class Lake:
                 f"{dataset.name} is partitioned by {', '.join(dataset.partition_by)}; "
                 f"got {', '.join(sorted(partition))}"
             )
-        parts = [
-            f"{column}={validate_partition_value(column, partition[column])}"
-            for column in dataset.partition_by
-        ]
+        parts = [f"{column}={validate_partition_value(column, partition[column])}" for column in dataset.partition_by]
         return "/".join([self.dataset_dir(dataset), *parts])
 
     # -- writing --------------------------------------------------------------
@@ -197,10 +194,7 @@ class Lake:
     def _conform(self, dataset: Dataset, table: pa.Table) -> pa.Table:
         expected = dataset.schema
         if table.schema.names != expected.names:
-            raise LakeError(
-                f"{dataset.name}: columns {table.schema.names} do not match the schema "
-                f"{expected.names}"
-            )
+            raise LakeError(f"{dataset.name}: columns {table.schema.names} do not match the schema {expected.names}")
         try:
             return table.cast(expected)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
@@ -219,9 +213,7 @@ class Lake:
 
         Refuses files written with another schema version, naming the file.
         """
-        partition_schema = pa.schema(
-            [pa.field(c, PARTITION_TYPES[c]) for c in dataset.partition_by]
-        )
+        partition_schema = pa.schema([pa.field(c, PARTITION_TYPES[c]) for c in dataset.partition_by])
         full_schema = pa.schema(list(partition_schema) + list(dataset.schema))
         directory = self.dataset_dir(dataset)
         if self.fs.get_file_info(directory).type == pafs.FileType.NotFound:
@@ -229,7 +221,7 @@ class Lake:
         selector = pafs.FileSelector(directory, recursive=True)
         for info in self.fs.get_file_info(selector):
             if info.type == pafs.FileType.File and info.base_name.endswith(".parquet"):
-                problem = layout_problem(dataset, info.path[len(directory) + 1:])
+                problem = layout_problem(dataset, info.path[len(directory) + 1 :])
                 if problem:
                     raise LakeError(f"{info.path}: {problem}")
         dataset_ = ds.dataset(
@@ -283,11 +275,12 @@ class Lake:
             selector = pafs.FileSelector(f"{self.root}/{name}", allow_not_found=True, recursive=True)
             # Every *.parquet counts, hidden or not: it is what dbt's glob reads.
             paths = sorted(
-                i.path for i in self.fs.get_file_info(selector)
+                i.path
+                for i in self.fs.get_file_info(selector)
                 if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
             )
             for path in paths:
-                problem = layout_problem(DATASETS[name], path[len(self.root) + len(name) + 2:])
+                problem = layout_problem(DATASETS[name], path[len(self.root) + len(name) + 2 :])
                 if problem:
                     raise LakeError(f"{path}: {problem}")
                 try:

@@ -334,8 +334,16 @@ TRAINING_MAP_STATES = Dataset(
 DATASETS: dict[str, Dataset] = {
     d.name: d
     for d in (
-        MANIFEST, TOKEN_STATS, WEIGHT_STATS, TRAINING_LOG, SUITE_GRID,
-        EVAL_RESULTS, EVAL_SAMPLES, EVAL_FILES, PROBE_RESULTS, PROBE_PREDICTIONS,
+        MANIFEST,
+        TOKEN_STATS,
+        WEIGHT_STATS,
+        TRAINING_LOG,
+        SUITE_GRID,
+        EVAL_RESULTS,
+        EVAL_SAMPLES,
+        EVAL_FILES,
+        PROBE_RESULTS,
+        PROBE_PREDICTIONS,
         TRAINING_MAP_STATES,
     )
 }

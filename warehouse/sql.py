@@ -43,9 +43,7 @@ def query(db_path: Path, sql: str) -> tuple[list[str], list[tuple]]:
             if not statements:
                 raise WarehouseError(f"{db_path}: the query holds no SQL statement")
             if len(statements) > 1:
-                raise WarehouseError(
-                    f"{db_path}: give one statement per call, not {len(statements)}"
-                )
+                raise WarehouseError(f"{db_path}: give one statement per call, not {len(statements)}")
             kind = statements[0].type
             if kind != duckdb.StatementType.SELECT:
                 raise WarehouseError(

@@ -209,7 +209,7 @@ def _fit_horizon_star(args):
 
 def horizons_of(steps, max_horizons):
     """The horizon steps of a size whose sorted distinct steps are ``steps``."""
-    horizons = list(steps[MIN_STEPS - 1:])
+    horizons = list(steps[MIN_STEPS - 1 :])
     if max_horizons and len(horizons) > max_horizons:
         if max_horizons == 1:
             return horizons[-1:]

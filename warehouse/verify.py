@@ -36,8 +36,9 @@ RECORDED = ("success", "diverged")
 _FILE_NAME = re.compile(r"^(?P<extraction_id>\d{8}T\d{12}Z-[0-9a-f]{8})\.parquet$")
 
 
-def data_damage(lake: Lake, partition: dict[str, object], extraction_id: str,
-                rows: Iterable[tuple[str, int]]) -> str | None:
+def data_damage(
+    lake: Lake, partition: dict[str, object], extraction_id: str, rows: Iterable[tuple[str, int]]
+) -> str | None:
     """Why the data a manifest row records (dataset → rows) is not in the partition's
     files as recorded, or None when it is. Reads only the files' footers."""
     problems = []
@@ -125,7 +126,9 @@ def verify(lake: Lake) -> Verification:
             folder, _, base = entry.path.rpartition("/")
             named = _FILE_NAME.match(base)
             if not named:
-                result.problems.append(f"{entry.path}: not named <extraction id>.parquet, so no manifest row can record it")
+                result.problems.append(
+                    f"{entry.path}: not named <extraction id>.parquet, so no manifest row can record it"
+                )
                 continue
             extraction_id = named["extraction_id"]
             ids = pc.unique(table["extraction_id"]).to_pylist()
@@ -168,7 +171,8 @@ def verify(lake: Lake) -> Verification:
             result.redone += sum(1 for _, problem in attempts if problem)
     # extract records the suite grid of every suite it extracts (ingest does not)
     extracted_suites = {
-        _partition_value(folder, "suite") for folder, table in manifests
+        _partition_value(folder, "suite")
+        for folder, table in manifests
         if set(table["extractor"].to_pylist()) - {"lm_eval_ingest"}
     }
     for suite in sorted(extracted_suites):
@@ -197,7 +201,7 @@ def verify(lake: Lake) -> Verification:
 
 def _read(lake: Lake, path: str, dataset, problems: list[str]) -> pa.Table | None:
     """The file's rows, or None after recording why they cannot be trusted."""
-    relative = path[len(lake.dataset_dir(dataset)) + 1:]
+    relative = path[len(lake.dataset_dir(dataset)) + 1 :]
     problem = layout_problem(dataset, relative)
     if problem:
         problems.append(f"{path}: {problem}")
@@ -243,4 +247,4 @@ def _partition_value(folder: str, column: str) -> str:
 def _sibling(lake: Lake, manifest_folder: str, dataset: str) -> str:
     """The folder of the same checkpoint partition in another dataset."""
     prefix = lake.dataset_dir(MANIFEST)
-    return f"{lake.root}/{dataset}{manifest_folder[len(prefix):]}"
+    return f"{lake.root}/{dataset}{manifest_folder[len(prefix) :]}"

@@ -79,7 +79,7 @@
         -- S = Σ_c n_a(c) · n_b(c); a label only one rater uses adds nothing
         select
             {% for key in keys -%}
-            kappa_marginals_a.{{ key }},
+    kappa_marginals_a.{{ key }},
             {% endfor -%}
             sum(kappa_marginals_a.n_label * kappa_marginals_b.n_label) as n_chance_products
         from kappa_marginals_a
@@ -92,7 +92,7 @@
     select
         ---------- keys
         {% for key in keys -%}
-        kappa_agreement.{{ key }},
+    kappa_agreement.{{ key }},
         {% endfor %}
         ---------- agreement
         kappa_agreement.n_items,

@@ -138,7 +138,7 @@ select * from final
 
 
 {% macro eval_checkpoint_extractions() %}
-    {#- One row per checkpoint with a successful evaluation: its fingerprint. -#}
+{#- One row per checkpoint with a successful evaluation: its fingerprint. -#}
     select
         suite,
         model_size,
@@ -330,7 +330,7 @@ select * from final
         and items.suite = pending_groups.suite
         and items.model_size = pending_groups.model_size
         and items.{{ group_column }} = pending_groups.group_value
-    {%- endif %}
+{%- endif %}
     where items.prediction is not null
 {% endmacro %}
 

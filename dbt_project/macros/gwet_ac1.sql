@@ -79,7 +79,7 @@
         -- V = Σ_c m_c (2n − m_c), so Σ_c π_c (1 − π_c) = V / (2n)²
         select
             {% for key in keys -%}
-            ac1_label_counts.{{ key }},
+    ac1_label_counts.{{ key }},
             {% endfor -%}
             count(*) as n_labels,
             sum(ac1_label_counts.n_label * (2 * ac1_agreement.n_items - ac1_label_counts.n_label))
@@ -95,7 +95,7 @@
     -- arithmetic up to one division; 1 when Q = 1 (then a = n)
     select
         {% for key in keys -%}
-        ac1_agreement.{{ key }},
+    ac1_agreement.{{ key }},
         {% endfor -%}
         case
             when ac1_chance.n_labels = 1 then 1.0

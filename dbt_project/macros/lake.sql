@@ -190,9 +190,9 @@
 {% macro lake_empty_relation(dataset) -%}
     (
         select
-            {%- for name, type in lake_columns(dataset) %}
+    {%- for name, type in lake_columns(dataset) %}
             cast(null as {{ type }}) as {{ adapter.quote(name) }}{{ "," if not loop.last }}
-            {%- endfor %}
+    {%- endfor %}
         where false
     )
 {%- endmacro %}

@@ -123,7 +123,7 @@
 
         select
             {% for key in keys -%}
-            loo_self.{{ key }},
+    loo_self.{{ key }},
             {% endfor -%}
             loo_self.loo_unit,
             loo_self.loo_value,
@@ -133,12 +133,12 @@
         from loo_values as loo_self
         left join loo_values as loo_other
             on loo_self.loo_unit <> loo_other.loo_unit
-            {%- for key in keys %}
+    {%- for key in keys %}
             and loo_self.{{ key }} is not distinct from loo_other.{{ key }}
-            {%- endfor %}
+    {%- endfor %}
         group by
             {% for key in keys -%}
-            loo_self.{{ key }},
+    loo_self.{{ key }},
             {% endfor -%}
             loo_self.loo_unit,
             loo_self.loo_value

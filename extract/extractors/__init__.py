@@ -178,9 +178,7 @@ def get_extractor(name: str) -> type[Extractor]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ExtractorError(
-            f"unknown extractor {name!r}; known: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+        raise ExtractorError(f"unknown extractor {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
 
 
 # Importing the plugin modules registers them.

@@ -83,13 +83,12 @@ class EvalsOptions(ExtractorOptions):
             "False saves ~6 s per job when only include_path tasks are used)."
         ),
     )
-    num_fewshot: int = Field(
-        0, ge=0, description="Few-shot examples per item (a task whose YAML fixes 0 keeps 0)."
-    )
+    num_fewshot: int = Field(0, ge=0, description="Few-shot examples per item (a task whose YAML fixes 0 keeps 0).")
     batch_size: int = Field(32, ge=1, description="Requests per forward pass.")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N items per task (quick runs).")
     bootstrap_iters: int = Field(
-        1000, ge=0,
+        1000,
+        ge=0,
         description="Bootstrap resamples for stderrs that have no closed form (0: no stderrs).",
     )
     fewshot_seed: int = Field(_OTHER_SEED, description="Seed of the few-shot example sampler.")
@@ -139,8 +138,9 @@ class Evals(Extractor):
             try:
                 loaded = manager.load(list(self.options.tasks))
             except Exception as error:
-                raise ExtractorError(f"evals: cannot load tasks {self.options.tasks}: "
-                                     f"{type(error).__name__}: {error}") from error
+                raise ExtractorError(
+                    f"evals: cannot load tasks {self.options.tasks}: {type(error).__name__}: {error}"
+                ) from error
         for task in loaded["tasks"].values():
             # As `simple_evaluate(num_fewshot=...)`: a YAML that fixes 0 shots keeps 0.
             if task.get_config("num_fewshot") != 0:
@@ -168,8 +168,10 @@ class Evals(Extractor):
             for task in unknown
             if (close := difflib.get_close_matches(task, available, n=3, cutoff=0.6))
         ]
-        return message + f"; {len(available)} available (`lm-eval ls tasks` lists them)" + (
-            "; " + "; ".join(hints) if hints else ""
+        return (
+            message
+            + f"; {len(available)} available (`lm-eval ls tasks` lists them)"
+            + ("; " + "; ".join(hints) if hints else "")
         )
 
     def run(self, model, tokenizer, checkpoint, device) -> dict[str, pa.Table]:
@@ -189,8 +191,13 @@ class Evals(Extractor):
             self._encodings = (tokenizer, {})
         evaluated_at = datetime.now(UTC)
         with _single_process(), _quiet():
-            lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, encodings=self._encodings[1],
-                               batch_size=self.options.batch_size, device=str(device))
+            lm = _quiet_hflm()(
+                pretrained=model,
+                tokenizer=tokenizer,
+                encodings=self._encodings[1],
+                batch_size=self.options.batch_size,
+                device=str(device),
+            )
             document = evaluate(
                 lm=lm,
                 task_dict=self._tasks,

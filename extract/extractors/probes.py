@@ -109,9 +109,7 @@ class _TaskOptions(BaseModel):
 
 class ConlluTask(_TaskOptions):
     format: Literal["conllu"]
-    field: str = Field(
-        description="Label: a column (upos, xpos, deprel, lemma) or a FEATS key (e.g. Number)."
-    )
+    field: str = Field(description="Label: a column (upos, xpos, deprel, lemma) or a FEATS key (e.g. Number).")
 
 
 class JsonlWordsTask(_TaskOptions):
@@ -137,7 +135,8 @@ class ProbesOptions(ExtractorOptions):
     )
     batch_size: int = Field(64, ge=1, description="Texts per forward pass.")
     l2: float = Field(
-        10.0, gt=0,
+        10.0,
+        gt=0,
         description=(
             "L2 penalty of the probes: each minimises sum of cross-entropies + l2/2 * ||W||^2 "
             "over its items (sklearn's C = 1/l2; the intercept is penalised too)."
@@ -186,8 +185,7 @@ class Split:
     item_sources: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
 
-    def add_words(self, words: list[str], labels: list[str | None], source: str,
-                  word_sources: list[str]) -> None:
+    def add_words(self, words: list[str], labels: list[str | None], source: str, word_sources: list[str]) -> None:
         """Words read as their text joined by single spaces."""
         spans, start = [], 0
         for word in words:
@@ -195,8 +193,9 @@ class Split:
             start += len(word) + 1
         self.add_text_words(" ".join(words), spans, labels, source, word_sources)
 
-    def add_text_words(self, text: str, spans: list[tuple[int, int]], labels: list[str | None],
-                       source: str, word_sources: list[str]) -> None:
+    def add_text_words(
+        self, text: str, spans: list[tuple[int, int]], labels: list[str | None], source: str, word_sources: list[str]
+    ) -> None:
         """A text and its words' character spans in it (words of one multiword token
         may share one span)."""
         index = len(self.texts)
@@ -236,8 +235,7 @@ class Split:
         )
 
 
-def read_split(path: Path, options: ConlluTask | JsonlWordsTask | JsonlTextTask,
-               limit: int | None = None) -> Split:
+def read_split(path: Path, options: ConlluTask | JsonlWordsTask | JsonlTextTask, limit: int | None = None) -> Split:
     """The labelled items of one split file; with ``limit``, only the first ones
     (reading stops there)."""
     if not path.is_file():
@@ -460,9 +458,7 @@ def load_task(name: str, options, suite, word_pooling: str) -> Task:
     counts = Counter(train.labels)
     classes = sorted(counts)
     if len(classes) < 2:
-        raise ExtractorError(
-            f"probes.tasks.{name}: the train split has one label ({classes[0]!r}); a probe needs two"
-        )
+        raise ExtractorError(f"probes.tasks.{name}: the train split has one label ({classes[0]!r}); a probe needs two")
     labels = classes + sorted(set(test.labels) - set(classes))
     index = {label: i for i, label in enumerate(labels)}
     majority = max(classes, key=lambda label: (counts[label], -classes.index(label)))
@@ -526,9 +522,7 @@ class Probes(Extractor):
 
     def __init__(self, options: ProbesOptions, suite) -> None:
         super().__init__(options, suite)
-        self.tasks = [
-            load_task(name, spec, suite, options.word_pooling) for name, spec in options.tasks.items()
-        ]
+        self.tasks = [load_task(name, spec, suite, options.word_pooling) for name, spec in options.tasks.items()]
         self._plan: tuple[object, Plan] | None = None
 
     def input_files(self) -> dict[str, str | None]:
@@ -539,9 +533,7 @@ class Probes(Extractor):
         }
 
     def hashed_options(self) -> dict:
-        return self.options.model_dump(
-            exclude={"steps": True, "tasks": {"__all__": {"train", "test"}}}, mode="json"
-        )
+        return self.options.model_dump(exclude={"steps": True, "tasks": {"__all__": {"train", "test"}}}, mode="json")
 
     # -- encoding ------------------------------------------------------------------
 
@@ -585,8 +577,10 @@ class Probes(Extractor):
 
         # Feature rows: one per distinct (text, positions); a word without a token has none.
         row_index: dict[tuple[int, tuple[int, ...]], int] = {}
-        item_rows = [row_index.setdefault((text, tuple(p)), len(row_index)) if p else -1
-                     for (text, *_), p in zip(items, positions, strict=True)]
+        item_rows = [
+            row_index.setdefault((text, tuple(p)), len(row_index)) if p else -1
+            for (text, *_), p in zip(items, positions, strict=True)
+        ]
         rows_by_text: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
         for (text, tokens), row in row_index.items():
             rows_by_text.setdefault(text, []).append((row, tokens))
@@ -602,8 +596,11 @@ class Probes(Extractor):
                 log.warning(
                     "probes: task %s: %d of %d train and %d of %d test words get no token "
                     "from the tokenizer; they are left out",
-                    task_name, left_out["train"], len(kept[(task_name, "train")]),
-                    left_out["test"], len(kept[(task_name, "test")]),
+                    task_name,
+                    left_out["train"],
+                    len(kept[(task_name, "train")]),
+                    left_out["test"],
+                    len(kept[(task_name, "test")]),
                 )
 
         order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
@@ -624,13 +621,15 @@ class Probes(Extractor):
             index = torch.full((len(batch_rows), most), len(chunk) * width, dtype=torch.long)
             for r, (_, flat) in enumerate(batch_rows):
                 index[r, : len(flat)] = torch.tensor(flat)
-            batches.append(Batch(
-                input_ids=input_ids,
-                attention_mask=attention,
-                rows=torch.tensor([row for row, _ in batch_rows], dtype=torch.long),
-                positions=index,
-                counts=torch.tensor([len(flat) for _, flat in batch_rows], dtype=torch.float32),
-            ))
+            batches.append(
+                Batch(
+                    input_ids=input_ids,
+                    attention_mask=attention,
+                    rows=torch.tensor([row for row, _ in batch_rows], dtype=torch.long),
+                    positions=index,
+                    counts=torch.tensor([len(flat) for _, flat in batch_rows], dtype=torch.float32),
+                )
+            )
         longest = max(range(len(ids)), key=lambda i: len(ids[i]))
         return Plan(batches, len(row_index), rows, kept, len(ids[longest]), text_sources[longest])
 
@@ -658,12 +657,11 @@ class Probes(Extractor):
                 )
                 hidden = output.hidden_states
                 if len(hidden) != n_layers:
-                    raise ExtractorError(
-                        f"probes: the model gave {len(hidden)} hidden states, expected {n_layers}"
-                    )
+                    raise ExtractorError(f"probes: the model gave {len(hidden)} hidden states, expected {n_layers}")
                 if features is None:
-                    features = torch.zeros(n_layers, plan.n_rows, hidden[0].shape[-1],
-                                           dtype=torch.float32, device=device)
+                    features = torch.zeros(
+                        n_layers, plan.n_rows, hidden[0].shape[-1], dtype=torch.float32, device=device
+                    )
                 positions = batch.positions.to(device)
                 counts = batch.counts.to(device)[:, None]
                 rows = batch.rows.to(device)
@@ -724,8 +722,7 @@ class Probes(Extractor):
         fitter = probing.LogisticProbes(self.options.l2, dtype=torch.float32)
         codelength, predictor = probing.online_codelength(x_train, y_train, n_classes, ends, fitter)
         if not fitter.converged:
-            log.warning("probes: task %s: some probes did not converge in %d iterations",
-                        task.name, fitter.iterations)
+            log.warning("probes: task %s: some probes did not converge in %d iterations", task.name, fitter.iterations)
         predicted = predictor(len(ends) - 1, x_test).argmax(-1)  # (layers, test items)
         return {
             "codelength": codelength.cpu().numpy(),

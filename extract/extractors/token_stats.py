@@ -114,8 +114,9 @@ class TokenStats(Extractor):
         with torch.inference_mode():
             for start in range(0, len(order), self.options.batch_size):
                 doc_ids = order[start : start + self.options.batch_size]
-                table, bad = _batch_stats(model, [sequences[i] for i in doc_ids], doc_ids, has_bos,
-                                          pad_id, self.options.top_k, device)
+                table, bad = _batch_stats(
+                    model, [sequences[i] for i in doc_ids], doc_ids, has_bos, pad_id, self.options.top_k, device
+                )
                 batches.append(table)
                 if bad is not None:
                     nonfinite.append(table["doc_id"].filter(pa.array(bad.cpu().numpy())).combine_chunks())

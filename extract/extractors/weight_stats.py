@@ -282,8 +282,16 @@ def batch_matrix_stats(weights: torch.Tensor) -> list[dict[str, float | None]]:
 
 #: The statistics of a matrix row, all null on a matrix with NaN or inf values.
 _MATRIX_STATS = (
-    "l1", "l2", "trace", "spectral", "code_sparsity", "computational_sparsity",
-    "sv_mean", "sv_var", "mean", "var",
+    "l1",
+    "l2",
+    "trace",
+    "spectral",
+    "code_sparsity",
+    "computational_sparsity",
+    "sv_mean",
+    "sv_var",
+    "mean",
+    "var",
 )
 
 
@@ -302,9 +310,7 @@ class WeightStats(Extractor):
         # the same for every checkpoint of a model shape, so drawn once per job.
         self._positions: dict[tuple, torch.Tensor] = {}
 
-    def _sample_positions(
-        self, names: tuple[str, ...], shape: tuple[int, ...], device: torch.device
-    ) -> torch.Tensor:
+    def _sample_positions(self, names: tuple[str, ...], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         import torch
 
         key = (names, shape, device)

@@ -50,14 +50,16 @@ def gender_agreement_items(n: int, seed: int, grammar: Grammar | None = None) ->
     rng = random.Random(seed)
     for sentence in _distinct_sentences(n, rng, grammar, lambda s: s.reflexive_index is not None):
         good, bad = minimal_pair(sentence)
-        items.append({
-            "context": "",
-            "choices": [good.text, bad.text],
-            "sentence_good": good.text,
-            "sentence_bad": bad.text,
-            "antecedent_index": sentence.antecedent_index,
-            "reflexive_index": sentence.reflexive_index,
-        })
+        items.append(
+            {
+                "context": "",
+                "choices": [good.text, bad.text],
+                "sentence_good": good.text,
+                "sentence_bad": bad.text,
+                "antecedent_index": sentence.antecedent_index,
+                "reflexive_index": sentence.reflexive_index,
+            }
+        )
     return items
 
 
@@ -81,11 +83,13 @@ def cloze_items(n: int, seed: int, grammar: Grammar | None = None) -> list[dict]
             if context in seen:
                 continue
             seen.add(context)
-            items.append({
-                "context": context,
-                "target": " " + sentence.words[sentence.reflexive_index].text,
-                "antecedent_index": len(words) - sentence.reflexive_index + sentence.antecedent_index,
-            })
+            items.append(
+                {
+                    "context": context,
+                    "target": " " + sentence.words[sentence.reflexive_index].text,
+                    "antecedent_index": len(words) - sentence.reflexive_index + sentence.antecedent_index,
+                }
+            )
             if len(items) == n:
                 break
         batch += 1
@@ -101,20 +105,20 @@ def verb_agreement_items(n: int, seed: int, grammar: Grammar | None = None) -> l
         _, wrong = agreement_pair(sentence)
         wrong_number = wrong.words[sentence.verb_index].number
         # Two other verbs of the same kind (transitive or not), in the wrong number.
-        family = next(f for f in (_TRANSITIVE, _INTRANSITIVE)
-                      if any(forms[verb.number] == verb for forms in f))
+        family = next(f for f in (_TRANSITIVE, _INTRANSITIVE) if any(forms[verb.number] == verb for forms in f))
         others = rng.sample([forms for forms in family if forms[verb.number] != verb], 2)
-        choices = [verb.text, wrong.words[sentence.verb_index].text,
-                   *(forms[wrong_number].text for forms in others)]
+        choices = [verb.text, wrong.words[sentence.verb_index].text, *(forms[wrong_number].text for forms in others)]
         order = list(range(4))
         rng.shuffle(order)
-        items.append({
-            "context": " ".join(w.text for w in sentence.words[: sentence.verb_index]),
-            "choices": [choices[i] for i in order],
-            "label": order.index(0),
-            "subject_index": sentence.subject_index,
-            "verb_index": sentence.verb_index,
-        })
+        items.append(
+            {
+                "context": " ".join(w.text for w in sentence.words[: sentence.verb_index]),
+                "choices": [choices[i] for i in order],
+                "label": order.index(0),
+                "subject_index": sentence.subject_index,
+                "verb_index": sentence.verb_index,
+            }
+        )
     return items
 
 
@@ -126,7 +130,9 @@ BUILDERS: dict[str, Callable[[int, int, Grammar | None], list[dict]]] = {
 
 
 def write_tasks(
-    out_dir: Path, n_items: int = DEFAULT_ITEMS, seed: int = DEFAULT_SEED,
+    out_dir: Path,
+    n_items: int = DEFAULT_ITEMS,
+    seed: int = DEFAULT_SEED,
     grammar: Grammar | None = None,
 ) -> Path:
     """Write the task YAMLs and their JSONL items into ``out_dir``; returns it."""
@@ -144,7 +150,10 @@ def write_tasks(
 
 
 def _distinct_sentences(
-    n: int, rng: random.Random, grammar: Grammar | None, keep: Callable[[Sentence], bool],
+    n: int,
+    rng: random.Random,
+    grammar: Grammar | None,
+    keep: Callable[[Sentence], bool],
     prefix: bool = False,
 ) -> list[Sentence]:
     """``n`` sentences satisfying ``keep``, distinct in text (or, with ``prefix``, in

@@ -22,7 +22,16 @@ from dataclasses import dataclass, replace
 
 # Parts of speech, in a fixed order so that probes can use their index as a label.
 POS_TAGS: tuple[str, ...] = (
-    "DET", "ADJ", "NOUN", "PROPN", "PRON", "REFL", "REL", "VERB", "ADP", "PUNCT",
+    "DET",
+    "ADJ",
+    "NOUN",
+    "PROPN",
+    "PRON",
+    "REFL",
+    "REL",
+    "VERB",
+    "ADP",
+    "PUNCT",
 )
 
 
@@ -94,27 +103,57 @@ _GENDERED_NOUNS = (
     ("monk", "monks", "nun", "nuns"),
 )
 _NEUTER_NOUNS = (
-    ("book", "books"), ("apple", "apples"), ("letter", "letters"),
-    ("garden", "gardens"), ("house", "houses"), ("river", "rivers"),
-    ("stone", "stones"), ("song", "songs"), ("table", "tables"), ("ship", "ships"),
+    ("book", "books"),
+    ("apple", "apples"),
+    ("letter", "letters"),
+    ("garden", "gardens"),
+    ("house", "houses"),
+    ("river", "rivers"),
+    ("stone", "stones"),
+    ("song", "songs"),
+    ("table", "tables"),
+    ("ship", "ships"),
 )
 _MALE_NAMES = ("John", "Peter", "Tom", "David", "James")
 _FEMALE_NAMES = ("Mary", "Anna", "Susan", "Emma", "Lucy")
 # (singular, plural) verb forms.
 _TRANSITIVE_VERBS = (
-    ("sees", "see"), ("likes", "like"), ("helps", "help"), ("knows", "know"),
-    ("admires", "admire"), ("watches", "watch"), ("loves", "love"),
-    ("follows", "follow"), ("visits", "visit"), ("praises", "praise"),
-    ("blames", "blame"), ("finds", "find"),
+    ("sees", "see"),
+    ("likes", "like"),
+    ("helps", "help"),
+    ("knows", "know"),
+    ("admires", "admire"),
+    ("watches", "watch"),
+    ("loves", "love"),
+    ("follows", "follow"),
+    ("visits", "visit"),
+    ("praises", "praise"),
+    ("blames", "blame"),
+    ("finds", "find"),
 )
 _INTRANSITIVE_VERBS = (
-    ("sleeps", "sleep"), ("laughs", "laugh"), ("smiles", "smile"),
-    ("waits", "wait"), ("sings", "sing"), ("dances", "dance"), ("runs", "run"),
+    ("sleeps", "sleep"),
+    ("laughs", "laugh"),
+    ("smiles", "smile"),
+    ("waits", "wait"),
+    ("sings", "sing"),
+    ("dances", "dance"),
+    ("runs", "run"),
     ("cries", "cry"),
 )
 _ADJECTIVES = (
-    "old", "young", "happy", "sad", "tall", "small", "brave", "clever", "quiet",
-    "kind", "poor", "rich",
+    "old",
+    "young",
+    "happy",
+    "sad",
+    "tall",
+    "small",
+    "brave",
+    "clever",
+    "quiet",
+    "kind",
+    "poor",
+    "rich",
 )
 _PREPOSITIONS = ("in", "near", "with", "behind")
 
@@ -131,15 +170,18 @@ _DETERMINERS = (
     Word("many", "DET", number="pl"),
 )
 _SUBJECT_PRONOUNS = (
-    Word("he", "PRON", "m", "sg"), Word("she", "PRON", "f", "sg"),
+    Word("he", "PRON", "m", "sg"),
+    Word("she", "PRON", "f", "sg"),
     Word("they", "PRON", None, "pl"),
 )
 _OBJECT_PRONOUNS = (
-    Word("him", "PRON", "m", "sg"), Word("her", "PRON", "f", "sg"),
+    Word("him", "PRON", "m", "sg"),
+    Word("her", "PRON", "f", "sg"),
     Word("them", "PRON", None, "pl"),
 )
 _REFLEXIVES = (
-    Word("himself", "REFL", "m", "sg"), Word("herself", "REFL", "f", "sg"),
+    Word("himself", "REFL", "m", "sg"),
+    Word("herself", "REFL", "f", "sg"),
     Word("themselves", "REFL", None, "pl"),
 )
 _WHO = Word("who", "REL")
@@ -149,13 +191,14 @@ _ANIMATE_NOUNS = tuple(
     Word(text, "NOUN", gender, number)
     for m_sg, m_pl, f_sg, f_pl in _GENDERED_NOUNS
     for text, gender, number in (
-        (m_sg, "m", "sg"), (m_pl, "m", "pl"), (f_sg, "f", "sg"), (f_pl, "f", "pl"),
+        (m_sg, "m", "sg"),
+        (m_pl, "m", "pl"),
+        (f_sg, "f", "sg"),
+        (f_pl, "f", "pl"),
     )
 )
 _INANIMATE_NOUNS = tuple(
-    Word(text, "NOUN", "n", number)
-    for sg, pl in _NEUTER_NOUNS
-    for text, number in ((sg, "sg"), (pl, "pl"))
+    Word(text, "NOUN", "n", number) for sg, pl in _NEUTER_NOUNS for text, number in ((sg, "sg"), (pl, "pl"))
 )
 _NAMES = tuple(Word(n, "PROPN", "m", "sg") for n in _MALE_NAMES) + tuple(
     Word(n, "PROPN", "f", "sg") for n in _FEMALE_NAMES
@@ -163,10 +206,7 @@ _NAMES = tuple(Word(n, "PROPN", "m", "sg") for n in _MALE_NAMES) + tuple(
 
 
 def _verb_forms(pairs: tuple[tuple[str, str], ...]) -> tuple[dict[str, Word], ...]:
-    return tuple(
-        {"sg": Word(sg, "VERB", number="sg"), "pl": Word(pl, "VERB", number="pl")}
-        for sg, pl in pairs
-    )
+    return tuple({"sg": Word(sg, "VERB", number="sg"), "pl": Word(pl, "VERB", number="pl")} for sg, pl in pairs)
 
 
 _TRANSITIVE = _verb_forms(_TRANSITIVE_VERBS)
@@ -176,17 +216,23 @@ _ADP_WORDS = tuple(Word(p, "ADP") for p in _PREPOSITIONS)
 
 # Lookups for minimal pairs.
 _OTHER_VERB_FORM: dict[str, Word] = {
-    forms[n].text: forms["pl" if n == "sg" else "sg"]
-    for forms in _TRANSITIVE + _INTRANSITIVE
-    for n in ("sg", "pl")
+    forms[n].text: forms["pl" if n == "sg" else "sg"] for forms in _TRANSITIVE + _INTRANSITIVE for n in ("sg", "pl")
 }
 _REFLEXIVE_BY_TEXT: dict[str, Word] = {w.text: w for w in _REFLEXIVES}
 
 _LEXICON: tuple[Word, ...] = (
-    _DETERMINERS + _ADJ_WORDS + _ANIMATE_NOUNS + _INANIMATE_NOUNS + _NAMES
-    + _SUBJECT_PRONOUNS + _OBJECT_PRONOUNS + _REFLEXIVES + (_WHO,)
+    _DETERMINERS
+    + _ADJ_WORDS
+    + _ANIMATE_NOUNS
+    + _INANIMATE_NOUNS
+    + _NAMES
+    + _SUBJECT_PRONOUNS
+    + _OBJECT_PRONOUNS
+    + _REFLEXIVES
+    + (_WHO,)
     + tuple(f[n] for f in _TRANSITIVE + _INTRANSITIVE for n in ("sg", "pl"))
-    + _ADP_WORDS + (_PERIOD,)
+    + _ADP_WORDS
+    + (_PERIOD,)
 )
 
 
@@ -264,9 +310,7 @@ class Grammar:
             words.append(rng.choice(_ADP_WORDS))
             self._noun_phrase(rng, words, _INANIMATE_NOUNS)
         words.append(_PERIOD)
-        return Sentence(
-            tuple(words), reflexive_index, antecedent_index, subject_index, verb_index
-        )
+        return Sentence(tuple(words), reflexive_index, antecedent_index, subject_index, verb_index)
 
     def _object(self, rng: random.Random, words: list[Word]) -> None:
         roll = rng.random()
@@ -278,12 +322,9 @@ class Grammar:
             nouns = _ANIMATE_NOUNS if rng.random() < 0.6 else _INANIMATE_NOUNS
             self._noun_phrase(rng, words, nouns)
 
-    def _noun_phrase(
-        self, rng: random.Random, words: list[Word], nouns: tuple[Word, ...]
-    ) -> None:
+    def _noun_phrase(self, rng: random.Random, words: list[Word], nouns: tuple[Word, ...]) -> None:
         number = "pl" if rng.random() < self.p_plural else "sg"
-        det = rng.choice([d for d in _DETERMINERS if d.number in (None, number)
-                          and d.text != "an"])
+        det = rng.choice([d for d in _DETERMINERS if d.number in (None, number) and d.text != "an"])
         adjective = rng.choice(_ADJ_WORDS) if rng.random() < self.p_adjective else None
         noun = rng.choice([n for n in nouns if n.number == number])
         if det.text == "a" and (adjective or noun).text[0] in "aeiou":
@@ -303,15 +344,10 @@ def generate_documents(
     """`n_docs` documents of `sentences_per_doc` (inclusive range) sentences each."""
     low, high = sentences_per_doc
     if n_docs < 0 or not 1 <= low <= high:
-        raise ValueError(
-            f"need n_docs >= 0 and 1 <= low <= high, got {n_docs}, {sentences_per_doc}"
-        )
+        raise ValueError(f"need n_docs >= 0 and 1 <= low <= high, got {n_docs}, {sentences_per_doc}")
     grammar = grammar or Grammar()
     rng = random.Random(seed)
-    return [
-        Document(tuple(grammar.sentence(rng) for _ in range(rng.randint(low, high))))
-        for _ in range(n_docs)
-    ]
+    return [Document(tuple(grammar.sentence(rng) for _ in range(rng.randint(low, high)))) for _ in range(n_docs)]
 
 
 # --- Minimal pairs -------------------------------------------------------------
@@ -331,8 +367,7 @@ def minimal_pair(sentence: Sentence) -> tuple[Sentence, Sentence]:
         wrong = "herself" if antecedent.gender == "m" else "himself"
     else:
         wrong = "herself" if antecedent.gender == "f" else "himself"
-    return sentence, _substitute(sentence, sentence.reflexive_index,
-                                 _REFLEXIVE_BY_TEXT[wrong])
+    return sentence, _substitute(sentence, sentence.reflexive_index, _REFLEXIVE_BY_TEXT[wrong])
 
 
 def agreement_pair(sentence: Sentence) -> tuple[Sentence, Sentence]:

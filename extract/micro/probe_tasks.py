@@ -118,8 +118,7 @@ def word_split(seed: int) -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(train), frozenset(test)
 
 
-def pos_sentences(n_words: int, seed: int, words: frozenset[str],
-                  grammar: Grammar | None = None) -> list[Sentence]:
+def pos_sentences(n_words: int, seed: int, words: frozenset[str], grammar: Grammar | None = None) -> list[Sentence]:
     """Sentences drawn until they hold at least ``n_words`` words of ``words``
     (every sentence has one or more)."""
     grammar = grammar or Grammar()
@@ -134,8 +133,7 @@ def pos_sentences(n_words: int, seed: int, words: frozenset[str],
     return sentences
 
 
-def conllu_text(sentences: list[Sentence], words: frozenset[str], prefix: str,
-                limit: int | None = None) -> str:
+def conllu_text(sentences: list[Sentence], words: frozenset[str], prefix: str, limit: int | None = None) -> str:
     """CoNLL-U of ``sentences``, annotating only the words in ``words`` (and, with
     ``limit``, only the first ``limit`` of them)."""
     blocks = []
@@ -146,10 +144,16 @@ def conllu_text(sentences: list[Sentence], words: frozenset[str], prefix: str,
             known = word.text in words and (limit is None or annotated < limit)
             annotated += known
             columns = [
-                str(index), word.text, "_",
-                upos(word) if known else "_", word.pos if known else "_",
+                str(index),
+                word.text,
+                "_",
+                upos(word) if known else "_",
+                word.pos if known else "_",
                 feats(word) if known else "_",
-                "_", "_", "_", "_",
+                "_",
+                "_",
+                "_",
+                "_",
             ]
             lines.append("\t".join(columns))
         blocks.append("\n".join(lines) + "\n")
@@ -174,16 +178,13 @@ def antecedent_items(n: int, seed: int, grammar: Grammar | None = None) -> list[
         antecedent = sentence.words[antecedent_index]
         label = agreement_label(antecedent)
         between = sentence.words[antecedent_index + 1 : sentence.reflexive_index]
-        attractor = any(
-            w.pos in ("NOUN", "PROPN", "PRON") and _marked(w) != _marked(antecedent) for w in between
-        )
+        attractor = any(w.pos in ("NOUN", "PROPN", "PRON") and _marked(w) != _marked(antecedent) for w in between)
         text = " ".join(w.text for w in sentence.words[: sentence.reflexive_index])
         bucket, size = (with_attractor, wanted_with) if attractor else (without, n - wanted_with)
         if text in seen or len(bucket) >= size:
             continue
         seen.add(text)
-        bucket.append({"text": text, "label": label, "antecedent_index": antecedent_index,
-                       "attractor": attractor})
+        bucket.append({"text": text, "label": label, "antecedent_index": antecedent_index, "attractor": attractor})
     else:
         raise ValueError(f"the grammar gave fewer than {n} distinct antecedent items")
     # Interleave, so that any prefix of the list (a split, a cap) is balanced too.
@@ -213,8 +214,7 @@ def write_probe_tasks(
         _replace_text(out_dir / f"pos_{split}.conllu", conllu_text(sentences, words, split, limit=n))
     items = antecedent_items(sum(antecedent), seed + SEED_OFFSETS["antecedent"], grammar)
     for split, chunk in (("train", items[: antecedent[0]]), ("test", items[antecedent[0] :])):
-        _replace_text(out_dir / f"antecedent_{split}.jsonl",
-                      "".join(json.dumps(item) + "\n" for item in chunk))
+        _replace_text(out_dir / f"antecedent_{split}.jsonl", "".join(json.dumps(item) + "\n" for item in chunk))
     return out_dir
 
 

@@ -18,9 +18,7 @@ UNK = "<unk>"
 SPECIAL_TOKENS = (EOS, PAD, UNK)  # ids 0, 1, 2
 
 
-def build_tokenizer(
-    vocabulary: list[str], model_max_length: int | None = None
-) -> PreTrainedTokenizerFast:
+def build_tokenizer(vocabulary: list[str], model_max_length: int | None = None) -> PreTrainedTokenizerFast:
     """Special tokens first, then `vocabulary` in its order."""
     clashes = set(vocabulary) & set(SPECIAL_TOKENS)
     if clashes or len(set(vocabulary)) != len(vocabulary):

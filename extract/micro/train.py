@@ -92,7 +92,9 @@ class ModelSize:
             intermediate_size=4 * self.hidden_size,
             max_position_embeddings=CONTEXT,
             rope_parameters={
-                "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25,
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.25,
             },
             use_parallel_residual=True,
             tie_word_embeddings=False,
@@ -118,19 +120,14 @@ def model_size(name: str) -> ModelSize:
     try:
         return SIZES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown model size {name!r}; known sizes: {', '.join(SIZES)}"
-        ) from None
+        raise ValueError(f"unknown model size {name!r}; known sizes: {', '.join(SIZES)}") from None
 
 
 def pythia_style_steps(total_steps: int, n_linear: int) -> list[int]:
     """0, 1, 2, 4, ... (powers of two below the first linear step), then `n_linear`
     evenly spaced steps ending at `total_steps`."""
     if not 1 <= n_linear <= total_steps:
-        raise ValueError(
-            f"need 1 <= n_linear <= total_steps, got n_linear={n_linear}, "
-            f"total_steps={total_steps}"
-        )
+        raise ValueError(f"need 1 <= n_linear <= total_steps, got n_linear={n_linear}, total_steps={total_steps}")
     linear = [round(total_steps * i / n_linear) for i in range(1, n_linear + 1)]
     steps = [0]
     power = 1
@@ -176,13 +173,11 @@ class Instability:
             raise TypeError(f"instability factor must be a number, got {self.factor!r}")
         if self.size not in SIZES:
             raise ValueError(
-                f"instability {self.spec()}: unknown model size {self.size!r}; "
-                f"known sizes: {', '.join(SIZES)}"
+                f"instability {self.spec()}: unknown model size {self.size!r}; known sizes: {', '.join(SIZES)}"
             )
         if self.kind not in INSTABILITY_KINDS:
             raise ValueError(
-                f"unknown instability kind {self.kind!r} in {self.spec()}; "
-                f"known kinds: {', '.join(INSTABILITY_KINDS)}"
+                f"unknown instability kind {self.kind!r} in {self.spec()}; known kinds: {', '.join(INSTABILITY_KINDS)}"
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"instability {self.spec()}: seed must be an integer >= 0")
@@ -200,8 +195,7 @@ class Instability:
             )
         if self.kind == "shuffled_tokens" and self.factor != 1:
             raise ValueError(
-                f"instability {self.spec()}: shuffled_tokens takes no factor (it has no strength), "
-                f"got {self.factor:g}"
+                f"instability {self.spec()}: shuffled_tokens takes no factor (it has no strength), got {self.factor:g}"
             )
 
     @property
@@ -230,8 +224,11 @@ class Instability:
             )
         factor = match["factor"]
         return cls(
-            size=match["size"], seed=int(match["seed"]), kind=match["kind"],
-            start_step=int(match["start"]), n_steps=int(match["steps"]),
+            size=match["size"],
+            seed=int(match["seed"]),
+            kind=match["kind"],
+            start_step=int(match["start"]),
+            n_steps=int(match["steps"]),
             factor=float(factor) if factor is not None else 1.0,
         )
 
@@ -287,19 +284,17 @@ class TrainConfig:
             raise SettingError("seeds", f"seeds must be non-empty, unique and >= 0, got {self.seeds}")
         if self.total_steps < self.n_linear:
             raise SettingError(
-                "total_steps", f"the micro suite saves {self.n_linear} evenly spaced checkpoints, "
-                f"so it needs at least {self.n_linear} steps, got {self.total_steps}"
+                "total_steps",
+                f"the micro suite saves {self.n_linear} evenly spaced checkpoints, "
+                f"so it needs at least {self.n_linear} steps, got {self.total_steps}",
             )
         pythia_style_steps(self.total_steps, self.n_linear)
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not 2 <= self.seq_len <= CONTEXT:
             raise ValueError(f"seq_len must be in [2, {CONTEXT}], got {self.seq_len}")
-        if min(self.batch_size, self.corpus_docs, self.eval_docs, self.eval_task_items,
-               self.threads_per_run) < 1:
-            raise ValueError(
-                "batch_size, corpus_docs, eval_docs, eval_task_items, threads_per_run must be >= 1"
-            )
+        if min(self.batch_size, self.corpus_docs, self.eval_docs, self.eval_task_items, self.threads_per_run) < 1:
+            raise ValueError("batch_size, corpus_docs, eval_docs, eval_task_items, threads_per_run must be >= 1")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.data_seed == self.eval_seed:
@@ -341,11 +336,12 @@ class TrainConfig:
                     f"within 1..{self.total_steps} (total_steps)"
                 )
             for other in seen:
-                if ((other.size, other.seed, other.kind) == (item.size, item.seed, item.kind)
-                        and other.start_step <= item.end_step and item.start_step <= other.end_step):
-                    raise ValueError(
-                        f"instabilities {other.spec()} and {item.spec()} overlap in the same run"
-                    )
+                if (
+                    (other.size, other.seed, other.kind) == (item.size, item.seed, item.kind)
+                    and other.start_step <= item.end_step
+                    and item.start_step <= other.end_step
+                ):
+                    raise ValueError(f"instabilities {other.spec()} and {item.spec()} overlap in the same run")
             seen.append(item)
 
     def instabilities_of(self, size: str, seed: int) -> list[Instability]:
@@ -394,13 +390,15 @@ class TrainConfig:
 DEMO_INSTABILITY = Instability("1m", 4, "lr_spike", start_step=96, n_steps=16, factor=50.0)
 
 
-LOG_SCHEMA = pa.schema([
-    pa.field("step", pa.int64()),
-    pa.field("loss", pa.float64()),
-    pa.field("lr", pa.float64()),
-    pa.field("grad_norm", pa.float64()),
-    pa.field("tokens_seen", pa.int64()),
-])
+LOG_SCHEMA = pa.schema(
+    [
+        pa.field("step", pa.int64()),
+        pa.field("loss", pa.float64()),
+        pa.field("lr", pa.float64()),
+        pa.field("grad_norm", pa.float64()),
+        pa.field("tokens_seen", pa.int64()),
+    ]
+)
 
 RunDone = Callable[[str, int, pa.Table], None]
 
@@ -440,24 +438,26 @@ def train_suite(
     with _atomic_dir(tokenizer_dir) as tmp:
         tokenizer.save_pretrained(tmp)
     _write_eval_documents(config, grammar, out_dir / "eval" / "documents.jsonl")
-    eval_tasks.write_tasks(out_dir / "eval" / "tasks", config.eval_task_items,
-                           config.eval_task_seed, grammar)
+    eval_tasks.write_tasks(out_dir / "eval" / "tasks", config.eval_task_items, config.eval_task_seed, grammar)
     probe_tasks.write_probe_tasks(out_dir / "probe", config.probe_seed, grammar=grammar)
     corpus = _training_sequences(config, tokenizer, grammar)
 
     # Largest models first, so that parallel workers finish at about the same time.
     order = sorted(config.sizes, key=lambda s: -_n_params(s, len(tokenizer)))
     jobs = [
-        _Job(config, size, seed, corpus, len(tokenizer), tokenizer_dir,
-             out_dir / size / f"seed{seed}")
-        for size in order for seed in config.seeds
+        _Job(config, size, seed, corpus, len(tokenizer), tokenizer_dir, out_dir / size / f"seed{seed}")
+        for size in order
+        for seed in config.seeds
     ]
     workers = config.workers or max(1, (os.cpu_count() or 1) // config.threads_per_run)
     workers = min(workers, len(jobs))
 
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), disable=not progress,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not progress,
     )
     with bar:
         runs = bar.add_task("micro suite: runs", total=len(jobs))
@@ -475,9 +475,15 @@ def train_suite(
         else:
             _train_in_workers(jobs, workers, finished, lambda n: bar.advance(steps, n))
 
-    _atomic_write_text(out_dir / "suite.yaml", yaml.dump(
-        suite_document(config), Dumper=_SuiteDumper, sort_keys=False, width=1000,
-    ))
+    _atomic_write_text(
+        out_dir / "suite.yaml",
+        yaml.dump(
+            suite_document(config),
+            Dumper=_SuiteDumper,
+            sort_keys=False,
+            width=1000,
+        ),
+    )
 
 
 def train_suite_into_lake(config: TrainConfig, out_dir: Path, lake, progress: bool = True) -> Path:
@@ -525,12 +531,16 @@ def suite_document(config: TrainConfig) -> dict:
                 "steps": "eval_grid",
                 "tasks": {
                     "pos": {
-                        "format": "conllu", "field": "upos",
-                        "train": "probe/pos_train.conllu", "test": "probe/pos_test.conllu",
+                        "format": "conllu",
+                        "field": "upos",
+                        "train": "probe/pos_train.conllu",
+                        "test": "probe/pos_test.conllu",
                     },
                     "antecedent": {
-                        "format": "jsonl-text", "pool": "last",
-                        "train": "probe/antecedent_train.jsonl", "test": "probe/antecedent_test.jsonl",
+                        "format": "jsonl-text",
+                        "pool": "last",
+                        "train": "probe/antecedent_train.jsonl",
+                        "test": "probe/antecedent_test.jsonl",
                     },
                 },
                 # Micro texts are ~8 tokens: a large batch is still a small one.
@@ -545,8 +555,8 @@ class _SuiteDumper(yaml.SafeDumper):
 
 
 _SuiteDumper.add_representer(
-    list, lambda dumper, data: dumper.represent_sequence(
-        "tag:yaml.org,2002:seq", data, flow_style=True),
+    list,
+    lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True),
 )
 
 
@@ -564,7 +574,9 @@ def _train_in_workers(
     forwarder.start()
     try:
         with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker,
+            workers,
+            mp_context=context,
+            initializer=_init_worker,
             initargs=(jobs[0].config.threads_per_run, ticks),
         ) as pool:
             futures = {pool.submit(_worker_run, job): job for job in jobs}
@@ -611,17 +623,16 @@ def _train_run(job: _Job, on_step: Callable[[], None]) -> pa.Table:
     decay = [p for p in model.parameters() if p.ndim >= 2]  # not biases or norms
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr_at(1), betas=ADAM_BETAS,
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr_at(1),
+        betas=ADAM_BETAS,
     )
     corpus = torch.from_numpy(job.corpus)
     order = _batch_order(len(corpus), config.total_steps, config.batch_size, job.seed)
     checkpoints = set(config.checkpoint_steps)
     rows: dict[str, list] = {name: [] for name in LOG_SCHEMA.names}
     injected = config.instabilities_of(job.size, job.seed)
-    shuffled_steps = {s for i in injected if i.kind == "shuffled_tokens"
-                      for s in range(i.start_step, i.end_step + 1)}
+    shuffled_steps = {s for i in injected if i.kind == "shuffled_tokens" for s in range(i.start_step, i.end_step + 1)}
 
     job.run_dir.mkdir(parents=True, exist_ok=True)
     if 0 in checkpoints:
@@ -640,9 +651,16 @@ def _train_run(job: _Job, on_step: Callable[[], None]) -> pa.Table:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        for name, value in zip(LOG_SCHEMA.names, (
-            step, loss.item(), lr, grad_norm.item(), step * batch.numel(),
-        )):
+        for name, value in zip(
+            LOG_SCHEMA.names,
+            (
+                step,
+                loss.item(),
+                lr,
+                grad_norm.item(),
+                step * batch.numel(),
+            ),
+        ):
             rows[name].append(value)
         if step in checkpoints:
             _save_checkpoint(model, job.tokenizer_dir, job.run_dir / f"step{step}")
@@ -656,8 +674,7 @@ def _train_run(job: _Job, on_step: Callable[[], None]) -> pa.Table:
         "model": asdict(shape),
         "checkpoint_steps": config.checkpoint_steps,
         "final_loss": rows["loss"][-1],
-        "train": {k: v for k, v in asdict(config).items()
-                  if k not in ("sizes", "seeds", "workers", "instabilities")},
+        "train": {k: v for k, v in asdict(config).items() if k not in ("sizes", "seeds", "workers", "instabilities")},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
     if injected:  # only the injected run says so; the others' run.json is unchanged
@@ -697,9 +714,7 @@ def _save_checkpoint(model: GPTNeoXForCausalLM, tokenizer_dir: Path, folder: Pat
             shutil.copyfile(file, tmp / file.name)
 
 
-def _training_sequences(
-    config: TrainConfig, tokenizer: PreTrainedTokenizerFast, grammar: Grammar
-) -> np.ndarray:
+def _training_sequences(config: TrainConfig, tokenizer: PreTrainedTokenizerFast, grammar: Grammar) -> np.ndarray:
     """The training corpus as (n, seq_len) token ids: documents joined by
     <|endoftext|> (as in Pythia), cut into sequences, the remainder dropped."""
     documents = generate_documents(config.corpus_docs, config.data_seed, grammar=grammar)

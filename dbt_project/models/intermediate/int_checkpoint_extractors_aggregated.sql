@@ -51,7 +51,8 @@ attempts as (
         -- damaged now: the newest attempt recorded as settled has damaged data (a
         -- later intact success or divergence repairs it: extract redoes damage)
         case
-            when max(extraction_id) filter (where is_damaged)
+            when
+                max(extraction_id) filter (where is_damaged)
                 > coalesce(max(extraction_id) filter (where is_success or is_diverged), '')
                 then arg_max(damage, extraction_id) filter (where is_damaged)
         end as damage

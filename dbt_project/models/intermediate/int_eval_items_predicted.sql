@@ -27,21 +27,28 @@ eval_samples as (
 pending as (
 
     select * from eval_samples
-    where not is_superseded
-    {% if is_incremental() %}
-        and not exists (
-            select 1
-            from (
-                select distinct suite, model_size, seed, step, source_extractions
-                from {{ this }}
-            ) as held
-            where held.suite = eval_samples.suite
-                and held.model_size = eval_samples.model_size
-                and held.seed = eval_samples.seed
-                and held.step = eval_samples.step
-                and held.source_extractions = eval_samples.source_extractions
-        )
-    {% endif %}
+    where
+        not is_superseded
+        {% if is_incremental() %}
+            and not exists (
+                select 1
+                from (
+                    select distinct
+                        suite,
+                        model_size,
+                        seed,
+                        step,
+                        source_extractions
+                    from {{ this }}
+                ) as held
+                where
+                    held.suite = eval_samples.suite
+                    and held.model_size = eval_samples.model_size
+                    and held.seed = eval_samples.seed
+                    and held.step = eval_samples.step
+                    and held.source_extractions = eval_samples.source_extractions
+            )
+        {% endif %}
 
 ),
 

@@ -50,15 +50,16 @@ pending_groups as (
 
     select * from groups
     {% if is_incremental() %}
-    where not exists (
-        select 1
-        from {{ this }} as held
-        where held.comparison = groups.comparison
-            and held.suite = groups.suite
-            and held.model_size = groups.model_size
-            and {{ eval_pair_group_value('held') }} = groups.group_value
-            and held.input_fingerprint = groups.input_fingerprint
-    )
+        where not exists (
+            select 1
+            from {{ this }} as held
+            where
+                held.comparison = groups.comparison
+                and held.suite = groups.suite
+                and held.model_size = groups.model_size
+                and {{ eval_pair_group_value('held') }} = groups.group_value
+                and held.input_fingerprint = groups.input_fingerprint
+        )
     {% endif %}
 
 ),
@@ -93,7 +94,7 @@ final_steps as (
 
 inter_seed_pairs as (
 
-    -- every unordered pair of seeds at the same step
+-- every unordered pair of seeds at the same step
     {{ eval_prediction_pairs(
         'inter_seed', 'inter_seed_predictions', 'inter_seed_predictions',
         group_column='step', member_column='seed',
@@ -118,7 +119,7 @@ final_predictions as (
 
 self_pairs as (
 
-    -- every earlier checkpoint of a run against the run's final one
+-- every earlier checkpoint of a run against the run's final one
     {{ eval_prediction_pairs(
         'self', 'self_predictions', 'final_predictions',
         group_column='seed', member_column='step',
@@ -173,21 +174,21 @@ final as (
         groups.input_fingerprint
     from agreed
     inner join groups
-        on groups.comparison = agreed.comparison
-        and groups.suite = agreed.suite
-        and groups.model_size = agreed.model_size
+        on agreed.comparison = groups.comparison
+        and agreed.suite = groups.suite
+        and agreed.model_size = groups.model_size
         and groups.group_value = {{ eval_pair_group_value('agreed') }}
     inner join agreed_ac1
-        on agreed_ac1.comparison = agreed.comparison
-        and agreed_ac1.suite = agreed.suite
-        and agreed_ac1.model_size = agreed.model_size
-        and agreed_ac1.task = agreed.task
-        and agreed_ac1.filter = agreed.filter
-        and agreed_ac1.num_fewshot = agreed.num_fewshot
-        and agreed_ac1.seed_a = agreed.seed_a
-        and agreed_ac1.step_a = agreed.step_a
-        and agreed_ac1.seed_b = agreed.seed_b
-        and agreed_ac1.step_b = agreed.step_b
+        on agreed.comparison = agreed_ac1.comparison
+        and agreed.suite = agreed_ac1.suite
+        and agreed.model_size = agreed_ac1.model_size
+        and agreed.task = agreed_ac1.task
+        and agreed.filter = agreed_ac1.filter
+        and agreed.num_fewshot = agreed_ac1.num_fewshot
+        and agreed.seed_a = agreed_ac1.seed_a
+        and agreed.step_a = agreed_ac1.step_a
+        and agreed.seed_b = agreed_ac1.seed_b
+        and agreed.step_b = agreed_ac1.step_b
 
 )
 

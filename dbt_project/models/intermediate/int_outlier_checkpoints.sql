@@ -53,7 +53,12 @@ mapped as (
 
 checkpoints as (
 
-    select suite, model_size, seed, step from extracted
+    select
+        suite,
+        model_size,
+        seed,
+        step
+    from extracted
     union
     select * from mapped
 

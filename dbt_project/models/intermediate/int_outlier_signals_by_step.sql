@@ -90,11 +90,13 @@ training_map as (
         preferred_maps.n_runs,
         preferred_maps.map_source,
         preferred_maps.departures
-            || case when preferred_maps.horizon_step < checkpoints.step
-                then ' (' || preferred_maps.map_source || ' map fitted up to step '
+        || case
+            when preferred_maps.horizon_step < checkpoints.step
+                then
+                    ' (' || preferred_maps.map_source || ' map fitted up to step '
                     || preferred_maps.horizon_step || ')'
-                else ''
-            end as departures
+            else ''
+        end as departures
     from checkpoints
     asof inner join preferred_maps
         on checkpoints.suite = preferred_maps.suite
@@ -203,10 +205,12 @@ signals as (
             when training_map.score > 0
                 then training_map.departures
             when training_map.score = 0
-                then 'the state path follows the other runs'' ('
+                then
+                    'the state path follows the other runs'' ('
                     || training_map.n_runs || ' runs, ' || training_map.map_source || ' map'
-                    || case when training_map.horizon_step < training_map.step
-                        then ' fitted up to step ' || training_map.horizon_step
+                    || case
+                        when training_map.horizon_step < training_map.step
+                            then ' fitted up to step ' || training_map.horizon_step
                         else ''
                     end || ')'
         end as detail,
@@ -226,24 +230,24 @@ signals as (
         ('agreement', '<', settings.agreement_z_threshold),
     ] %}
 
-    select
-        checkpoints.*,
-        '{{ signal }}' as signal,
-        {{ signal }}.score,
-        cast({{ threshold }} as double) as threshold,
-        {{ signal }}.score {{ beyond }} {{ threshold }} as is_beyond,
-        {{ signal }}.detail,
-        false as flags_in_warmup,
-        true as must_persist
-    from checkpoints
-    left join z_scores as {{ signal }}
-        on checkpoints.suite = {{ signal }}.suite
-        and checkpoints.model_size = {{ signal }}.model_size
-        and checkpoints.seed = {{ signal }}.seed
-        and checkpoints.step = {{ signal }}.step
-        and {{ signal }}.signal = '{{ signal }}'
+        select
+            checkpoints.*,
+            '{{ signal }}' as signal,
+            {{ signal }}.score,
+            cast({{ threshold }} as double) as threshold,
+            {{ signal }}.score {{ beyond }} {{ threshold }} as is_beyond,
+            {{ signal }}.detail,
+            false as flags_in_warmup,
+            true as must_persist
+        from checkpoints
+        left join z_scores as {{ signal }}
+            on checkpoints.suite = {{ signal }}.suite
+            and checkpoints.model_size = {{ signal }}.model_size
+            and checkpoints.seed = {{ signal }}.seed
+            and checkpoints.step = {{ signal }}.step
+            and {{ signal }}.signal = '{{ signal }}'
 
-    union all
+        union all
     {%- endfor %}
 
     select
@@ -254,9 +258,12 @@ signals as (
         loss_spike_signal.n_spikes > 0 as is_beyond,
         case
             when loss_spike_signal.n_spikes > 0
-                then loss_spike_signal.n_spikes
-                    || case when loss_spike_signal.n_spikes = 1
-                        then ' loss spike' else ' loss spikes'
+                then
+                    loss_spike_signal.n_spikes
+                    || case
+                        when loss_spike_signal.n_spikes = 1
+                            then ' loss spike'
+                        else ' loss spikes'
                     end
                     || ' after warm-up; the first at step ' || loss_spike_signal.first_spike_step
                     || ': loss ' || printf('%.4g', loss_spike_signal.first_spike_loss) || ', '
@@ -267,7 +274,8 @@ signals as (
                     || printf('%.1f', loss_spike_signal.max_deviation) || ' at step '
                     || loss_spike_signal.max_deviation_step
             when loss_spike_signal.max_deviation is not null
-                then 'largest deviation ' || printf('%.1f', loss_spike_signal.max_deviation)
+                then
+                    'largest deviation ' || printf('%.1f', loss_spike_signal.max_deviation)
                     || ' robust deviations, at step ' || loss_spike_signal.max_deviation_step
         end as detail,
         false as flags_in_warmup,
@@ -285,12 +293,14 @@ signals as (
         diverged_running.n_diverged >= 1 as is_beyond,
         case
             when diverged_running.n_diverged > 0
-                then 'diverged at step ' || diverged_running.first_diverged_step || ': '
+                then
+                    'diverged at step ' || diverged_running.first_diverged_step || ': '
                     || coalesce(diverged_running.first_diverged_reason, 'values not finite')
                     || ' (' || diverged_running.n_diverged || ' of the run''s '
                     || diverged_running.n_checkpoints || ' checkpoints up to step '
                     || diverged_running.step || ' diverged)'
-            else 'no diverged checkpoint among the run''s ' || diverged_running.n_checkpoints
+            else
+                'no diverged checkpoint among the run''s ' || diverged_running.n_checkpoints
                 || ' up to step ' || diverged_running.step
         end as detail,
         true as flags_in_warmup,
@@ -308,7 +318,7 @@ runs_of_checkpoints as (
     -- to each: consecutive beyond checkpoints share a number
     select
         signals.*,
-        count(*) filter (where not coalesce(is_beyond, false)) over up_to_here as n_not_beyond
+        count(*) filter (where not coalesce(signals.is_beyond, false)) over up_to_here as n_not_beyond
     from signals
     window up_to_here as (
         partition by suite, model_size, seed, signal
@@ -323,9 +333,14 @@ persisted as (
     select
         runs_of_checkpoints.*,
         -- consecutive evaluated checkpoints up to t at which the signal is beyond
-        count(*) filter (where is_beyond) over (
-            partition by suite, model_size, seed, signal, n_not_beyond
-            order by step
+        count(*) filter (where runs_of_checkpoints.is_beyond) over (
+            partition by
+                runs_of_checkpoints.suite,
+                runs_of_checkpoints.model_size,
+                runs_of_checkpoints.seed,
+                runs_of_checkpoints.signal,
+                runs_of_checkpoints.n_not_beyond
+            order by runs_of_checkpoints.step
             rows between unbounded preceding and current row
         ) as n_consecutive_beyond
     from runs_of_checkpoints

@@ -59,7 +59,13 @@ grid as (
         dense_rank() over (
             partition by suite, model_size, map_source, horizon_step order by step
         ) - 1 as checkpoint_index
-    from (select distinct suite, model_size, map_source, horizon_step, step from states) as steps
+    from (select distinct
+        suite,
+        model_size,
+        map_source,
+        horizon_step,
+        step
+    from states) as steps
 
 ),
 
@@ -136,11 +142,12 @@ rare_visits as (
         1 as kind_order,
         entries.state,
         'visits state ' || entries.state || ', which ' || state_visits.n_visiting_runs
-            || ' of ' || state_visits.n_runs || ' runs of ' || entries.model_size || ' visit'
+        || ' of ' || state_visits.n_runs || ' runs of ' || entries.model_size || ' visit'
             as departure
     from entries
     inner join state_visits using (suite, model_size, map_source, horizon_step, state)
-    where state_visits.n_visiting_runs
+    where
+        state_visits.n_visiting_runs
         < cast({{ settings.training_map_rare_fraction }} as double) * state_visits.n_runs
 
 ),
@@ -156,7 +163,7 @@ skipped_states as (
         2 as kind_order,
         state_visits.state,
         'never visits state ' || state_visits.state || ', which the other '
-            || state_visits.n_visiting_runs || ' runs visit' as departure
+        || state_visits.n_visiting_runs || ' runs visit' as departure
     from runs
     inner join state_visits using (suite, model_size, map_source, horizon_step)
     anti join entries using (suite, model_size, map_source, horizon_step, seed, state)
@@ -187,7 +194,7 @@ orders as (
         runs.seed,
         coalesce(
             list(common_entries.state order by common_entries.entry_index, common_entries.state)
-                filter (where common_entries.state is not null),
+            filter (where common_entries.state is not null),
             []
         ) as entry_order
     from runs
@@ -222,11 +229,11 @@ reordered as (
         orders.horizon_step,
         orders.seed,
         3 as kind_order,
-        null::integer as state,
+        cast(null as integer) as state,
         'enters states ' || array_to_string(orders.entry_order, ', ')
-            || ' in that order (' || majority_orders.n_majority_runs || ' of '
-            || run_counts.n_runs || ' runs: '
-            || array_to_string(majority_orders.majority_order, ', ') || ')' as departure
+        || ' in that order (' || majority_orders.n_majority_runs || ' of '
+        || run_counts.n_runs || ' runs: '
+        || array_to_string(majority_orders.majority_order, ', ') || ')' as departure
     from orders
     inner join majority_orders using (suite, model_size, map_source, horizon_step)
     inner join run_counts using (suite, model_size, map_source, horizon_step)
@@ -245,10 +252,10 @@ shifted_entries as (
         4 as kind_order,
         state,
         'enters state ' || state || ' at step ' || entry_step || ' (median step '
-            || printf('%g', median_entry_step) || '), '
-            || printf('%g', abs(entry_index - median_entry_index)) || ' checkpoints '
-            || case when entry_index > median_entry_index then 'later' else 'earlier' end
-            || ' than the median run' as departure
+        || printf('%g', median_entry_step) || '), '
+        || printf('%g', abs(entry_index - median_entry_index)) || ' checkpoints '
+        || case when entry_index > median_entry_index then 'later' else 'earlier' end
+        || ' than the median run' as departure
     from common_entries
     where abs(entry_index - median_entry_index) > {{ settings.training_map_entry_shift }}
 
@@ -291,7 +298,7 @@ backward_transitions as (
         5 as kind_order,
         transitions.to_state as state,
         'returns from state ' || transitions.from_state || ' to state ' || transitions.to_state
-            || ' at step ' || transitions.step || ', a transition no other run takes'
+        || ' at step ' || transitions.step || ', a transition no other run takes'
             as departure
     from transitions
     inner join entries
@@ -301,11 +308,13 @@ backward_transitions as (
         and transitions.horizon_step = entries.horizon_step
         and transitions.seed = entries.seed
         and transitions.to_state = entries.state
-    where entries.entry_step < transitions.step
+    where
+        entries.entry_step < transitions.step
         and not exists (
             select 1
             from transitions as others
-            where others.suite = transitions.suite
+            where
+                others.suite = transitions.suite
                 and others.model_size = transitions.model_size
                 and others.map_source = transitions.map_source
                 and others.horizon_step = transitions.horizon_step
@@ -351,8 +360,11 @@ per_run as (
             as departures,
         list(
             {
-                'kind': ['rare_state', 'skipped_state', 'entry_order', 'shifted_entry',
-                    'backward_transition'][departures.kind_order],
+                'kind': [
+                    'rare_state', 'skipped_state', 'entry_order', 'shifted_entry',
+                    'backward_transition'
+                ][departures.kind_order
+                ],
                 'departure': departures.departure
             }
             order by departures.kind_order, departures.state, departures.departure

@@ -98,7 +98,8 @@ performance_scores as (
         num_fewshot,
         value
     from eval_scores
-    where task in {{ sql_string_list(settings.performance_tasks) }}
+    where
+        task in {{ sql_string_list(settings.performance_tasks) }}
         and metric = '{{ settings.performance_metric }}'
 
 ),
@@ -143,9 +144,9 @@ performance as (
         cast(null as double) as others_std,
         count(*) as n_tasks,
         'mean z-score ' || printf('%.2f', avg(z)) || ' over ' || count(*)
-            || case when count(*) = 1 then ' task' else ' tasks' end
-            || ' at step ' || step || ' ('
-            || string_agg(task || ' ' || printf('%.2f', z), ', ' order by task) || ')'
+        || case when count(*) = 1 then ' task' else ' tasks' end
+        || ' at step ' || step || ' ('
+        || string_agg(task || ' ' || printf('%.2f', z), ', ' order by task) || ')'
             as detail
     from performance_tasks
     group by suite, model_size, seed, step
@@ -177,9 +178,9 @@ final_loss as (
         others_std,
         cast(null as bigint) as n_tasks,
         'token loss ' || printf('%.4g', mean_token_loss) || ' at step ' || step
-            || ', z = ' || printf('%.2f', z) || ' against the other ' || (n_units - 1)
-            || ' seeds (mean ' || printf('%.4g', others_mean)
-            || ', sd ' || printf('%.2g', others_std) || ')' as detail
+        || ', z = ' || printf('%.2f', z) || ' against the other ' || (n_units - 1)
+        || ' seeds (mean ' || printf('%.4g', others_mean)
+        || ', sd ' || printf('%.2g', others_std) || ')' as detail
     from final_loss_z
     where z is not null
 
@@ -190,11 +191,27 @@ final_loss as (
 run_pairs as (
 
     -- each inter-seed pair once from either side
-    select suite, model_size, step_a as step, task, filter, num_fewshot, seed_a as seed, ac1
+    select
+        suite,
+        model_size,
+        step_a as step,
+        task,
+        filter,
+        num_fewshot,
+        seed_a as seed,
+        ac1
     from prediction_pairs
     where comparison = 'inter_seed'
     union all
-    select suite, model_size, step_a as step, task, filter, num_fewshot, seed_b as seed, ac1
+    select
+        suite,
+        model_size,
+        step_a as step,
+        task,
+        filter,
+        num_fewshot,
+        seed_b as seed,
+        ac1
     from prediction_pairs
     where comparison = 'inter_seed'
 
@@ -251,12 +268,12 @@ agreement as (
         agreement_z.others_std,
         run_agreements.n_tasks,
         'mean AC1 ' || printf('%.3f', agreement_z.mean_ac1) || ' with the other seeds at step '
-            || agreement_z.step || ' over ' || run_agreements.n_tasks
-            || case when run_agreements.n_tasks = 1 then ' task' else ' tasks' end
-            || ', z = ' || printf('%.2f', agreement_z.z) || ' against the other '
-            || (agreement_z.n_units - 1) || ' seeds'' (mean '
-            || printf('%.3f', agreement_z.others_mean)
-            || ', sd ' || printf('%.2g', agreement_z.others_std) || ')' as detail
+        || agreement_z.step || ' over ' || run_agreements.n_tasks
+        || case when run_agreements.n_tasks = 1 then ' task' else ' tasks' end
+        || ', z = ' || printf('%.2f', agreement_z.z) || ' against the other '
+        || (agreement_z.n_units - 1) || ' seeds'' (mean '
+        || printf('%.3f', agreement_z.others_mean)
+        || ', sd ' || printf('%.2g', agreement_z.others_std) || ')' as detail
     from agreement_z
     inner join run_agreements using (suite, model_size, seed, step)
     where agreement_z.z is not null

@@ -30,7 +30,11 @@ imported_steps as (
         step,
         cast(row_number() over (partition by suite, model_size order by step) - 1 as bigint)
             as checkpoint_index
-    from (select distinct suite, model_size, step from imported_rows) as steps
+    from (select distinct
+        suite,
+        model_size,
+        step
+    from imported_rows) as steps
 
 ),
 

@@ -37,9 +37,17 @@ logged_runs as (
 
 runs as (
 
-    select suite, model_size, seed from checkpoint_counts
+    select
+        suite,
+        model_size,
+        seed
+    from checkpoint_counts
     union
-    select suite, model_size, seed from logged_runs
+    select
+        suite,
+        model_size,
+        seed
+    from logged_runs
 
 ),
 

@@ -143,14 +143,16 @@ missing_checkpoints as (
         cast(null as double) as threshold,
         case
             when checkpoints.n_failed_attempts > 0
-                then 'the suite grid expects this checkpoint and no extractor ever succeeded on it: '
-                || checkpoints.n_failed_attempts || ' extractor run(s) failed; last error: '
-                || coalesce(checkpoints.last_error, '(none recorded)')
+                then
+                    'the suite grid expects this checkpoint and no extractor ever succeeded on it: '
+                    || checkpoints.n_failed_attempts || ' extractor run(s) failed; last error: '
+                    || coalesce(checkpoints.last_error, '(none recorded)')
             else 'the suite grid expects this checkpoint and no extraction was ever attempted on it'
         end as detail
     from checkpoints
     inner join extraction_outcomes using (suite, model_size, seed, step)
-    where checkpoints.is_expected
+    where
+        checkpoints.is_expected
         and not extraction_outcomes.has_any_success
         and not extraction_outcomes.has_damaged_data
 
@@ -242,12 +244,14 @@ intervals as (
         step,
         -- (case, not filter: list_distance refuses lists of two lengths)
         sqrt(sum(case
-            when previous_position = run_position - 1
+            when
+                previous_position = run_position - 1
                 and len(previous_sample) = len(value_sample)
                 then scale * list_distance(value_sample, previous_sample) ^ 2
         end)) as distance_from_previous,
         sqrt(sum(case
-            when second_previous_position = run_position - 2
+            when
+                second_previous_position = run_position - 2
                 and len(second_previous_sample) = len(value_sample)
                 then scale * list_distance(value_sample, second_previous_sample) ^ 2
         end)) as distance_skipping_previous
@@ -286,7 +290,7 @@ gap_ratios as (
     select
         *,
         cast(step - previous_step as double)
-            / (previous_step - second_previous_step) as gap_ratio
+        / (previous_step - second_previous_step) as gap_ratio
     from run_sequences
 
 ),
@@ -297,11 +301,11 @@ ratios as (
         *,
         -- null without a next checkpoint, or when previous and next are identical
         (distance_from_previous + distance_to_next)
-            / nullif(distance_previous_to_next, 0) as path_ratio,
+        / nullif(distance_previous_to_next, 0) as path_ratio,
         -- the interval before predicts linear growth with the gap (drift) when it
         -- widens and √ growth (random walk) when it narrows: the larger of the two
         distance_from_previous
-            / nullif(previous_distance * greatest(gap_ratio, sqrt(gap_ratio)), 0) as step_ratio
+        / nullif(previous_distance * greatest(gap_ratio, sqrt(gap_ratio)), 0) as step_ratio
     from gap_ratios
 
 ),
@@ -324,14 +328,16 @@ lineage_breaks as (
         || ' × that checkpoint''s weight norm'
         || case
             when path_ratio > {{ factor }}
-                then '; going from step ' || previous_step || ' through this checkpoint to step '
-                || next_step || ' is ' || printf('%.3g', path_ratio) || '× the direct distance'
+                then
+                    '; going from step ' || previous_step || ' through this checkpoint to step '
+                    || next_step || ' is ' || printf('%.3g', path_ratio) || '× the direct distance'
             else ''
         end
         || case
             when step_ratio > {{ factor }}
-                then '; ' || printf('%.3g', step_ratio) || '× what the interval from step '
-                || second_previous_step || ' to ' || previous_step || ' predicts'
+                then
+                    '; ' || printf('%.3g', step_ratio) || '× what the interval from step '
+                    || second_previous_step || ' to ' || previous_step || ' predicts'
             else ''
         end
         || ' (limit ' || {{ factor }} || '×)' as detail

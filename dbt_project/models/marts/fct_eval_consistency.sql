@@ -36,7 +36,11 @@ eval_scores as (
 diverged_seeds as (
 
     -- the diverged checkpoints an evaluation was expected of or attempted on
-    select suite, model_size, step, n_seeds_diverged
+    select
+        suite,
+        model_size,
+        step,
+        n_seeds_diverged
     from diverged_seeds_counted
     where extractor_group = 'lm_eval'
 

@@ -63,7 +63,8 @@ fingerprints as (
         ) as results,
         -- the ingested file(s) the results come from, when there is exactly one
         case
-            when count(distinct extraction_id) filter (where origin = 'ingest') = 1
+            when
+                count(distinct extraction_id) filter (where origin = 'ingest') = 1
                 and count(*) filter (where origin = 'extract') = 0
                 then min(extraction_id)
         end as ingest_extraction_id

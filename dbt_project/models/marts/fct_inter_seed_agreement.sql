@@ -38,7 +38,8 @@ compared_seeds as (
         reference_seeds.reference_seed
     from items
     inner join reference_seeds using (suite, model_size)
-    where items.seed <> reference_seeds.reference_seed
+    where
+        items.seed <> reference_seeds.reference_seed
         and items.prediction is not null
 
 ),

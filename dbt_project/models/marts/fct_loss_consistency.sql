@@ -36,7 +36,11 @@ finite_losses as (
 diverged_seeds as (
 
     -- the diverged checkpoints token_stats was expected of or attempted on
-    select suite, model_size, step, n_seeds_diverged
+    select
+        suite,
+        model_size,
+        step,
+        n_seeds_diverged
     from diverged_seeds_counted
     where extractor_group = 'token_stats'
 
@@ -61,9 +65,17 @@ across_seeds as (
 
 steps as (
 
-    select suite, model_size, step from across_seeds
+    select
+        suite,
+        model_size,
+        step
+    from across_seeds
     union
-    select suite, model_size, step from diverged_seeds
+    select
+        suite,
+        model_size,
+        step
+    from diverged_seeds
 
 ),
 

@@ -32,7 +32,8 @@ scores as (
         metric,
         value
     from probe_scores
-    where metric in ('accuracy', 'compression')
+    where
+        metric in ('accuracy', 'compression')
         and value is not null
 
 ),
@@ -83,7 +84,7 @@ emerged as (
         and thresholds.task = scores.task
         and thresholds.layer = scores.layer
         and thresholds.metric = scores.metric
-        and scores.value >= thresholds.threshold
+        and thresholds.threshold <= scores.value
     group by
         thresholds.suite,
         thresholds.model_size,

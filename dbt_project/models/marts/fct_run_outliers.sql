@@ -75,7 +75,11 @@ runs as (
         coalesce(checkpoint_runs.seed, logged_runs.seed) as seed,
         coalesce(checkpoint_runs.final_step, logged_runs.final_step) as final_step
     from (
-        select suite, model_size, seed, max(final_step) as final_step
+        select
+            suite,
+            model_size,
+            seed,
+            max(final_step) as final_step
         from checkpoints
         group by suite, model_size, seed
     ) as checkpoint_runs
@@ -111,7 +115,8 @@ at_end as (
         arg_max(flags, step) as fires,
         arg_max(detail, step) as detail
     from signals_by_step
-    where signal in ('training_map', 'final_loss', 'agreement', 'diverged')
+    where
+        signal in ('training_map', 'final_loss', 'agreement', 'diverged')
         and score is not null
     group by all
 
@@ -133,7 +138,8 @@ performance as (
         min(step) filter (where flags) as first_flag_step,
         arg_min(detail, step) filter (where flags) as first_flag_detail
     from signals_by_step
-    where signal = 'performance'
+    where
+        signal = 'performance'
         and is_after_warmup
         and score is not null
     group by all
@@ -156,7 +162,8 @@ loss_log as (
         arg_min(window_median, step) filter (where is_spike) as first_spike_median,
         arg_min(deviation, step) filter (where is_spike) as first_spike_deviation
     from loss_spikes
-    where is_after_warmup
+    where
+        is_after_warmup
         and deviation is not null
     group by all
 
@@ -193,10 +200,10 @@ kinds_found as (
 
     -- the first horizon at which each kind of departure shows in a run
     select
-        suite,
-        model_size,
-        seed,
-        departure.kind as kind,
+        departures_listed.suite,
+        departures_listed.model_size,
+        departures_listed.seed,
+        departure.kind,
         min(horizon_step) as horizon_step
     from departures_listed
     group by all
@@ -239,7 +246,8 @@ training_map_first as (
         seed,
         arg_min(detail, step) as first_flag_detail
     from signals_by_step
-    where signal = 'training_map'
+    where
+        signal = 'training_map'
         and flags
     group by all
 
@@ -310,14 +318,17 @@ reasoned as (
         case
             ---------- no score
             when score is null and signal not in ('loss_spikes', 'diverged') and n_seeds < 3
-                then 'no score: ' || n_seeds || ' seed'
+                then
+                    'no score: ' || n_seeds || ' seed'
                     || case when n_seeds = 1 then '' else 's' end
                     || ' of ' || model_size || ', a comparison needs 3'
             when score is null
                 then 'no score: ' || case signal
                     when 'training_map' then 'the run is in no training map of 3 runs or more'
-                    when 'performance' then 'no ' || '{{ settings.performance_metric }}'
-                        || ' of the performance tasks after warm-up with 3 seeds'
+                    when 'performance'
+                        then
+                            'no ' || '{{ settings.performance_metric }}'
+                            || ' of the performance tasks after warm-up with 3 seeds'
                     when 'loss_spikes' then 'no training-log step after warm-up with a full window'
                     when 'final_loss' then 'no token losses with 3 seeds'
                     when 'agreement' then 'no item-level predictions with 3 seeds'
@@ -326,14 +337,17 @@ reasoned as (
 
             ---------- fires
             when fires and signal = 'training_map'
-                then training_map_first_detail || ' (first at step ' || first_fire_step || ')'
+                then
+                    training_map_first_detail || ' (first at step ' || first_fire_step || ')'
                     || coalesce('; later: ' || later_departures, '')
             when fires and signal = 'performance'
-                then performance_first_detail || ', first flagged below ' || printf('%g', threshold)
+                then
+                    performance_first_detail || ', first flagged below ' || printf('%g', threshold)
                     || ' after warm-up; lowest ' || printf('%.2f', score) || ' at step '
                     || performance_lowest_step
             when fires and signal = 'loss_spikes'
-                then n_spikes || case when n_spikes = 1 then ' loss spike' else ' loss spikes' end
+                then
+                    n_spikes || case when n_spikes = 1 then ' loss spike' else ' loss spikes' end
                     || ' after warm-up; the first at step ' || first_fire_step || ': loss '
                     || printf('%.4g', first_spike_loss) || ', '
                     || printf('%.1f', first_spike_deviation)
@@ -348,18 +362,22 @@ reasoned as (
             when signal = 'training_map'
                 then 'within threshold: ' || end_detail
             when signal = 'performance'
-                then 'within threshold: lowest mean z-score ' || printf('%.2f', score)
+                then
+                    'within threshold: lowest mean z-score ' || printf('%.2f', score)
                     || ' after warm-up, at step ' || performance_lowest_step
                     || ' (fires below ' || printf('%g', threshold) || ')'
             when signal = 'loss_spikes'
-                then 'within threshold: largest deviation ' || printf('%.1f', score)
+                then
+                    'within threshold: largest deviation ' || printf('%.1f', score)
                     || ' robust deviations after warm-up, at step ' || max_deviation_step
                     || ' (fires above ' || printf('%g', threshold) || ')'
             when signal = 'final_loss'
-                then 'within threshold: ' || end_detail || ' (fires above '
+                then
+                    'within threshold: ' || end_detail || ' (fires above '
                     || printf('%g', threshold) || ')'
             when signal = 'agreement'
-                then 'within threshold: ' || end_detail || ' (fires below '
+                then
+                    'within threshold: ' || end_detail || ' (fires below '
                     || printf('%g', threshold) || ')'
             when signal = 'diverged'
                 then 'within threshold: ' || end_detail

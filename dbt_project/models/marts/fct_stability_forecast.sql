@@ -66,8 +66,9 @@ final as (
 
         ---------- early warning (the same on every step of the run × signal)
         first_flags.first_flag_step,
-        case when coalesce(run_ends.is_outlier_at_end, false)
-            then signals_by_step.final_step - first_flags.first_flag_step
+        case
+            when coalesce(run_ends.is_outlier_at_end, false)
+                then signals_by_step.final_step - first_flags.first_flag_step
         end as lead_steps,
         signals_by_step.flags and not coalesce(run_ends.is_outlier_at_end, false)
             as is_false_alarm

@@ -45,7 +45,8 @@ changes as (
 
     select *
     from consecutive
-    where from_state is not null
+    where
+        from_state is not null
         and from_state != to_state
 
 ),

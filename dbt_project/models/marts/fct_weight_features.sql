@@ -24,7 +24,8 @@ weight_stats as (
     select all_weight_stats.*
     from all_weight_stats
     inner join dim_checkpoints using (suite, model_size, seed, step)
-    where not dim_checkpoints.is_diverged
+    where
+        not dim_checkpoints.is_diverged
         and not all_weight_stats.is_diverged
 
 ),

@@ -29,16 +29,16 @@ renamed as (
 
     select
         ---------- keys
-        part.dataset as dataset,
-        part.suite as suite,
-        part.model_size as model_size,
+        part.dataset,
+        part.suite,
+        part.model_size,
         cast(part.seed as bigint) as seed,
         cast(part.step as bigint) as step,
-        part.extraction_id as extraction_id,
+        part.extraction_id,
 
         ---------- the file
-        cast(num_rows as bigint) as n_rows,
-        cast(file_name as varchar) as file_path
+        cast(parsed.num_rows as bigint) as n_rows,
+        cast(parsed.file_name as varchar) as file_path
 
     from parsed
     -- only checkpoint partitions (training_log, suite_grid, … have no manifest rows)

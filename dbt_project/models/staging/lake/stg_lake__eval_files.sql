@@ -21,7 +21,8 @@ successful_ingests as (
         step,
         extraction_id
     from manifest
-    where extractor = 'lm_eval_ingest'
+    where
+        extractor = 'lm_eval_ingest'
         and is_success
 
 ),

@@ -18,17 +18,17 @@
 with
 
 {% if is_incremental() %}
-staged as (
+    staged as (
 
-    {{ eval_samples_staged(eval_samples_of_changed_checkpoints()) }}
+        {{ eval_samples_staged(eval_samples_of_changed_checkpoints()) }}
 
-),
+    ),
 {% else %}
-staged as (
+    staged as (
 
-    {{ eval_samples_staged(lake_source('eval_samples')) }}
+        {{ eval_samples_staged(lake_source('eval_samples')) }}
 
-),
+    ),
 {% endif %}
 
 checkpoint_extractions as (

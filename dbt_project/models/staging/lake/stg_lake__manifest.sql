@@ -46,7 +46,8 @@ damage as (
             || '/step=' || recorded_files.step || '/' || recorded_files.extraction_id || '.parquet '
             || case
                 when data_files.n_rows is null then 'is missing'
-                else 'holds ' || data_files.n_rows || ' rows, the manifest records '
+                else
+                    'holds ' || data_files.n_rows || ' rows, the manifest records '
                     || recorded_files.recorded_rows
             end,
             '; ' order by recorded_files.dataset
@@ -76,29 +77,29 @@ renamed as (
         cast(extraction_id as varchar) as extraction_id,
 
         ---------- outcome
-        cast(status as varchar) as status,
-        status = 'success' and damage.damage is null as is_success,
+        cast(source.status as varchar) as status,
+        source.status = 'success' and damage.damage is null as is_success,
         -- NaN or inf weights or outputs: settled (not retried), not a failure
-        status = 'diverged' and damage.damage is null as is_diverged,
+        source.status = 'diverged' and damage.damage is null as is_diverged,
         -- settled, but its data files are missing or hold other row counts
         damage.damage is not null as is_damaged,
         damage.damage,
-        cast(error as varchar) as error,
-        rows as rows_written,
+        cast(source.error as varchar) as error,
+        source.rows as rows_written,
 
         ---------- timing
-        started_at,
-        finished_at,
-        cast(duration_s as double) as duration_s,
+        source.started_at,
+        source.finished_at,
+        cast(source.duration_s as double) as duration_s,
 
         ---------- provenance
-        cast(config_hash as varchar) as config_hash,
-        cast(source as varchar) as checkpoint_source,
+        cast(source.config_hash as varchar) as config_hash,
+        cast(source.source as varchar) as checkpoint_source,
         -- safetensors | bin (a pickle read weights-only); null before it was recorded
-        cast(weights_format as varchar) as weights_format,
-        cast(device as varchar) as device,
-        cast(host as varchar) as host,
-        package_versions
+        cast(source.weights_format as varchar) as weights_format,
+        cast(source.device as varchar) as device,
+        cast(source.host as varchar) as host,
+        source.package_versions
 
     from source
     left join damage using (suite, model_size, seed, step, extractor, extraction_id)

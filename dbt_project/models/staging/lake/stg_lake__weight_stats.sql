@@ -30,7 +30,8 @@ current_extractions as (
         extraction_id,
         is_diverged
     from manifest
-    where extractor = 'weight_stats'
+    where
+        extractor = 'weight_stats'
         and is_latest_settled
 
 ),
