@@ -1,6 +1,7 @@
 """A synthetic lake of the real PolyPythias suite's shape, for sizing the warehouse.
 
-Writes, through the real ``Lake.write`` and the schemas of ``warehouse/``, what
+Writes, through the lake writer the tests share (``warehouse/synthetic.py``: the
+real ``Lake.write`` and the schemas of ``warehouse/``), what
 `polypythias extract` would write for the ``polypythias`` preset
 (extract/suites/polypythias.yaml): 5 sizes (14m 31m 70m 160m 410m) × 10 seeds;
 ``weight_stats`` on all 154 checkpoints of a run, ``eval_results`` and
@@ -62,14 +63,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from polypythias.warehouse import synthetic
 from polypythias.warehouse.lake import Lake
 from polypythias.warehouse.schemas import (
     EVAL_RESULTS,
     EVAL_SAMPLES,
-    MANIFEST,
     SUITE_GRID,
     WEIGHT_STATS,
 )
+from polypythias.warehouse.synthetic import SyntheticLake
 
 SUITE = "polypythias"
 SIZES = ("14m", "31m", "70m", "160m", "410m")
@@ -158,7 +160,7 @@ def extraction_id(spec: Spec, size: str, seed: int, step: int, attempt: int = 0)
         days=attempt, seconds=SIZES.index(size) * 3_000_000 + seed * 200_000 + ALL_STEPS.index(step)
     )
     token = hashlib.sha256(f"{spec.seed}/{size}/{seed}/{step}/{attempt}".encode()).hexdigest()[:8]
-    return f"{when:%Y%m%dT%H%M%S%f}Z-{token}"
+    return synthetic.extraction_id(when, token)
 
 
 def _progress(step: int) -> float:
@@ -325,30 +327,7 @@ def weight_table(spec: Spec, size: str, seed: int, step: int, eid: str) -> pa.Ta
     return pa.Table.from_pydict(table, schema=WEIGHT_STATS.schema)
 
 
-# -- manifest and grid ------------------------------------------------------------
-
-
-def manifest_table(eid: str, source: str, rows: dict[str, dict[str, int]], status: str = "success") -> pa.Table:
-    started = datetime.strptime(eid[:22], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
-    records = [
-        {
-            "extraction_id": eid,
-            "extractor": extractor,
-            "status": status,
-            "started_at": started,
-            "finished_at": started + timedelta(seconds=30),
-            "duration_s": 30.0,
-            "rows": list(written.items()),
-            "config_hash": hashlib.sha256(extractor.encode()).hexdigest()[:16],
-            "source": source,
-            "device": "cuda:0",
-            "host": "synthetic",
-            "package_versions": [("polypythias", "0.1.0")],
-            "error": None,
-        }
-        for extractor, written in sorted(rows.items())
-    ]
-    return pa.Table.from_pylist(records, schema=MANIFEST.schema)
+# -- checkpoints and grid ---------------------------------------------------------
 
 
 def write_checkpoint(
@@ -364,23 +343,21 @@ def write_checkpoint(
     returns the eval_samples rows written. ``attempt`` > 0 is a re-extraction: a
     later extraction id with other values, which supersedes the earlier one."""
     eid = extraction_id(spec, size, seed, step, attempt)
-    partition = {"suite": SUITE, "model_size": size, "seed": seed, "step": step}
+    tables: dict = {}
     written: dict[str, dict[str, int]] = {}
-    n_samples = 0
     if "evals" in extractors and step in spec.eval_steps:
-        samples, results = eval_tables(spec, size, seed, step, eid, variant=attempt)
-        lake.write(EVAL_SAMPLES, partition, eid, samples)
-        lake.write(EVAL_RESULTS, partition, eid, results)
-        written["evals"] = {"eval_results": results.num_rows, "eval_samples": samples.num_rows}
-        n_samples = samples.num_rows
+        tables[EVAL_SAMPLES], tables[EVAL_RESULTS] = eval_tables(spec, size, seed, step, eid, variant=attempt)
+        written["evals"] = {dataset.name: tables[dataset].num_rows for dataset in (EVAL_RESULTS, EVAL_SAMPLES)}
     if "weight_stats" in extractors:
-        weights = weight_table(spec, size, seed, step, eid)
-        lake.write(WEIGHT_STATS, partition, eid, weights)
-        written["weight_stats"] = {"weight_stats": weights.num_rows}
+        tables[WEIGHT_STATS] = weight_table(spec, size, seed, step, eid)
+        written["weight_stats"] = {WEIGHT_STATS.name: tables[WEIGHT_STATS].num_rows}
     if written:
         repo = f"EleutherAI/pythia-{size}" + (f"-seed{seed}" if seed else "")
-        lake.write(MANIFEST, partition, eid, manifest_table(eid, f"{repo}@step{step}", written))
-    return n_samples
+        SyntheticLake(lake).write_extraction(
+            synthetic.checkpoint_partition(SUITE, size, seed, step), eid, tables, sorted(written),
+            rows=written, source=f"{repo}@step{step}", device="cuda:0", duration_s=30.0,
+        )  # fmt: skip
+    return written.get("evals", {}).get(EVAL_SAMPLES.name, 0)
 
 
 def write_grid(lake: Lake, spec: Spec) -> None:

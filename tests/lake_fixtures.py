@@ -51,19 +51,18 @@ import numpy as np
 import pyarrow as pa
 from sklearn.metrics import f1_score
 
-from polypythias.warehouse.lake import Lake
+from polypythias.warehouse import synthetic
 from polypythias.warehouse.schemas import (
     EVAL_FILES,
     EVAL_RESULTS,
     EVAL_SAMPLES,
-    MANIFEST,
     PROBE_PREDICTIONS,
     PROBE_RESULTS,
     SUITE_GRID,
     TOKEN_STATS,
-    TRAINING_LOG,
     WEIGHT_STATS,
 )
+from polypythias.warehouse.synthetic import SyntheticLake, checkpoint_partition, run_partition
 
 SUITE = "toy"
 SIZES = ("14m", "1.4b")
@@ -148,14 +147,15 @@ _MATRICES = (  # tensor name, kind, layer, rows, cols
 )
 
 _BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
+#: How long every extraction took, per its manifest.
+DURATION_S = 3.0
 
 Checkpoint = tuple[str, int, int]
 
 
 def extraction_id(minutes: int, serial: int) -> str:
     """A deterministic, time-sortable extraction id ``minutes`` after the base time."""
-    moment = _BASE_TIME + timedelta(minutes=minutes)
-    return f"{moment:%Y%m%dT%H%M%S%f}Z-{serial:08x}"
+    return synthetic.extraction_id(_BASE_TIME + timedelta(minutes=minutes), serial)
 
 
 @dataclass
@@ -186,29 +186,6 @@ class Truth:
     probe_items: dict[tuple, dict[int, str]] = field(default_factory=dict)
     #: (size, seed, step) → the id of its current probes extraction
     probe_ids: dict[Checkpoint, str] = field(default_factory=dict)
-
-
-def _manifest(extraction: str, status: str, error: str | None, extractors: Iterable[str] = EXTRACTORS) -> pa.Table:
-    started = _started_at(extraction)
-    records = [
-        {
-            "extraction_id": extraction,
-            "extractor": name,
-            "status": status,
-            "started_at": started,
-            "finished_at": started + timedelta(seconds=3),
-            "duration_s": 3.0,
-            "rows": {},  # records no file, so stg_lake__manifest checks none
-            "config_hash": "cafe",
-            "source": "local",
-            "device": "cpu",
-            "host": "test",
-            "package_versions": {"polypythias": "0.1.0"},
-            "error": error,
-        }
-        for name in extractors
-    ]
-    return pa.Table.from_pylist(records, schema=MANIFEST.schema)
 
 
 @dataclass
@@ -357,10 +334,6 @@ def _probe_tables(extraction: str, results: list[dict], items: dict, gold: dict)
     )
 
 
-def _started_at(extraction: str) -> datetime:
-    return datetime.strptime(extraction[:21], "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
-
-
 def _token_table(extraction: str, losses: dict[tuple[int, int], float]) -> pa.Table:
     keys = sorted(losses)
     logprobs = np.array([-losses[k] for k in keys], dtype=np.float32)
@@ -438,7 +411,8 @@ def write_lake(
 ) -> Truth:
     """Write the toy lake under ``root`` (only ``datasets``) and return its truth."""
     wanted = set(datasets)
-    lake = Lake(root)
+    lake = SyntheticLake(root, wanted)
+    write = lake.write
     rng = np.random.default_rng(seed)
     # the evals draw from their own stream: the other datasets stay as without them
     eval_rng = np.random.default_rng([seed, 1])
@@ -448,10 +422,6 @@ def write_lake(
     probes = bool(wanted & set(PROBE_DATASETS))
     truth = Truth()
     serial = iter(range(1, 10_000))
-
-    def write(dataset, partition, extraction, table):
-        if dataset.name in wanted:
-            lake.write(dataset, partition, extraction, table)
 
     def extractors_of(checkpoint: Checkpoint) -> tuple[str, ...]:
         names = (*EXTRACTORS, "evals") if evals and checkpoint != MISSING_EVALS else EXTRACTORS
@@ -464,12 +434,11 @@ def write_lake(
             for layer in PROBE_LAYERS:
                 items[("upos", layer)].pop(len(probe_gold["upos"]) - 1)
         results_table, predictions_table = _probe_tables(extraction, results, items, probe_gold)
-        write(PROBE_RESULTS, partition, extraction, results_table)
-        write(PROBE_PREDICTIONS, partition, extraction, predictions_table)
-        if manifest:
-            error = "probe did not converge" if status == "failed" else None
-            write(MANIFEST, partition, extraction,
-                  _manifest(extraction, status, error, ("probes",)))  # fmt: skip
+        error = "probe did not converge" if status == "failed" else None
+        lake.write_extraction(partition, extraction,
+                              {PROBE_RESULTS: results_table, PROBE_PREDICTIONS: predictions_table},
+                              ("probes",) if manifest else None, status=status, error=error,
+                              duration_s=DURATION_S)  # fmt: skip
         return results, items
 
     # The gold labels of each probing task's test split, the same for every checkpoint.
@@ -493,14 +462,9 @@ def write_lake(
     def ingest(partition, extraction, evaluation, tasks, path, variant, finding=None, with_samples=True):
         results, samples = _eval_tables(extraction, evaluation, tasks)
         evaluated_at = evaluation.results[tasks[0]][0]["evaluated_at"]
-        write(MANIFEST, partition, extraction,
-              _manifest(extraction, "success", None, ("lm_eval_ingest",)))  # fmt: skip
-        write(EVAL_RESULTS, partition, extraction, results)
-        if with_samples:
-            write(EVAL_SAMPLES, partition, extraction, samples)
-        write(EVAL_FILES, partition, extraction, _eval_file(
-            extraction, path, variant, partition["step"], evaluated_at, len(tasks), finding
-        ))  # fmt: skip
+        tables = {EVAL_RESULTS: results, EVAL_SAMPLES: samples} if with_samples else {EVAL_RESULTS: results}
+        tables[EVAL_FILES] = _eval_file(extraction, path, variant, partition["step"], evaluated_at, len(tasks), finding)
+        lake.write_extraction(partition, extraction, tables, ("lm_eval_ingest",), duration_s=DURATION_S)
 
     def absurd_results(extraction):
         evaluation = _evaluate(eval_rng, targets[size], 0.5, _BASE_TIME, absurd=True)
@@ -526,24 +490,25 @@ def write_lake(
         for seed_ in SEEDS:
             for step in STEPS:
                 checkpoint = (size, seed_, step)
-                partition = {"suite": SUITE, "model_size": size, "seed": seed_, "step": step}
+                partition = checkpoint_partition(SUITE, size, seed_, step)
 
                 if checkpoint == SUPERSEDED:
                     old = extraction_id(10, next(serial))
                     stale = {k: 50.0 for k in difficulty[size]}
-                    write(MANIFEST, partition, old, _manifest(old, "success", None))
-                    write(TOKEN_STATS, partition, old, _token_table(old, stale))
                     stale_weights = _random_weight_rows(rng, 1e3)
-                    write(WEIGHT_STATS, partition, old, _weight_table(old, stale_weights))
+                    lake.write_extraction(partition, old,
+                                          {TOKEN_STATS: _token_table(old, stale),
+                                           WEIGHT_STATS: _weight_table(old, stale_weights)},
+                                          EXTRACTORS, duration_s=DURATION_S)  # fmt: skip
                     truth.invisible_ids.add(old)
 
                 current = extraction_id(100 + step, next(serial))
                 losses = _losses(rng, difficulty[size], seed_, step)
                 weights = _random_weight_rows(rng)
-                write(MANIFEST, partition, current,
-                      _manifest(current, "success", None, extractors_of(checkpoint)))  # fmt: skip
-                write(TOKEN_STATS, partition, current, _token_table(current, losses))
-                write(WEIGHT_STATS, partition, current, _weight_table(current, weights))
+                lake.write_extraction(partition, current,
+                                      {TOKEN_STATS: _token_table(current, losses),
+                                       WEIGHT_STATS: _weight_table(current, weights)},
+                                      extractors_of(checkpoint), duration_s=DURATION_S)  # fmt: skip
                 if probes:
                     if checkpoint == PROBE_SUPERSEDED:
                         older = extraction_id(20 + step, next(serial))
@@ -565,7 +530,7 @@ def write_lake(
                 truth.current_ids[checkpoint] = current
 
                 if evals and checkpoint != MISSING_EVALS:
-                    evaluated_at = _started_at(current)
+                    evaluated_at = synthetic.started_at(current)
                     skill = min(0.95, 0.25 + 0.006 * step + 0.05 * seed_)
                     if checkpoint == COPY:
                         # a mislabelled copy: another run's answers under this run's name
@@ -594,10 +559,8 @@ def write_lake(
                         tied_eval = _evaluate(eval_rng, targets[size], skill, evaluated_at,
                                               absurd=True)  # fmt: skip
                         results, samples = _eval_tables(tied, tied_eval)
-                        write(MANIFEST, partition, tied,
-                              _manifest(tied, "success", None, ("evals",)))  # fmt: skip
-                        write(EVAL_RESULTS, partition, tied, results)
-                        write(EVAL_SAMPLES, partition, tied, samples)
+                        lake.write_extraction(partition, tied, {EVAL_RESULTS: results, EVAL_SAMPLES: samples},
+                                              ("evals",), duration_s=DURATION_S)  # fmt: skip
                         truth.superseded_evals |= {(SUITE, *checkpoint, task, tied) for task in EVAL_TASKS}
                     if checkpoint == NEWER_INGEST:
                         newer = extraction_id(3000, next(serial))
@@ -613,11 +576,11 @@ def write_lake(
 
                 if checkpoint == FAILED_AFTER_SUCCESS:
                     failed = extraction_id(500, next(serial))
-                    write(TOKEN_STATS, partition, failed, _token_table(failed, {(0, 0): 40.0}))
+                    tables = {TOKEN_STATS: _token_table(failed, {(0, 0): 40.0})}
                     if evals:
-                        write(EVAL_RESULTS, partition, failed, absurd_results(failed))
-                    write(MANIFEST, partition, failed,
-                          _manifest(failed, "failed", "CUDA out of memory"))  # fmt: skip
+                        tables[EVAL_RESULTS] = absurd_results(failed)
+                    lake.write_extraction(partition, failed, tables, EXTRACTORS, status="failed",
+                                          error="CUDA out of memory", duration_s=DURATION_S)  # fmt: skip
                     truth.invisible_ids.add(failed)
 
                 if checkpoint == ORPHAN:
@@ -632,31 +595,24 @@ def write_lake(
                     truth.invisible_ids.add(orphan)
 
             # The training log: an older file replaced by a newer one.
-            run = {"suite": SUITE, "model_size": size, "seed": seed_}
+            run = run_partition(SUITE, size, seed_)
             older, newer = extraction_id(1, next(serial)), extraction_id(2, next(serial))
             log_steps = list(range(0, 101, 10))
             log = {s: float(5.0 / (1 + s / 20) + rng.uniform(0, 0.1)) for s in log_steps}
             for extraction, values in ((older, {s: 99.0 for s in log_steps}), (newer, log)):
-                write(TRAINING_LOG, run, extraction, pa.table({
-                    "extraction_id": [extraction] * len(log_steps),
-                    "step": log_steps,
-                    "loss": [values[s] for s in log_steps],
-                    "lr": [1e-3] * len(log_steps),
-                    "grad_norm": [None] * len(log_steps),
-                    "tokens_seen": [s * 1024 for s in log_steps],
-                }))  # fmt: skip
+                lake.write_training_log(run, extraction, values)
             truth.training_losses[(size, seed_)] = log
 
     # A failed attempt at a missing expected checkpoint.
     size, seed_ = FAILED_MISSING
     failed = extraction_id(600, next(serial))
-    partition = {"suite": SUITE, "model_size": size, "seed": seed_, "step": MISSING_STEP}
-    write(MANIFEST, partition, failed, _manifest(failed, "failed", "checkpoint not found"))
+    lake.write_extraction(checkpoint_partition(SUITE, size, seed_, MISSING_STEP), failed, {}, EXTRACTORS,
+                          status="failed", error="checkpoint not found", duration_s=DURATION_S)  # fmt: skip
 
     if evals:
         # The deduplicated twin, ingested from one file without samples.
         size, seed_, step = DEDUPED
-        partition = {"suite": DEDUPED_SUITE, "model_size": size, "seed": seed_, "step": step}
+        partition = checkpoint_partition(DEDUPED_SUITE, size, seed_, step)
         twin = extraction_id(3100, next(serial))
         twin_eval = _evaluate(eval_rng, targets[size], 0.8, _BASE_TIME + timedelta(days=3))
         ingest(partition, twin, twin_eval, ("mc_task",), DEDUPED_PATH, "deduped",
@@ -698,10 +654,6 @@ def poison_token_stats(root, checkpoint: Checkpoint, extraction: str) -> None:
     Its one row has ``target_logprob`` = +0.5 (a probability above 1), which the
     staging invariant ``target_logprob <= 0`` must catch.
     """
-    lake = Lake(root)
-    size, seed, step = checkpoint
-    partition = {"suite": SUITE, "model_size": size, "seed": seed, "step": step}
     table = _token_table(extraction, {(0, 0): -0.5})
-    lake.write(TOKEN_STATS, partition, extraction, table)
-    lake.write(MANIFEST, partition, extraction,
-               _manifest(extraction, "success", None, extractors=("token_stats",)))  # fmt: skip
+    SyntheticLake(root).write_extraction(checkpoint_partition(SUITE, *checkpoint), extraction,
+                                         {TOKEN_STATS: table}, ("token_stats",), duration_s=DURATION_S)  # fmt: skip

@@ -31,15 +31,14 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 
-from polypythias.warehouse.lake import Lake
+from polypythias.warehouse import synthetic
 from polypythias.warehouse.schemas import (
     EVAL_RESULTS,
     EVAL_SAMPLES,
-    MANIFEST,
     TOKEN_STATS,
-    TRAINING_LOG,
     TRAINING_MAP_STATES,
 )
+from polypythias.warehouse.synthetic import SyntheticLake, checkpoint_partition, run_partition
 
 SUITE = "wobbly"
 SIZE = "7m"
@@ -91,25 +90,7 @@ class Truth:
 
 
 def _extraction_id(minutes: int, serial: int) -> str:
-    moment = _BASE_TIME + timedelta(minutes=minutes)
-    return f"{moment:%Y%m%dT%H%M%S%f}Z-{serial:08x}"
-
-
-def _manifest(extraction: str, extractors: tuple[str, ...]) -> pa.Table:
-    started = datetime.strptime(extraction[:21], "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
-    return pa.Table.from_pylist(
-        [
-            {
-                "extraction_id": extraction, "extractor": name, "status": "success",
-                "started_at": started, "finished_at": started + timedelta(seconds=1),
-                "duration_s": 1.0, "rows": {}, "config_hash": "c0ffee", "source": "local",
-                "device": "cpu", "host": "test", "package_versions": {"polypythias": "0.1.0"},
-                "error": None,
-            }
-            for name in extractors
-        ],
-        schema=MANIFEST.schema,
-    )  # fmt: skip
+    return synthetic.extraction_id(_BASE_TIME + timedelta(minutes=minutes), serial)
 
 
 def _token_table(extraction: str, mean: float) -> tuple[pa.Table, float]:
@@ -162,7 +143,7 @@ def _eval_tables(extraction, evaluated_at, answers, targets):
 
 def write_lake(root, seed: int = 5) -> Truth:
     """Write the lake under ``root``; returns its truth."""
-    lake = Lake(root)
+    lake = SyntheticLake(root)
     rng = np.random.default_rng(seed)
     truth = Truth()
     serial = iter(range(1, 100_000))
@@ -183,14 +164,11 @@ def write_lake(root, seed: int = 5) -> Truth:
             }
             for seed_ in seeds:
                 outlier = (size, seed_) == OUTLIER and step >= OUTLIER_FROM
-                partition = {"suite": SUITE, "model_size": size, "seed": seed_, "step": step}
+                partition = checkpoint_partition(SUITE, size, seed_, step)
                 extraction = _extraction_id(step + 1, next(serial))
-                lake.write(MANIFEST, partition, extraction,
-                           _manifest(extraction, ("token_stats", "evals")))  # fmt: skip
 
                 mean = 3.0 + 2.0 * np.exp(-step / 30) + rng.normal(0, 0.02)
-                table, on_disk = _token_table(extraction, mean + (0.25 if outlier else 0.0))
-                lake.write(TOKEN_STATS, partition, extraction, table)
+                tokens, on_disk = _token_table(extraction, mean + (0.25 if outlier else 0.0))
                 truth.token_losses[(size, seed_, step)] = on_disk
 
                 copy = 0.2 if outlier else 0.85
@@ -200,8 +178,9 @@ def write_lake(root, seed: int = 5) -> Truth:
                 }
                 evaluated_at = _BASE_TIME + timedelta(minutes=step + 1)
                 results, samples = _eval_tables(extraction, evaluated_at, answers, targets)
-                lake.write(EVAL_RESULTS, partition, extraction, results)
-                lake.write(EVAL_SAMPLES, partition, extraction, samples)
+                lake.write_extraction(partition, extraction,
+                                      {TOKEN_STATS: tokens, EVAL_RESULTS: results, EVAL_SAMPLES: samples},
+                                      ("token_stats", "evals"), config_hash="c0ffee")  # fmt: skip
                 for task in TASKS:
                     truth.predictions[(size, seed_, step, task)] = answers[task]
                     truth.accuracies[(size, seed_, step, task)] = float(np.mean(
@@ -209,22 +188,14 @@ def write_lake(root, seed: int = 5) -> Truth:
                     ))  # fmt: skip
 
         for seed_ in seeds:
-            run = {"suite": SUITE, "model_size": size, "seed": seed_}
+            run = run_partition(SUITE, size, seed_)
             losses = {}
             for step in LOG_STEPS:
                 loss = 2.0 + 2.0 * np.exp(-step / 15) + rng.normal(0, 0.02)
                 if (size, seed_) == OUTLIER and step in SPIKE_STEPS:
                     loss += 1.0
                 losses[step] = float(loss)
-            extraction = _extraction_id(500, next(serial))
-            lake.write(TRAINING_LOG, run, extraction, pa.table({
-                "extraction_id": [extraction] * len(LOG_STEPS),
-                "step": list(LOG_STEPS),
-                "loss": [losses[s] for s in LOG_STEPS],
-                "lr": [1e-3] * len(LOG_STEPS),
-                "grad_norm": [None] * len(LOG_STEPS),
-                "tokens_seen": [s * 1024 for s in LOG_STEPS],
-            }))  # fmt: skip
+            lake.write_training_log(run, _extraction_id(500, next(serial)), losses)
             truth.training_losses[(size, seed_)] = losses
 
         extraction = _extraction_id(600, next(serial))

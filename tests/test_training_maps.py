@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import warnings
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from sklearn.decomposition import PCA
 from polypythias.extract.ingest_training_map import ingest_training_map
 from polypythias.warehouse.dbt import build
 from polypythias.warehouse.lake import Lake
-from polypythias.warehouse.schemas import MANIFEST, WEIGHT_STATS
+from polypythias.warehouse.synthetic import SyntheticLake
 from test_dbt_build import query
 from training_map_fixtures import (
     NORMAL_CHANGES,
@@ -29,9 +28,7 @@ from training_map_fixtures import (
     STEPS,
     SUITE,
     Written,
-    _extraction_id,
-    _manifest,
-    _weight_rows,
+    write_checkpoint,
     write_training_map_lake,
 )
 
@@ -316,10 +313,7 @@ def test_an_incremental_build_refits_only_the_horizons_that_changed(maps):
     # Size a gets step 100 for seed 0; short gets its 3rd step (so its first map);
     # flat leaves the lake.
     for serial, (size, step) in enumerate([("a", 100), ("short", 20)], start=10_000):
-        extraction_id = _extraction_id(serial)
-        partition = {"suite": SUITE, "model_size": size, "seed": 0, "step": step}
-        Lake(maps.lake).write(WEIGHT_STATS, partition, extraction_id, _weight_rows(extraction_id, np.full(4, 3.0)))
-        Lake(maps.lake).write(MANIFEST, partition, extraction_id, _manifest(extraction_id, datetime.now(UTC)))
+        write_checkpoint(SyntheticLake(maps.lake), size, 0, step, serial, np.full(4, 3.0))
     shutil.rmtree(maps.lake / f"weight_stats/suite={SUITE}/model_size=flat")
 
     with pytest.MonkeyPatch.context() as patch:

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from polypythias.warehouse.lake import Lake
-from polypythias.warehouse.schemas import MANIFEST, WEIGHT_STATS
+from polypythias.warehouse import synthetic
+from polypythias.warehouse.schemas import WEIGHT_STATS
+from polypythias.warehouse.synthetic import SyntheticLake, checkpoint_partition
 
 SUITE = "maps"
 STEPS = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90)
@@ -62,17 +63,14 @@ class Written:
 
 
 def _extraction_id(serial: int) -> str:
-    moment = _BASE_TIME + timedelta(seconds=serial)
-    return f"{moment:%Y%m%dT%H%M%S%f}Z-{serial:08x}"
+    return synthetic.extraction_id(_BASE_TIME + timedelta(seconds=serial), serial)
 
 
-def _manifest(extraction_id: str, started: datetime) -> pa.Table:
-    return pa.Table.from_pylist([{
-        "extraction_id": extraction_id, "extractor": "weight_stats", "status": "success",
-        "started_at": started, "finished_at": started + timedelta(seconds=1), "duration_s": 1.0,
-        "rows": {}, "config_hash": "cafe", "source": "local", "device": "cpu", "host": "test",
-        "package_versions": {"polypythias": "0.1.0"}, "error": None,
-    }], schema=MANIFEST.schema)  # fmt: skip
+def write_checkpoint(lake: SyntheticLake, size: str, seed: int, step: int, serial: int, x: np.ndarray) -> None:
+    """One successful weight_stats extraction whose varying features are ``BASE + x``."""
+    extraction_id = _extraction_id(serial)
+    lake.write_extraction(checkpoint_partition(SUITE, size, seed, step), extraction_id,
+                          {WEIGHT_STATS: _weight_rows(extraction_id, x)}, ("weight_stats",))  # fmt: skip
 
 
 def _weight_rows(extraction_id: str, x: np.ndarray) -> pa.Table:
@@ -95,7 +93,7 @@ def _weight_rows(extraction_id: str, x: np.ndarray) -> pa.Table:
 
 def write_training_map_lake(root: Path, seed: int = 7) -> Written:
     """Write the lake described in the module's docstring; returns what it holds."""
-    lake = Lake(root)
+    lake = SyntheticLake(root)
     rng = np.random.default_rng(seed)
     written = Written()
     plan = [("a", s, NORMAL_PATH, STEPS) for s in range(4)]
@@ -108,12 +106,7 @@ def write_training_map_lake(root: Path, seed: int = 7) -> Written:
             noise = 0.0 if size == "flat" else rng.normal(0.0, NOISE, 4)
             x = np.asarray(REGIMES[regime]) + noise
             serial += 1
-            extraction_id = _extraction_id(serial)
-            partition = {"suite": SUITE, "model_size": size, "seed": run, "step": step}
-            lake.write(WEIGHT_STATS, partition, extraction_id, _weight_rows(extraction_id, x))
-            lake.write(
-                MANIFEST, partition, extraction_id, _manifest(extraction_id, _BASE_TIME + timedelta(seconds=serial))
-            )
+            write_checkpoint(lake, size, run, step, serial, x)
             written.features[size, run, step] = BASE + x
             written.regimes[size, run, step] = regime
     return written
