@@ -81,3 +81,22 @@ def test_values_that_would_escape_the_layout_are_refused(tmp_path):
         SyntheticLake(tmp_path).write_extraction(
             checkpoint_partition("..", "14m", 0, 0), extraction_id(MOMENT, 1), {}, ("evals",)
         )
+
+
+def test_the_lake_check_passes_what_the_writer_writes_and_refuses_a_file_of_another_dataset(tmp_path):
+    lake = SyntheticLake(tmp_path)
+    eid = extraction_id(MOMENT, 4)
+    # the manifest's map columns (rows, package_versions) are Parquet leaves `key`, `value`
+    lake.write_extraction(
+        checkpoint_partition("toy", "14m", 0, 0), eid, {}, ("evals",), rows={"evals": {"eval_results": 1}}
+    )
+    lake.write_training_log(run_partition("toy", "14m", 0), eid, {0: 4.0})
+    assert Lake(tmp_path).check_schema_versions() == 2
+
+    log = next((tmp_path / "training_log").rglob("*.parquet"))
+    foreign = tmp_path / f"manifest/suite=toy/model_size=14m/seed=0/step=0/{extraction_id(MOMENT, 5)}.parquet"
+    foreign.write_bytes(log.read_bytes())
+    with pytest.raises(
+        LakeError, match=r"is not a manifest file: it holds columns manifest does not have \(grad_norm, loss, lr\)"
+    ):
+        Lake(tmp_path).check_schema_versions()

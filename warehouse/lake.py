@@ -290,8 +290,9 @@ class Lake:
                     raise LakeError(f"{path} is not a readable Parquet file: {error}") from None
                 _refuse_version(path, (footer.metadata or {}).get(SCHEMA_VERSION_KEY))
                 # A file of another dataset would be read by name (union_by_name), its
-                # columns as nulls: refuse it here, naming it.
-                foreign = set(footer.schema.names) - set(DATASETS[name].schema.names)
+                # columns as nulls: refuse it here, naming it. (The top-level columns:
+                # the Parquet schema's names are its leaves, `key` and `value` of a map.)
+                foreign = set(footer.schema.to_arrow_schema().names) - set(DATASETS[name].schema.names)
                 if foreign:
                     raise LakeError(
                         f"{path} is not a {name} file: it holds columns {name} does not have "
