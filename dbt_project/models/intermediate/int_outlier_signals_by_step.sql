@@ -22,7 +22,8 @@
     when they have been beyond their threshold at `signal_persistence` consecutive
     evaluated checkpoints up to t (warm-up checkpoints count: the state held there
     too), or at the run's final checkpoint while beyond (the run ends while it
-    holds). A checkpoint without a score breaks the run of checkpoints. loss_spikes
+    holds). A checkpoint without a score (off the evaluation grid, or not
+    extracted) is skipped: it neither breaks nor extends the run. loss_spikes
     and diverged are events, not states: they flag as soon as they occur.
 
     No other signal flags a checkpoint before the run's warm-up (step <
@@ -314,11 +315,13 @@ signals as (
 
 runs_of_checkpoints as (
 
-    -- the checkpoints of a run × signal, numbered by how many were not beyond up
-    -- to each: consecutive beyond checkpoints share a number
+    -- the checkpoints of a run × signal, numbered by how many were evaluated and
+    -- not beyond up to each: consecutive beyond checkpoints share a number, and a
+    -- checkpoint where the signal was not evaluated (no score: off the evaluation
+    -- grid, or not extracted) neither breaks nor extends the run
     select
         signals.*,
-        count(*) filter (where not coalesce(signals.is_beyond, false)) over up_to_here as n_not_beyond
+        count(*) filter (where not signals.is_beyond) over up_to_here as n_not_beyond
     from signals
     window up_to_here as (
         partition by suite, model_size, seed, signal
