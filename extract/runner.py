@@ -532,6 +532,11 @@ def _extract_in_workers(
                             f"extraction worker {index} died (exit code {process.exitcode}); "
                             "the checkpoint it held stays pending: run the job again"
                         )
+                if errors:
+                    # A worker killed inside todo.get() leaves the queue's lock held, and
+                    # the others would wait on it forever: stop them (what they wrote is
+                    # complete, their claims expire) and let the rerun finish.
+                    break
                 continue
             if kind == "advance":
                 advance(*payload)
